@@ -1,0 +1,39 @@
+# NTK Studio developer entry points. Everything runs from a local virtual environment in .venv.
+#
+#   make run     set up .venv, run the built-in sine-transfer example headless
+#   make test    set up .venv, run the tests and the import-layering contracts
+#   make bench   set up .venv, run the operator benchmarks
+#   make clean   remove .venv, build artifacts and caches
+#
+# torch is pinned exactly (torch==2.13.0) in pyproject.toml: pip resolves that pin to the local
+# CPU wheel. Do not loosen it here or anywhere else; a looser spec downloads GBs of CUDA packages.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv run test bench clean
+
+venv: $(STAMP)
+
+# (Re)install only when pyproject.toml is newer than the stamp. -q keeps pip quiet; errors still show.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev,app,export]"
+	@touch $@
+
+# Headless demo for now; the desktop app replaces this target once it exists.
+run: venv
+	$(BIN)/ntk-studio-cli demo
+
+test: venv
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q
+	$(BIN)/lint-imports
+
+bench: venv
+	$(BIN)/python bench/operators.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .import_linter_cache
+	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

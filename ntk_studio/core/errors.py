@@ -1,0 +1,29 @@
+"""Typed errors the engine raises; each message says what to do about it."""
+
+
+class NTKStudioError(Exception):
+    """Base class of every error NTK Studio raises on purpose."""
+
+
+class ParameterSelectionError(NTKStudioError, ValueError):
+    """The parameter subset specification does not match the model."""
+
+
+class ShapeError(NTKStudioError, ValueError):
+    """Inputs or targets have shapes the model or the GP cannot use."""
+
+
+class NotFittedError(NTKStudioError, RuntimeError):
+    """A method that needs a fitted GP was called before `fit`."""
+
+
+class MemoryBudgetError(NTKStudioError, MemoryError):
+    """The requested route needs more memory than the configured budget."""
+
+
+class SolverError(NTKStudioError, RuntimeError):
+    """A linear solve failed (not positive definite, or CG did not converge)."""
+
+
+class Cancelled(NTKStudioError):
+    """The job was cancelled through its cancel token."""

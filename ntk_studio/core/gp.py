@@ -1,0 +1,300 @@
+"""`LinearizedGP`: exact GP regression with the linearized network, f ~ GP(f(x; θ*), s²·J(x)J(x')ᵀ)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+
+import torch
+from torch import nn
+
+from . import hyper
+from .errors import NotFittedError, ShapeError
+from .gpytorch_bridge import GGNOperator, JacobianKernelOperator, MatvecCounter
+from .kernels import KernelBuilder
+from .linearized import DEFAULT_CHUNK_SIZE, DEFAULT_MEMORY_BUDGET, LinearizedModel
+from .params import ParamSpec
+from .plan import Plan, make_plan
+from .progress import CancelToken, ProgressEvent, Reporter, iterate
+from .solvers import SolveInfo, cg_solve, cholesky, relative_residual
+
+OUTPUT_MODES = ("full", "independent")
+
+
+class LinearizedGP:
+    """Exact GP regression on a pretrained model's linearization, scikit-learn shaped.
+
+    prior_var is s² (the prior variance of θ − θ*), noise is the Gaussian noise *variance* σ².
+    `params` picks the linearized parameters ('all', 'last:K', module names). `space` and
+    `solver` are 'auto' or forced; the chosen route is in :attr:`plan` after `fit`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        params: ParamSpec = "all",
+        prior_var: float = 1.0,
+        noise: float = 0.1,
+        space: str = "auto",
+        solver: str = "auto",
+        outputs: str = "full",
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        cg_tol: float = 1e-8,
+        cg_max_iter: int = 1000,
+        precond_rank: int = 64,
+        structured: bool | None = None,
+    ) -> None:
+        if outputs not in OUTPUT_MODES:
+            raise ShapeError(f"outputs must be one of {OUTPUT_MODES}, got {outputs!r}.")
+        if prior_var <= 0 or noise <= 0:
+            raise ShapeError("prior_var and noise must be positive variances.")
+        self.lm = LinearizedModel(model, params, dtype=dtype, device=device, chunk_size=chunk_size)
+        self.prior_var, self.noise = float(prior_var), float(noise)
+        self.space, self.solver, self.outputs = space, solver, outputs
+        self.memory_budget = int(memory_budget)
+        self.cg_tol, self.cg_max_iter, self.precond_rank = cg_tol, cg_max_iter, precond_rank
+        self.kernels = KernelBuilder(self.lm, independent=outputs == "independent", structured=structured)
+        self.plan: Plan | None = None
+        self.solve_info: SolveInfo | None = None
+        self._state: dict = {}
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, X: torch.Tensor, y: torch.Tensor) -> LinearizedGP:
+        """Return self after computing the exact posterior for data (X, y)."""
+        self._fit(X, y, Reporter())
+        return self
+
+    def fit_iter(
+        self, X: torch.Tensor, y: torch.Tensor, cancel: CancelToken | None = None
+    ) -> Generator[ProgressEvent, None, LinearizedGP]:
+        """Yield progress events while fitting; return self. Cancel through `cancel`."""
+        yield from iterate(lambda rep: self._fit(X, y, rep), cancel)
+        return self
+
+    def _prepare_data(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        X = self.lm.prepare(X)
+        y = torch.as_tensor(y).to(self.lm.device, self.lm.dtype)
+        vector = y.dim() == 1
+        Y = y.unsqueeze(-1) if vector else y
+        if Y.dim() != 2 or Y.shape[0] != X.shape[0]:
+            raise ShapeError(f"y must have shape (n,) or (n, K) with n = {X.shape[0]}; got {tuple(y.shape)}.")
+        if not torch.isfinite(Y).all() or (X.is_floating_point() and not torch.isfinite(X).all()):
+            raise ShapeError("X and y must be finite: remove or impute NaN/inf rows first.")
+        return X, Y, vector
+
+    def _fit(self, X: torch.Tensor, y: torch.Tensor, rep: Reporter) -> LinearizedGP:
+        self.lm.reporter = rep
+        try:
+            X, Y, vector = self._prepare_data(X, y)
+            rep.emit("forward", 0.0, force=True, message="evaluating the pretrained model")
+            f_X = self.lm.forward(X)
+            if f_X.shape != Y.shape:
+                raise ShapeError(f"The model has {f_X.shape[1]} outputs but y has {Y.shape[1]} columns.")
+            n, K = Y.shape
+            self.plan = make_plan(
+                n, K, self.lm.num_params, self.space, self.solver, self.memory_budget,
+                itemsize=torch.finfo(self.lm.dtype).bits // 8, dense_jacobian=not self._structured_ok(X),
+                rank=self.precond_rank, chunk=self.lm.chunk_size,
+            )
+            if self.outputs == "independent" and self.plan.space == "weight":
+                raise ShapeError("Independent outputs are solved in function space: pass space='function'.")
+            self._state = {"X": X, "Y": Y, "f_X": f_X, "r": (Y - f_X).reshape(-1), "vector": vector}
+            rep.emit("plan", 0.0, force=True, message=self.plan.describe())
+            getattr(self, f"_fit_{self.plan.space}_{self.plan.solver}")(rep)
+            rep.emit("done", 1.0, force=True, residual=self.solve_info.residual, message="posterior ready")
+            return self
+        finally:
+            self.lm.reporter = None
+
+    def _structured_ok(self, X: torch.Tensor) -> bool:
+        self.kernels._decide(X)
+        return self.kernels.use_structured
+
+    def _system(self) -> torch.Tensor:
+        return self.prior_var * self._state["Kxx"] + self.noise * torch.eye(
+            self._state["Kxx"].shape[0], dtype=self.lm.dtype, device=self.lm.device
+        )
+
+    def _fit_function_cholesky(self, rep: Reporter) -> None:
+        st = self._state
+        if "Kxx" not in st:
+            rep.emit("kernel", 0.0, force=True, message=f"building the kernel ({self.kernels.path})")
+            st["Kxx"] = self.kernels.matrix(st["X"])
+        rep.emit("factorize", 0.0, force=True)
+        A = self._system()
+        L, jitter = cholesky(A)
+        alpha = torch.cholesky_solve(st["r"].unsqueeze(-1), L)[:, 0]
+        st.update(L=L, alpha=alpha)
+        self.solve_info = SolveInfo("cholesky", A.shape[0], relative_residual(lambda v: A @ v, alpha, st["r"]), jitter)
+        self._finish_function_space(alpha)
+
+    def _fit_function_cg(self, rep: Reporter) -> None:
+        st = self._state
+        counter = MatvecCounter(max_calls=self.cg_max_iter, stage="solve")
+        op = self._train_operator(counter)
+        rep.emit("solve", 0.0, force=True, message="preconditioned CG")
+        alpha, converged = cg_solve(op, st["r"].unsqueeze(-1), self.cg_tol, self.cg_max_iter, self.precond_rank)
+        alpha = alpha[:, 0]
+        st.update(alpha=alpha, op=op)
+        res = relative_residual(op.matmul, alpha, st["r"])
+        self.solve_info = SolveInfo("cg", counter.columns, res, converged=converged)
+        self._finish_function_space(alpha)
+
+    def _train_operator(self, counter: MatvecCounter | None = None):
+        st = self._state
+        K = JacobianKernelOperator(st["X"], st["X"], lm=self.lm, independent=self.outputs == "independent", counter=counter)
+        diag = torch.full((K.shape[0],), self.noise, dtype=self.lm.dtype, device=self.lm.device)
+        return (K * self.prior_var).add_diagonal(diag)
+
+    def _finish_function_space(self, alpha: torch.Tensor) -> None:
+        st = self._state
+        n, K = st["Y"].shape
+        a = alpha.reshape(n, K)
+        if self.outputs == "independent":
+            eye = torch.eye(K, dtype=self.lm.dtype, device=self.lm.device)
+            st["delta_theta"] = self.prior_var * self.lm.vjp(st["X"], a.unsqueeze(0) * eye.view(K, 1, K))
+        else:
+            st["delta_theta"] = self.prior_var * self.lm.vjp(st["X"], a)
+
+    def _weight_system(self) -> torch.Tensor:
+        G = self._state["G"]
+        lam = self.noise / self.prior_var
+        return G + lam * torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
+
+    def _fit_weight_cholesky(self, rep: Reporter) -> None:
+        st = self._state
+        if "G" not in st:
+            rep.emit("ggn", 0.0, force=True, message="accumulating JᵀJ")
+            G = torch.zeros(self.lm.num_params, self.lm.num_params, dtype=self.lm.dtype, device=self.lm.device)
+            for _, J in self.lm.iter_jacobian(st["X"]):
+                Jf = J.reshape(-1, J.shape[-1])
+                G.addmm_(Jf.T, Jf)
+            st["G"] = G
+            st["b"] = self.lm.vjp(st["X"], st["r"].reshape(st["Y"].shape))
+        rep.emit("factorize", 0.0, force=True)
+        M = self._weight_system()
+        L, jitter = cholesky(M)
+        dtheta = torch.cholesky_solve(st["b"].unsqueeze(-1), L)[:, 0]
+        st.update(Lw=L, delta_theta=dtheta)
+        self.solve_info = SolveInfo("cholesky", M.shape[0], relative_residual(lambda v: M @ v, dtheta, st["b"]), jitter)
+
+    def _fit_weight_cg(self, rep: Reporter) -> None:
+        st = self._state
+        st["b"] = self.lm.vjp(st["X"], st["r"].reshape(st["Y"].shape))
+        counter = MatvecCounter(max_calls=self.cg_max_iter, stage="solve")
+        lam = self.noise / self.prior_var
+        op = GGNOperator(st["X"], lm=self.lm, counter=counter).add_diagonal(
+            torch.full((self.lm.num_params,), lam, dtype=self.lm.dtype, device=self.lm.device)
+        )
+        rep.emit("solve", 0.0, force=True, message="CG on the GGN")
+        dtheta, converged = cg_solve(op, st["b"].unsqueeze(-1), self.cg_tol, self.cg_max_iter, 0)
+        dtheta = dtheta[:, 0]
+        st.update(op_w=op, delta_theta=dtheta)
+        self.solve_info = SolveInfo("cg", counter.columns, relative_residual(op.matmul, dtheta, st["b"]), converged=converged)
+
+    # ---------------------------------------------------------------- prediction
+    def _require_fit(self) -> dict:
+        if "delta_theta" not in self._state:
+            raise NotFittedError("Call fit(X, y) before predicting.")
+        return self._state
+
+    @property
+    def delta_theta(self) -> torch.Tensor:
+        """Return Δθ, shape (P,) (or (K, P) for independent outputs): mean(x) = f(x) + J(x) Δθ."""
+        return self._require_fit()["delta_theta"]
+
+    def predict_mean(self, Xs: torch.Tensor) -> torch.Tensor:
+        """Return the posterior mean f(x) + J(x)Δθ, shape (m,) or (m, K)."""
+        st = self._require_fit()
+        Xs = self.lm.prepare(Xs)
+        mean = self.lm.forward(Xs)
+        dt = st["delta_theta"]
+        if dt.dim() == 2:
+            mean = mean + self.lm.jvp(Xs, dt).diagonal(dim1=0, dim2=2)
+        else:
+            mean = mean + self.lm.jvp(Xs, dt)
+        return mean[:, 0] if st["vector"] else mean
+
+    def predict(self, Xs: torch.Tensor, include_noise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (posterior mean, posterior variance), each (m,) or (m, K); noise added on request."""
+        st = self._require_fit()
+        Xs = self.lm.prepare(Xs)
+        mean = self.predict_mean(Xs)
+        parts = [self._variance_chunk(Xs[s]) for s in self.lm.chunks(Xs.shape[0])]
+        var = torch.cat(parts).clamp_min(0.0)
+        if include_noise:
+            var = var + self.noise
+        return mean, (var[:, 0] if st["vector"] else var)
+
+    def _variance_chunk(self, Xc: torch.Tensor) -> torch.Tensor:
+        st, s2, plan = self._state, self.prior_var, self.plan
+        K = st["Y"].shape[1]
+        m = Xc.shape[0]
+        if plan.space == "function":
+            prior = s2 * self.kernels.diag(Xc)  # (m, K)
+            if plan.solver == "cholesky":
+                Kx = self.kernels.matrix(Xc, st["X"]).T
+                V = torch.linalg.solve_triangular(st["L"], Kx, upper=False)
+                corr = (V * V).sum(0)
+            else:
+                Kx = self._cross_kernel(Xc)
+                W, _ = cg_solve(st["op"], Kx, self.cg_tol, self.cg_max_iter, self.precond_rank)
+                corr = (Kx * W).sum(0)
+            return prior - s2 * s2 * corr.reshape(m, K)
+        J = self.lm.jacobian(Xc).reshape(m * K, -1).T  # (P, m·K)
+        if plan.solver == "cholesky":
+            V = torch.linalg.solve_triangular(st["Lw"], J, upper=False)
+            quad = (V * V).sum(0)
+        else:
+            W, _ = cg_solve(st["op_w"], J, self.cg_tol, self.cg_max_iter, 0)
+            quad = (J * W).sum(0)
+        return self.noise * quad.reshape(m, K)
+
+    def _cross_kernel(self, Xc: torch.Tensor) -> torch.Tensor:
+        """Return K(X_train, Xc) of size (N, m·K), matrix-free (vjp on Xc, jvp on the training set)."""
+        st = self._state
+        K = st["Y"].shape[1]
+        eye = torch.eye(Xc.shape[0] * K, dtype=self.lm.dtype, device=self.lm.device)
+        return self.lm.kernel_matmul(st["X"], Xc, eye, independent=self.outputs == "independent")
+
+    # ------------------------------------------------------- marginal likelihood
+    def log_marginal_likelihood(self) -> float:
+        """Return log p(y | X, s², σ²), exact for Cholesky routes, GPyTorch's estimate for CG."""
+        st = self._require_fit()
+        r = st["r"]
+        N = r.numel()
+        if self.plan.solver == "cholesky" and self.plan.space == "function":
+            quad = float(r @ st["alpha"])
+            logdet = 2.0 * float(torch.log(st["L"].diagonal()).sum())
+        elif self.plan.solver == "cholesky":
+            lam = self.noise / self.prior_var
+            P = st["G"].shape[0]
+            quad = (float(r @ r) - float(st["b"] @ st["delta_theta"])) / self.noise
+            logdet = N * math.log(self.noise) + 2.0 * float(torch.log(st["Lw"].diagonal()).sum()) - P * math.log(lam)
+        else:
+            return hyper.gpytorch_mll(self, st) * N
+        return -0.5 * (quad + logdet + N * math.log(2 * math.pi))
+
+    def fit_hyperparameters(
+        self, X: torch.Tensor | None = None, y: torch.Tensor | None = None, iters: int = 60
+    ) -> LinearizedGP:
+        """Return self after maximizing the marginal likelihood over prior_var and noise, then refitting."""
+        if X is not None:
+            if y is None:
+                raise ShapeError("Pass both X and y, or neither to reuse the fitted data.")
+            self._fit(X, y, Reporter())
+        st = self._require_fit()
+        if self.plan.solver == "cholesky":
+            self.prior_var, self.noise = hyper.fit_exact(self, st)
+        else:
+            self.prior_var, self.noise = hyper.fit_gpytorch(self, st, iters)
+        rep = Reporter()
+        self.lm.reporter = rep
+        try:
+            getattr(self, f"_fit_{self.plan.space}_{self.plan.solver}")(rep)
+        finally:
+            self.lm.reporter = None
+        return self

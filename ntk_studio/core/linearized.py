@@ -1,0 +1,274 @@
+"""The linearized network: f(x; θ*), and matrix-free J v, Jᵀ u, kernel and GGN products over a parameter subset.
+
+Everything is built on ``torch.func`` (``functional_call``, ``jvp``, ``vjp``, ``vmap``, ``jacrev``), so
+any layer torch can differentiate works. Data are always visited through :meth:`LinearizedModel.chunks`:
+the single seam where chunking, cancellation and (later) sharding happen.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev, jvp, vjp, vmap
+
+from .errors import ShapeError
+from .params import ParamSpec, ParamSubset
+from .progress import Reporter
+
+DEFAULT_CHUNK_SIZE = 1024
+DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes for any dense object the engine materializes
+JACOBIAN_CHUNK_BYTES = 256 * 1024**2  # one chunk of the dense Jacobian (chunk · K · P floats)
+FD_DEFAULT_EPS = {torch.float64: 1e-5, torch.float32: 1e-3}
+
+
+class LinearizedModel:
+    """A pretrained model linearized around its weights θ* in a chosen parameter subset.
+
+    The model is put in eval mode (BatchNorm uses running statistics, dropout is off), so every
+    sample's output depends on that sample only. Parameters and floating buffers are copied to
+    `dtype` and `device`; the user's module keeps its own weights untouched.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        params: ParamSpec = "all",
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> None:
+        model.eval()
+        self.model = model
+        self.subset = ParamSubset.from_spec(model, params)
+        self.dtype = dtype
+        if device is None:
+            first = next(iter(model.parameters()), None)
+            device = first.device if first is not None else torch.device("cpu")
+        self.device = torch.device(device)
+        self.chunk_size = int(chunk_size)
+        self.reporter: Reporter | None = None
+        chosen = set(self.subset.names)
+        self.theta = {
+            n: p.detach().to(device=self.device, dtype=dtype) for n, p in model.named_parameters() if n in chosen
+        }
+        self.frozen = {
+            n: p.detach().to(device=self.device, dtype=dtype) for n, p in model.named_parameters() if n not in chosen
+        }
+        for n, b in model.named_buffers():
+            self.frozen[n] = b.detach().to(device=self.device, dtype=dtype if b.is_floating_point() else b.dtype)
+        self._output_dim: int | None = None
+        # Tied weights appear under several names. torch 2.13's functional_call does not put tied
+        # parameters back after a torch.func transform (the module keeps a wrapped tensor), so we
+        # name every alias explicitly and restore the original slots ourselves.
+        canonical: dict[int, str] = {}
+        self._aliases: dict[str, str] = {}
+        named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
+        for name, t in named:
+            first = canonical.setdefault(id(t), name)
+            if first != name:
+                self._aliases[name] = first
+        self._slots = []
+        if self._aliases:
+            for module in model.modules():
+                for store in (module._parameters, module._buffers):
+                    self._slots.extend((store, key, t) for key, t in store.items())
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def num_params(self) -> int:
+        """Return P, the number of linearized parameters."""
+        return self.subset.numel
+
+    @property
+    def output_dim(self) -> int:
+        """Return K, the number of outputs per sample (known after the first forward)."""
+        if self._output_dim is None:
+            raise ShapeError("The output size is known after the model has seen data; call forward first.")
+        return self._output_dim
+
+    def prepare(self, X: torch.Tensor) -> torch.Tensor:
+        """Return X on the engine's device and dtype (floating inputs only)."""
+        if not torch.is_tensor(X):
+            X = torch.as_tensor(X)
+        if X.dim() == 0:
+            raise ShapeError("Inputs must have a leading sample dimension, e.g. shape (n, d).")
+        return X.to(device=self.device, dtype=self.dtype if X.is_floating_point() else X.dtype)
+
+    def _f(self, theta: dict[str, torch.Tensor], X: torch.Tensor) -> torch.Tensor:
+        values = {**self.frozen, **theta}
+        for alias, name in self._aliases.items():
+            values[alias] = values[name]
+        try:
+            out = functional_call(self.model, values, (X,), tie_weights=False)
+        finally:
+            for store, key, t in self._slots:
+                store[key] = t
+        if not torch.is_tensor(out):
+            raise ShapeError(f"The model must return one tensor; it returned {type(out).__name__}.")
+        return out.reshape(X.shape[0], -1)
+
+    def chunks(self, n: int, chunk_size: int | None = None) -> Iterator[slice]:
+        """Yield slices over n samples; each step checks the cancel token."""
+        step = max(1, int(chunk_size or self.chunk_size))
+        for start in range(0, n, step):
+            if self.reporter is not None:
+                self.reporter.check()
+            yield slice(start, min(start + step, n))
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        """Return f(X; θ*) with shape (n, K)."""
+        X = self.prepare(X)
+        with torch.no_grad():
+            outs = [self._f(self.theta, X[s]) for s in self.chunks(X.shape[0])]
+        out = torch.cat(outs) if outs else torch.empty(0, 0, dtype=self.dtype, device=self.device)
+        self._output_dim = out.shape[1]
+        return out
+
+    def _ensure_output_dim(self, X: torch.Tensor) -> int:
+        if self._output_dim is None:
+            with torch.no_grad():
+                self._output_dim = self._f(self.theta, X[:1]).shape[1]
+        return self._output_dim
+
+    # ------------------------------------------------------------ J and Jᵀ
+    def jvp(self, X: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Return J(X) v: (n, K) for v of shape (P,), or (c, n, K) for v of shape (c, P)."""
+        X = self.prepare(X)
+        batched = v.dim() == 2
+        tangents = self.subset.unflatten(v.to(self.device, self.dtype))
+        outs = []
+        for s in self.chunks(X.shape[0]):
+            Xc = X[s]
+
+            def push(t: dict[str, torch.Tensor], Xc: torch.Tensor = Xc) -> torch.Tensor:
+                return jvp(lambda th: self._f(th, Xc), (self.theta,), (t,))[1]
+
+            outs.append(vmap(push)(tangents) if batched else push(tangents))
+        return torch.cat(outs, dim=1 if batched else 0)
+
+    def vjp(self, X: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Return J(X)ᵀ u: (P,) for u of shape (n, K), or (c, P) for u of shape (c, n, K)."""
+        X = self.prepare(X)
+        K = self._ensure_output_dim(X)
+        batched = u.dim() == 3
+        u = u.to(self.device, self.dtype)
+        if u.shape[-2:] != (X.shape[0], K):
+            raise ShapeError(f"u must end in shape ({X.shape[0]}, {K}); got {tuple(u.shape)}.")
+        total = None
+        for s in self.chunks(X.shape[0]):
+            _, pull = vjp(lambda th, Xc=X[s]: self._f(th, Xc), self.theta)
+            if batched:
+                grads = vmap(pull)(u[:, s])[0]
+                part = self.subset.flatten(grads, batch_dims=1)
+            else:
+                part = self.subset.flatten(pull(u[s])[0])
+            total = part if total is None else total + part
+        return total
+
+    # ------------------------------------------------------------ dense J
+    def jacobian_chunk_size(self, K: int) -> int:
+        """Return how many samples' Jacobians fit in one chunk of JACOBIAN_CHUNK_BYTES."""
+        per_sample = K * self.num_params * torch.finfo(self.dtype).bits // 8
+        return max(1, min(self.chunk_size, JACOBIAN_CHUNK_BYTES // max(per_sample, 1)))
+
+    def iter_jacobian(self, X: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Yield (slice, J) with J of shape (chunk, K, P), one per-sample ``vmap(jacrev)`` per chunk."""
+        X = self.prepare(X)
+        K = self._ensure_output_dim(X)
+
+        def single(th: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+            return self._f(th, x.unsqueeze(0)).squeeze(0)
+
+        per_sample = vmap(jacrev(single), in_dims=(None, 0))
+        for s in self.chunks(X.shape[0], self.jacobian_chunk_size(K)):
+            yield s, self.subset.flatten(per_sample(self.theta, X[s]), batch_dims=2)
+
+    def jacobian(self, X: torch.Tensor) -> torch.Tensor:
+        """Return the dense Jacobian of shape (n, K, P)."""
+        return torch.cat([J for _, J in self.iter_jacobian(X)])
+
+    # ------------------------------------------------------------ kernel
+    def ntk_diag(self, X: torch.Tensor, block: bool = False) -> torch.Tensor:
+        """Return ‖J_k(x_i)‖² as (n, K), or the per-sample output blocks J(x_i)J(x_i)ᵀ as (n, K, K)."""
+        parts = []
+        for _, J in self.iter_jacobian(X):
+            parts.append(J @ J.transpose(1, 2) if block else (J * J).sum(-1))
+        return torch.cat(parts)
+
+    def kernel_matmul(
+        self, X1: torch.Tensor, X2: torch.Tensor, V: torch.Tensor, independent: bool = False
+    ) -> torch.Tensor:
+        """Return K(X1, X2) V with K = J(X1) J(X2)ᵀ of size (n1·K, n2·K); V is (n2·K,) or (n2·K, c).
+
+        Rows and columns are sample-major (index i·K + k). With `independent`, cross-output blocks
+        are dropped: K[(i,a),(j,b)] = δ_ab J_a(x_i)·J_a(x_j).
+        """
+        X1, X2 = self.prepare(X1), self.prepare(X2)
+        K = self._ensure_output_dim(X2)
+        vector = V.dim() == 1
+        V = V.to(self.device, self.dtype).reshape(X2.shape[0], K, -1).permute(2, 0, 1)  # (c, n2, K)
+        c = V.shape[0]
+        if independent:
+            # Column (c, a) keeps output a only; both sides are masked so cross terms vanish.
+            eye = torch.eye(K, dtype=self.dtype, device=self.device)
+            V = (V.unsqueeze(1) * eye.view(1, K, 1, K)).reshape(c * K, X2.shape[0], K)
+        T = self.vjp(X2, V)  # (c[·K], P)
+        out = self.jvp(X1, T)  # (c[·K], n1, K)
+        if independent:
+            out = out.reshape(c, K, X1.shape[0], K).diagonal(dim1=1, dim2=3)  # (c, n1, K)
+        out = out.permute(1, 2, 0).reshape(X1.shape[0] * K, c)
+        return out[:, 0] if vector else out
+
+    # ------------------------------------------------------------ GGN / Fisher
+    def ggn_matvec(self, X: torch.Tensor, v: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Return Jᵀ Λ J v, exact (jvp then vjp per chunk); v is (P,) or (c, P), Λ per-sample (n, K, K)."""
+        X = self.prepare(X)
+        batched = v.dim() == 2
+        vv = v if batched else v.unsqueeze(0)
+        tangents = self.subset.unflatten(vv.to(self.device, self.dtype))
+        total = None
+        for s in self.chunks(X.shape[0]):
+            Xc = X[s]
+            _, pull = vjp(lambda th: self._f(th, Xc), self.theta)
+            Jv = vmap(lambda t: jvp(lambda th: self._f(th, Xc), (self.theta,), (t,))[1])(tangents)
+            if weights is not None:
+                Jv = torch.einsum("nab,cnb->cna", weights[s].to(self.device, self.dtype), Jv)
+            part = self.subset.flatten(vmap(pull)(Jv)[0], batch_dims=1)
+            total = part if total is None else total + part
+        return total if batched else total[0]
+
+    def fd_ggn_matvec(
+        self, X: torch.Tensor, v: torch.Tensor, eps: float | None = None
+    ) -> tuple[torch.Tensor, float]:
+        """Return (Jᵀ J v by central finite differences, estimated relative error).
+
+        The paper's "fast Fisher": J v ≈ (f(θ*+εv) − f(θ*−εv)) / 2ε from two perturbed forwards,
+        then one vjp. The error estimate compares the steps ε and 2ε (Richardson): the central
+        difference error is O(ε²), so their difference over 3 estimates the error of the ε result.
+        """
+        X = self.prepare(X)
+        v = v.to(self.device, self.dtype)
+        eps = eps or FD_DEFAULT_EPS.get(self.dtype, 1e-4)
+        scale = eps / max(float(v.norm()), 1e-30) * math.sqrt(self.num_params)
+        tangent = self.subset.unflatten(v)
+
+        def shifted(h: float, Xc: torch.Tensor) -> torch.Tensor:
+            theta = {n: p + h * tangent[n] for n, p in self.theta.items()}
+            return self._f(theta, Xc)
+
+        total = torch.zeros(self.num_params, dtype=self.dtype, device=self.device)
+        err_num = 0.0
+        err_den = 0.0
+        for s in self.chunks(X.shape[0]):
+            Xc = X[s]
+            with torch.no_grad():
+                d1 = (shifted(scale, Xc) - shifted(-scale, Xc)) / (2 * scale)
+                d2 = (shifted(2 * scale, Xc) - shifted(-2 * scale, Xc)) / (4 * scale)
+            err_num += float(((d1 - d2) ** 2).sum()) / 9.0
+            err_den += float((d1**2).sum())
+            _, pull = vjp(lambda th: self._f(th, Xc), self.theta)
+            total += self.subset.flatten(pull(d1)[0])
+        return total, math.sqrt(err_num / max(err_den, 1e-300))
