@@ -122,7 +122,9 @@ class LinearizedGP:
         st = self._state
         if "Kxx" not in st:
             rep.emit("kernel", 0.0, force=True, message=f"building the kernel ({self.kernels.path})")
+            rep.chunk_stage = "kernel"
             st["Kxx"] = self.kernels.matrix(st["X"])
+            rep.chunk_stage = None
         rep.emit("factorize", 0.0, force=True)
         A = self._system()
         L, jitter = cholesky(A)
@@ -168,12 +170,14 @@ class LinearizedGP:
         st = self._state
         if "G" not in st:
             rep.emit("ggn", 0.0, force=True, message="accumulating JᵀJ")
+            rep.chunk_stage = "ggn"
             G = torch.zeros(self.lm.num_params, self.lm.num_params, dtype=self.lm.dtype, device=self.lm.device)
             for _, J in self.lm.iter_jacobian(st["X"]):
                 Jf = J.reshape(-1, J.shape[-1])
                 G.addmm_(Jf.T, Jf)
             st["G"] = G
             st["b"] = self.lm.vjp(st["X"], st["r"].reshape(st["Y"].shape))
+            rep.chunk_stage = None
         rep.emit("factorize", 0.0, force=True)
         M = self._weight_system()
         L, jitter = cholesky(M)

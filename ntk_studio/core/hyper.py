@@ -47,7 +47,7 @@ def _spectral_nll(gp: LinearizedGP, st: dict):
         quad = (coef / d).sum() if rr is None else (rr - (coef * s2 / d).sum()) / n2
         value = 0.5 * (quad + logdet + N * math.log(2 * math.pi))
         (grad,) = torch.autograd.grad(value, t)
-        return float(value), grad.cpu().numpy()
+        return float(value.detach()), grad.cpu().numpy()
 
     return nll
 
@@ -116,4 +116,4 @@ def fit_gpytorch(gp: LinearizedGP, st: dict, iters: int) -> tuple[float, float]:
             loss = -mll(model(rows), model.train_targets)
             loss.backward()
             opt.step()
-    return float(model.covar_module.outputscale), float(likelihood.noise)
+    return float(model.covar_module.outputscale.detach()), float(likelihood.noise.detach())

@@ -113,9 +113,12 @@ class LinearizedModel:
     def chunks(self, n: int, chunk_size: int | None = None) -> Iterator[slice]:
         """Yield slices over n samples; each step checks the cancel token."""
         step = max(1, int(chunk_size or self.chunk_size))
+        rep = self.reporter
         for start in range(0, n, step):
-            if self.reporter is not None:
-                self.reporter.check()
+            if rep is not None:
+                rep.check()
+                if rep.chunk_stage:
+                    rep.emit(rep.chunk_stage, start / n)
             yield slice(start, min(start + step, n))
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:

@@ -71,6 +71,8 @@ class Reporter:
         self.chunks = 0
         self._last_emit = -float("inf")
         self.stage = "start"
+        # When set, every data chunk reports (chunk_stage, fraction of the data done).
+        self.chunk_stage: str | None = None
 
     def check(self) -> None:
         """Raise :class:`Cancelled` when cancel was requested; called once per unit of work."""
