@@ -52,6 +52,7 @@ class LinearizedGP:
         if prior_var <= 0 or noise <= 0:
             raise ShapeError("prior_var and noise must be positive variances.")
         self.lm = LinearizedModel(model, params, dtype=dtype, device=device, chunk_size=chunk_size)
+        self._follow_inputs = device is None  # then the data's device wins (e.g. CUDA inputs)
         self.prior_var, self.noise = float(prior_var), float(noise)
         self.space, self.solver, self.outputs = space, solver, outputs
         self.memory_budget = int(memory_budget)
@@ -75,6 +76,8 @@ class LinearizedGP:
         return self
 
     def _prepare_data(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        if self._follow_inputs and torch.is_tensor(X) and X.device != self.lm.device:
+            self.lm.to(X.device)
         X = self.lm.prepare(X)
         y = torch.as_tensor(y).to(self.lm.device, self.lm.dtype)
         vector = y.dim() == 1

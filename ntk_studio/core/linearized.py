@@ -77,6 +77,13 @@ class LinearizedModel:
                     self._slots.extend((store, key, t) for key, t in store.items())
 
     # ------------------------------------------------------------------ basics
+    def to(self, device: torch.device | str) -> LinearizedModel:
+        """Return self with θ* and the frozen tensors moved to `device` (the user's module is untouched)."""
+        self.device = torch.device(device)
+        self.theta = {n: t.to(self.device) for n, t in self.theta.items()}
+        self.frozen = {n: t.to(self.device) for n, t in self.frozen.items()}
+        return self
+
     @property
     def num_params(self) -> int:
         """Return P, the number of linearized parameters."""
