@@ -64,6 +64,8 @@ def test_mean_and_variance_match_closed_form(name, space, solver):
     assert rel(mean, mean_ref) < tol
     assert rel(var, var_ref) < tol
     assert gp.solve_info.residual < (1e-12 if solver == "cholesky" else 1e-7)
+    if solver == "cg":
+        assert gp.solve_info.converged and 1 <= gp.solve_info.iterations <= gp.plan.size + 5
 
 
 def test_vector_targets_give_vector_outputs_and_delta_theta_is_the_mean_offset():

@@ -143,9 +143,10 @@ class LinearizedGP:
         rep.emit("solve", 0.0, force=True, message="preconditioned CG")
         alpha, converged = cg_solve(op, st["r"].unsqueeze(-1), self.cg_tol, self.cg_max_iter, self.precond_rank)
         alpha = alpha[:, 0]
+        iterations, products = counter.calls - 1, counter.columns  # the first product is the initial residual
         st.update(alpha=alpha, op=op)
         res = relative_residual(op.matmul, alpha, st["r"])
-        self.solve_info = SolveInfo("cg", counter.columns, res, converged=converged)
+        self.solve_info = SolveInfo("cg", products, res, converged=converged, iterations=iterations)
         self._finish_function_space(alpha)
 
     def _train_operator(self, counter: MatvecCounter | None = None):
@@ -199,8 +200,10 @@ class LinearizedGP:
         rep.emit("solve", 0.0, force=True, message="CG on the GGN")
         dtheta, converged = cg_solve(op, st["b"].unsqueeze(-1), self.cg_tol, self.cg_max_iter, 0)
         dtheta = dtheta[:, 0]
+        iterations, products = counter.calls - 1, counter.columns
         st.update(op_w=op, delta_theta=dtheta)
-        self.solve_info = SolveInfo("cg", counter.columns, relative_residual(op.matmul, dtheta, st["b"]), converged=converged)
+        res = relative_residual(op.matmul, dtheta, st["b"])
+        self.solve_info = SolveInfo("cg", products, res, converged=converged, iterations=iterations)
 
     # ---------------------------------------------------------------- prediction
     def _require_fit(self) -> dict:

@@ -21,13 +21,14 @@ JITTER_STEPS = (0.0, 1e-10, 1e-8, 1e-6)  # relative to the mean diagonal, tried 
 
 @dataclass(frozen=True)
 class SolveInfo:
-    """What a solve did: solver, products used, true relative residual, added jitter."""
+    """What a solve did: solver, product columns used, iterations, true relative residual, jitter."""
 
     solver: str
     products: int
     residual: float
     jitter: float = 0.0
     converged: bool = True
+    iterations: int = 0
 
 
 def cholesky(A: torch.Tensor) -> tuple[torch.Tensor, float]:
