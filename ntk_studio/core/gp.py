@@ -128,26 +128,35 @@ class LinearizedGP:
             rep.chunk_stage = "kernel"
             st["Kxx"] = self.kernels.matrix(st["X"])
             rep.chunk_stage = None
-        rep.emit("factorize", 0.0, force=True)
-        A = self._system()
-        L, jitter = cholesky(A)
-        alpha = torch.cholesky_solve(st["r"].unsqueeze(-1), L)[:, 0]
+        L, alpha = self._cholesky_solve(self._system(), st["r"], rep)
         st.update(L=L, alpha=alpha)
-        self.solve_info = SolveInfo("cholesky", A.shape[0], relative_residual(lambda v: A @ v, alpha, st["r"]), jitter)
         self._finish_function_space(alpha)
+
+    def _cholesky_solve(self, A: torch.Tensor, rhs: torch.Tensor, rep: Reporter) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (Cholesky factor of A, A⁻¹ rhs) and record the solve's residual and jitter."""
+        rep.emit("factorize", 0.0, force=True)
+        L, jitter = cholesky(A)
+        x = torch.cholesky_solve(rhs.unsqueeze(-1), L)[:, 0]
+        self.solve_info = SolveInfo("cholesky", A.shape[0], relative_residual(lambda v: A @ v, x, rhs), jitter)
+        return L, x
 
     def _fit_function_cg(self, rep: Reporter) -> None:
         st = self._state
         counter = MatvecCounter(max_calls=self.cg_max_iter, stage="solve")
         op = self._train_operator(counter)
         rep.emit("solve", 0.0, force=True, message="preconditioned CG")
-        alpha, converged = cg_solve(op, st["r"].unsqueeze(-1), self.cg_tol, self.cg_max_iter, self.precond_rank)
-        alpha = alpha[:, 0]
-        iterations, products = counter.calls - 1, counter.columns  # the first product is the initial residual
+        alpha = self._cg(op, st["r"], counter, self.precond_rank)
         st.update(alpha=alpha, op=op)
-        res = relative_residual(op.matmul, alpha, st["r"])
-        self.solve_info = SolveInfo("cg", products, res, converged=converged, iterations=iterations)
         self._finish_function_space(alpha)
+
+    def _cg(self, op, rhs: torch.Tensor, counter: MatvecCounter, precond_rank: int) -> torch.Tensor:
+        """Return op⁻¹ rhs by CG and record the solve's products, iterations and true residual."""
+        x, converged = cg_solve(op, rhs.unsqueeze(-1), self.cg_tol, self.cg_max_iter, precond_rank)
+        x = x[:, 0]
+        iterations, products = counter.calls - 1, counter.columns  # the first product is the initial residual
+        res = relative_residual(op.matmul, x, rhs)
+        self.solve_info = SolveInfo("cg", products, res, converged=converged, iterations=iterations)
+        return x
 
     def _train_operator(self, counter: MatvecCounter | None = None):
         st = self._state
@@ -182,12 +191,8 @@ class LinearizedGP:
             st["G"] = G
             st["b"] = self.lm.vjp(st["X"], st["r"].reshape(st["Y"].shape))
             rep.chunk_stage = None
-        rep.emit("factorize", 0.0, force=True)
-        M = self._weight_system()
-        L, jitter = cholesky(M)
-        dtheta = torch.cholesky_solve(st["b"].unsqueeze(-1), L)[:, 0]
+        L, dtheta = self._cholesky_solve(self._weight_system(), st["b"], rep)
         st.update(Lw=L, delta_theta=dtheta)
-        self.solve_info = SolveInfo("cholesky", M.shape[0], relative_residual(lambda v: M @ v, dtheta, st["b"]), jitter)
 
     def _fit_weight_cg(self, rep: Reporter) -> None:
         st = self._state
@@ -198,12 +203,7 @@ class LinearizedGP:
             torch.full((self.lm.num_params,), lam, dtype=self.lm.dtype, device=self.lm.device)
         )
         rep.emit("solve", 0.0, force=True, message="CG on the GGN")
-        dtheta, converged = cg_solve(op, st["b"].unsqueeze(-1), self.cg_tol, self.cg_max_iter, 0)
-        dtheta = dtheta[:, 0]
-        iterations, products = counter.calls - 1, counter.columns
-        st.update(op_w=op, delta_theta=dtheta)
-        res = relative_residual(op.matmul, dtheta, st["b"])
-        self.solve_info = SolveInfo("cg", products, res, converged=converged, iterations=iterations)
+        st.update(op_w=op, delta_theta=self._cg(op, st["b"], counter, 0))
 
     # ---------------------------------------------------------------- prediction
     def _require_fit(self) -> dict:
