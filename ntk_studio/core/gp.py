@@ -78,8 +78,9 @@ class LinearizedGP:
     def _prepare_data(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
         if self._follow_inputs and torch.is_tensor(X) and X.device != self.lm.device:
             self.lm.to(X.device)
-        X = self.lm.prepare(X)
-        y = torch.as_tensor(y).to(self.lm.device, self.lm.dtype)
+        # Own copies: caches are keyed on these tensors, and the caller may modify theirs in place.
+        X = self.lm.prepare(X).clone()
+        y = torch.as_tensor(y).to(self.lm.device, self.lm.dtype).clone()
         vector = y.dim() == 1
         Y = y.unsqueeze(-1) if vector else y
         if Y.dim() != 2 or Y.shape[0] != X.shape[0]:

@@ -132,8 +132,8 @@ class StructuredKernel:
 
     def matrix(self, X1: torch.Tensor, X2: torch.Tensor, independent: bool = False) -> torch.Tensor:
         """Return the dense kernel J(X1) J(X2)ᵀ of size (n1·K, n2·K), sample-major."""
-        F1 = self.features(X1)
-        F2 = F1 if X2 is X1 else self.features(X2)
+        F2 = self._features_cached(X2)
+        F1 = F2 if X1 is X2 else self.features(X1)
         n1, K = F1[0].G.shape[:2]
         n2 = F2[0].G.shape[0]
         total = torch.zeros(n1, K, n2, K, dtype=self.lm.dtype, device=self.lm.device)
@@ -150,6 +150,15 @@ class StructuredKernel:
             else:
                 total += scale[:, None, :, None] * torch.einsum("iko,jlo->ikjl", f1.G, f2.G)
         return total.reshape(n1 * K, n2 * K)
+
+    def _features_cached(self, X: torch.Tensor) -> list[LayerFeatures]:
+        # The right-hand set is usually the training set, reused for every test chunk.
+        cached = getattr(self, "_cache", None)
+        if cached is not None and cached[0] is X:
+            return cached[1]
+        feats = self.features(X)
+        self._cache = (X, feats)
+        return feats
 
     def diag(self, X: torch.Tensor) -> torch.Tensor:
         """Return ‖J_k(x_i)‖² as (n, K)."""

@@ -1,0 +1,418 @@
+"""Operator benchmarks for the NTK Studio engine.
+
+1. Kernel-product cost in forward passes: one ``forward``, one kernel-product column
+   ``kernel_matmul(X, X, V)`` (1 and 16 columns), ``jvp``, ``vjp`` and ``ggn_matvec`` for an MLP and a
+   small CNN in float32 and float64, each as a ratio to one forward pass of the same batch.
+2. Dense-J route vs matrix-free route for an MLP 8-128-128-1 in float64 as n grows: the n×n kernel
+   from materialized per-sample Jacobians, the structured (Linear-layer) dense kernel, one
+   matrix-free kernel product and a full preconditioned-CG fit. Each (route, n) runs in a fresh
+   subprocess so its peak RSS can be read.
+
+Run ``.venv/bin/python bench/operators.py [--quick]``; results go to bench/results/operators.json and
+markdown tables are printed. All timings use ``torch.set_num_threads(1)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import (  # noqa: E402
+    GIB,
+    MIB,
+    interleaved_medians,
+    machine_info,
+    mem_available_bytes,
+    median_time,
+    peak_rss_kib,
+    rss_kib,
+    run_child,
+)
+
+from ntk_studio.core import KernelBuilder, LinearizedGP, LinearizedModel  # noqa: E402
+
+THREADS = 1
+MODEL_SEED = 0
+DATA_SEED = 1
+RESULTS_PATH = Path(__file__).resolve().parent / "results" / "operators.json"
+
+# ---- part 1: operator costs in forward passes
+MLP_WIDTHS = (8, 128, 128, 1)
+CNN_INPUT = (3, 32, 32)
+CNN_CLASSES = 10
+OPERATOR_BATCH = {"mlp": 512, "cnn": 256}
+OPERATOR_DTYPES = (torch.float32, torch.float64)
+MANY_COLUMNS = 16
+TARGET_FORWARDS_PER_COLUMN = 4.0
+OPS_BUDGET_S = {"full": 40.0, "quick": 8.0}  # time for the timed rounds of one (model, dtype)
+OPS_ROUNDS = {"full": (3, 9), "quick": (2, 3)}  # (min, max) interleaved rounds
+
+# ---- part 2: dense-J vs matrix-free routes
+ROUTE_NS = {"full": (100, 300, 1000, 3000, 10000, 20000), "quick": (100, 300, 1000)}
+ROUTES = ("dense_j", "structured", "matfree")
+FLOAT64_BYTES = 8
+DENSE_J_LIMIT_BYTES = 4 * GIB  # skip the dense-J route when J alone (n·P·8) exceeds this
+STRUCTURED_LIMIT_BYTES = 6 * GIB  # skip the structured route when n²·8·2 exceeds this
+STRUCTURED_TEMPORARIES = 4  # n×n float64 arrays the structured builder holds at once (measured)
+MEMORY_SAFETY = 0.8  # never start a child expected to need more than this share of MemAvailable
+CHILD_TIMEOUT_S = {"full": 180.0, "quick": 90.0}
+WARMUP_SAMPLES = 32  # each child runs its route once on this many samples before measuring
+REPEAT_BELOW_S = 1.0  # a measured call faster than this is repeated and the median kept
+FAST_REPEATS = 5
+GP_PRIOR_VAR = 1.0
+GP_NOISE = 0.01
+CG_TOL = 1e-6
+CG_PRECOND_RANK = 32
+CG_SKIP_ABOVE_N = 10000  # above this n the CG fit is skipped when projected to exceed the limit
+CG_FIT_LIMIT_S = 90.0
+CG_FIT_OVERHEAD = 1.25  # fit time ≈ products × product time × this (diagonal, preconditioner, vjp)
+
+
+# ===================================================================== models and data
+def build_mlp(seed: int = MODEL_SEED) -> nn.Module:
+    """Return the tanh MLP 8-128-128-1 with weights from a fixed seed."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for i, (d_in, d_out) in enumerate(zip(MLP_WIDTHS[:-1], MLP_WIDTHS[1:])):
+        layers.append(nn.Linear(d_in, d_out))
+        if i < len(MLP_WIDTHS) - 2:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+def build_cnn(seed: int = MODEL_SEED) -> nn.Module:
+    """Return Conv(3,16,3)-ReLU-Conv(16,32,3)-ReLU-AvgPool-Linear(32,10) with weights from a fixed seed."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(CNN_INPUT[0], 16, 3), nn.ReLU(),
+        nn.Conv2d(16, 32, 3), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(32, CNN_CLASSES),
+    )
+
+
+MODELS = {"mlp": build_mlp, "cnn": build_cnn}
+
+
+def model_inputs(name: str, n: int, seed: int = DATA_SEED) -> torch.Tensor:
+    """Return n standard-normal inputs for the named model (float64; the engine casts them)."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (n, MLP_WIDTHS[0]) if name == "mlp" else (n, *CNN_INPUT)
+    return torch.randn(shape, generator=g, dtype=torch.float64)
+
+
+def regression_data(n: int, seed: int = DATA_SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return X ~ N(0, 1) of shape (n, 8) and y = sin(Σ X) + 0.1·noise, float64."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, MLP_WIDTHS[0], generator=g, dtype=torch.float64)
+    y = torch.sin(X.sum(1)) + 0.1 * torch.randn(n, generator=g, dtype=torch.float64)
+    return X, y
+
+
+# ===================================================================== part 1
+def _rounds_for(mode: str):
+    lo, hi = OPS_ROUNDS[mode]
+    return lambda warm_round_s: max(lo, min(hi, int(OPS_BUDGET_S[mode] / max(warm_round_s, 1e-9))))
+
+
+def operator_costs(name: str, dtype: torch.dtype, mode: str) -> dict:
+    """Return per-call medians of forward, kernel products, jvp, vjp, ggn_matvec and their ratios to forward."""
+    lm = LinearizedModel(MODELS[name](), dtype=dtype)
+    X = lm.prepare(model_inputs(name, OPERATOR_BATCH[name]))
+    n, K, P = X.shape[0], lm.forward(X).shape[1], lm.num_params
+    g = torch.Generator().manual_seed(DATA_SEED)
+    V1 = torch.randn(n * K, 1, generator=g, dtype=dtype)
+    Vc = torch.randn(n * K, MANY_COLUMNS, generator=g, dtype=dtype)
+    v = torch.randn(P, generator=g, dtype=dtype)
+    u = torch.randn(n, K, generator=g, dtype=dtype)
+    ops = {
+        "forward": lambda: lm.forward(X),
+        "kernel_1col": lambda: lm.kernel_matmul(X, X, V1),
+        f"kernel_{MANY_COLUMNS}col": lambda: lm.kernel_matmul(X, X, Vc),
+        "jvp": lambda: lm.jvp(X, v),
+        "vjp": lambda: lm.vjp(X, u),
+        "ggn_matvec": lambda: lm.ggn_matvec(X, v),
+    }
+    timings = interleaved_medians(ops, _rounds_for(mode))
+    fwd = timings["forward"]["median_s"]
+    per_call = {k: t["median_s"] for k, t in timings.items()}
+    per_call[f"kernel_{MANY_COLUMNS}col_per_col"] = per_call[f"kernel_{MANY_COLUMNS}col"] / MANY_COLUMNS
+    return {
+        "model": name,
+        "dtype": str(dtype).removeprefix("torch."),
+        "n": n,
+        "outputs": K,
+        "params": P,
+        "rounds": timings["forward"]["samples"],
+        "seconds": {k: round(t, 6) for k, t in per_call.items()},
+        "forwards": {k: round(t / fwd, 2) for k, t in per_call.items() if k != "forward"},
+    }
+
+
+def run_operators(mode: str) -> list[dict]:
+    """Return operator_costs for every model and dtype, printing progress to stderr."""
+    rows = []
+    for name in MODELS:
+        for dtype in OPERATOR_DTYPES:
+            start = time.perf_counter()
+            rows.append(operator_costs(name, dtype, mode))
+            _log(f"operators {name} {dtype}: {time.perf_counter() - start:.0f} s")
+    return rows
+
+
+# ===================================================================== part 2: children
+def _measure_call(fn) -> float:
+    """Return the time of fn(); calls faster than REPEAT_BELOW_S are repeated and the median kept."""
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    if first >= REPEAT_BELOW_S:
+        return first
+    return median_time(fn, FAST_REPEATS, warmup=0)
+
+
+def _baseline_kib() -> int:
+    gc.collect()
+    return rss_kib()
+
+
+def _extra_mib(baseline_kib: int) -> float:
+    return round((peak_rss_kib() - baseline_kib) / 1024, 1)
+
+
+def child_dense(route: str, n: int) -> dict:
+    """Return time and peak extra RSS of one dense n×n kernel build (route 'dense_j' or 'structured')."""
+    structured = None if route == "structured" else False
+    model = build_mlp()
+    X, _ = regression_data(n)
+    lm = LinearizedModel(model)
+    KernelBuilder(lm, structured=structured).matrix(X[:WARMUP_SAMPLES])
+    builder = KernelBuilder(lm, structured=structured)
+    base = _baseline_kib()
+    seconds = _measure_call(lambda: builder.matrix(X))
+    return {"seconds": round(seconds, 4), "peak_extra_mib": _extra_mib(base), "baseline_mib": round(base / 1024, 1),
+            "path": builder.path}
+
+
+def _fit_cg(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> LinearizedGP:
+    gp = LinearizedGP(model, prior_var=GP_PRIOR_VAR, noise=GP_NOISE, space="function", solver="cg",
+                      precond_rank=CG_PRECOND_RANK, cg_tol=CG_TOL)
+    return gp.fit(X, y)
+
+
+def child_matfree(n: int, products_estimate: int) -> dict:
+    """Return one kernel-product column's time and a full CG fit's time, products and peak extra RSS."""
+    model = build_mlp()
+    X, y = regression_data(n)
+    lm = LinearizedModel(model)
+    Xp = lm.prepare(X)
+    V = torch.randn(n, 1, generator=torch.Generator().manual_seed(DATA_SEED), dtype=torch.float64)
+    lm.kernel_matmul(Xp[:WARMUP_SAMPLES], Xp[:WARMUP_SAMPLES], V[:WARMUP_SAMPLES])
+    _fit_cg(model, X[:WARMUP_SAMPLES], y[:WARMUP_SAMPLES])
+    base = _baseline_kib()
+    product_s = _measure_call(lambda: lm.kernel_matmul(Xp, Xp, V))
+    out = {"product_seconds": round(product_s, 5), "product_peak_extra_mib": _extra_mib(base),
+           "baseline_mib": round(base / 1024, 1)}
+    projected = products_estimate * product_s * CG_FIT_OVERHEAD
+    out["cg_projected_seconds"] = round(projected, 1)
+    if n > CG_SKIP_ABOVE_N and projected > CG_FIT_LIMIT_S:
+        out["cg_skipped"] = (f"skipped: projected ~{projected:.0f} s (~{products_estimate} products × "
+                             f"{product_s * 1e3:.0f} ms) > {CG_FIT_LIMIT_S:.0f} s")
+        return out
+    start = time.perf_counter()
+    gp = _fit_cg(model, X, y)
+    info = gp.solve_info
+    out.update(
+        cg_seconds=round(time.perf_counter() - start, 3),
+        cg_products=info.products,
+        cg_iterations=getattr(info, "iterations", None),
+        cg_residual=info.residual,
+        cg_converged=info.converged,
+        cg_peak_extra_mib=_extra_mib(base),
+    )
+    return out
+
+
+def run_child_mode(route: str, n: int, products_estimate: int) -> None:
+    """Measure one (route, n) in this fresh process and print its result as one JSON line."""
+    torch.set_num_threads(THREADS)
+    result = child_matfree(n, products_estimate) if route == "matfree" else child_dense(route, n)
+    print(json.dumps({"route": route, "n": n, **result}))
+
+
+# ===================================================================== part 2: parent
+def _params() -> int:
+    return sum(p.numel() for p in build_mlp().parameters())
+
+
+def _needed_bytes(route: str, n: int, P: int) -> int:
+    kernel = n * n * FLOAT64_BYTES
+    if route == "dense_j":
+        return n * P * FLOAT64_BYTES + 2 * kernel  # J, the row blocks and their concatenation
+    if route == "structured":
+        return STRUCTURED_TEMPORARIES * kernel
+    return 0
+
+
+def _skip_reason(route: str, n: int, P: int, last: dict | None, timeout_s: float) -> str | None:
+    """Return why (route, n) is not run, or None: the brief's memory rules, free memory, projected time."""
+    if route == "dense_j" and n * P * FLOAT64_BYTES > DENSE_J_LIMIT_BYTES:
+        return f"skipped: J would need {n * P * FLOAT64_BYTES / GIB:.1f} GiB"
+    if route == "structured" and 2 * n * n * FLOAT64_BYTES > STRUCTURED_LIMIT_BYTES:
+        return f"skipped: kernel + copy would need {2 * n * n * FLOAT64_BYTES / GIB:.1f} GiB"
+    need, avail = _needed_bytes(route, n, P), mem_available_bytes()
+    if need > MEMORY_SAFETY * avail:
+        return f"skipped: needs ~{need / GIB:.1f} GiB, {avail / GIB:.1f} GiB available"
+    if route != "matfree" and last and last.get("status") == "ok":
+        projected = last["seconds"] * (n / last["n"]) ** 2
+        if projected > timeout_s:
+            return f"skipped: projected ~{projected:.0f} s (n² from n={last['n']}) > {timeout_s:.0f} s limit"
+    return None
+
+
+def _products_estimate(last: dict | None, n: int) -> int:
+    """Return the CG products expected at n: the last fit's count grown like √n (observed growth)."""
+    if not last or "cg_products" not in last:
+        return 0
+    return int(last["cg_products"] * math.sqrt(n / last["n"]))
+
+
+def run_routes(mode: str) -> list[dict]:
+    """Return one result per (route, n), each measured in a fresh subprocess with a time limit."""
+    P, timeout_s = _params(), CHILD_TIMEOUT_S[mode]
+    results, last = [], {}
+    for route in ROUTES:
+        for n in ROUTE_NS[mode]:
+            reason = _skip_reason(route, n, P, last.get(route), timeout_s)
+            if reason:
+                res = {"route": route, "n": n, "status": "skipped", "reason": reason}
+            else:
+                args = [__file__, "--child", route, str(n), "--products-estimate",
+                        str(_products_estimate(last.get(route), n))]
+                res = {"route": route, "n": n, **run_child(args, timeout_s)}
+                if res["status"] == "timeout":
+                    res["reason"] = f"timeout after {timeout_s:.0f} s"
+            _log(f"routes {route} n={n}: {res.get('status')} ({res.get('wall_s', 0)} s)")
+            results.append(res)
+            if res["status"] == "ok":
+                last[route] = res
+    return results
+
+
+# ===================================================================== reporting
+def _fmt_s(seconds: float) -> str:
+    if seconds < 1e-2:
+        return f"{seconds * 1e3:.2f} ms"
+    if seconds < 1:
+        return f"{seconds * 1e3:.0f} ms"
+    return f"{seconds:.2f} s"
+
+
+def operators_table(rows: list[dict]) -> str:
+    """Return the part-1 markdown table: each operator's cost in forward passes."""
+    many = f"kernel_{MANY_COLUMNS}col_per_col"
+    head = ("| model | dtype | n | P | forward | kernel col (1 col) | kernel col (16 cols, per col) "
+            "| jvp | vjp | ggn_matvec |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        f = r["forwards"]
+        cells = [r["model"], r["dtype"], str(r["n"]), f"{r['params']:,}", _fmt_s(r["seconds"]["forward"]),
+                 f"{f['kernel_1col']:.1f}×", f"{f[many]:.1f}×", f"{f['jvp']:.1f}×", f"{f['vjp']:.1f}×",
+                 f"{f['ggn_matvec']:.1f}×"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(res: dict | None, key: str, fmt) -> str:
+    if res is None:
+        return "–"
+    if res.get("status") != "ok":
+        return res.get("reason") or f"{res.get('status')}"
+    return fmt(res[key]) if res.get(key) is not None else "–"
+
+
+def routes_table(results: list[dict]) -> str:
+    """Return the part-2 markdown table: dense-J, structured and matrix-free routes by n."""
+    by = {(r["route"], r["n"]): r for r in results}
+    ns = sorted({r["n"] for r in results})
+    mib = lambda x: f"{x:,.0f}"  # noqa: E731
+    head = ("| n | dense-J kernel | dense-J MiB | structured kernel | structured MiB | product (1 col) "
+            "| CG fit | CG products | CG fit MiB |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    for n in ns:
+        d, s, m = by.get(("dense_j", n)), by.get(("structured", n)), by.get(("matfree", n))
+        cg_skip = m is not None and m.get("cg_skipped")
+        cells = [
+            f"{n:,}",
+            _cell(d, "seconds", _fmt_s), _cell(d, "peak_extra_mib", mib) if d and d.get("status") == "ok" else "–",
+            _cell(s, "seconds", _fmt_s), _cell(s, "peak_extra_mib", mib) if s and s.get("status") == "ok" else "–",
+            _cell(m, "product_seconds", _fmt_s),
+            m["cg_skipped"] if cg_skip else _cell(m, "cg_seconds", _fmt_s),
+            "–" if cg_skip else _cell(m, "cg_products", str) if m and m.get("status") == "ok" else "–",
+            "–" if cg_skip else _cell(m, "cg_peak_extra_mib", mib) if m and m.get("status") == "ok" else "–",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmarks, write the JSON results and print markdown tables."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: n up to 1000, fewer repeats")
+    ap.add_argument("--part", choices=("all", "operators", "routes"), default="all")
+    ap.add_argument("--out", type=Path, default=RESULTS_PATH, help="JSON results path")
+    ap.add_argument("--child", nargs=2, metavar=("ROUTE", "N"), help=argparse.SUPPRESS)
+    ap.add_argument("--products-estimate", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        run_child_mode(args.child[0], int(args.child[1]), args.products_estimate)
+        return
+    torch.set_num_threads(THREADS)
+    mode = "quick" if args.quick else "full"
+    report = {"machine": machine_info(THREADS), "settings": _settings(mode), "operators": [], "routes": []}
+    start = time.perf_counter()
+    if args.part in ("all", "operators"):
+        report["operators"] = run_operators(mode)
+    if args.part in ("all", "routes"):
+        report["routes"] = run_routes(mode)
+    report["total_seconds"] = round(time.perf_counter() - start, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if report["operators"]:
+        print("\n### Operator cost in forward passes (median, 1 thread)\n")
+        print(operators_table(report["operators"]))
+    if report["routes"]:
+        print(f"\n### Dense-J vs matrix-free, MLP {'-'.join(map(str, MLP_WIDTHS))}, float64\n")
+        print(routes_table(report["routes"]))
+    print(f"\nwrote {args.out} in {report['total_seconds']:.0f} s")
+
+
+def _settings(mode: str) -> dict:
+    return {
+        "mode": mode,
+        "threads": THREADS,
+        "operator_batch": OPERATOR_BATCH,
+        "many_columns": MANY_COLUMNS,
+        "target_forwards_per_column": TARGET_FORWARDS_PER_COLUMN,
+        "route_ns": list(ROUTE_NS[mode]),
+        "child_timeout_s": CHILD_TIMEOUT_S[mode],
+        "gp": {"prior_var": GP_PRIOR_VAR, "noise": GP_NOISE, "cg_tol": CG_TOL, "precond_rank": CG_PRECOND_RANK},
+        "mlp_params": _params(),
+    }
+
+
+if __name__ == "__main__":
+    main()
