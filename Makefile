@@ -20,7 +20,7 @@ venv: $(STAMP)
 # (Re)install only when pyproject.toml is newer than the stamp. -q keeps pip quiet; errors still show.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev,app,export]"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev,app,export,examples]"
 	@touch $@
 
 # Headless demo for now; the desktop app replaces this target once it exists.

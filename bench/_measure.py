@@ -26,54 +26,83 @@ MIB = 1024**2
 GIB = 1024**3
 
 
-def _time_once(fn: Callable[[], object], inner: int) -> float:
+def _time_once(fn: Callable[[], object], inner: int = 1) -> tuple[float, float]:
+    """Return (wall seconds, system CPU seconds) per call, averaged over `inner` calls."""
+    sys_start = resource.getrusage(resource.RUSAGE_SELF).ru_stime
     start = time.perf_counter()
     for _ in range(inner):
         fn()
-    return (time.perf_counter() - start) / inner
+    wall = time.perf_counter() - start
+    return wall / inner, (resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys_start) / inner
 
 
 def interleaved_medians(
     ops: dict[str, Callable[[], object]], rounds: int | Callable[[float], int]
 ) -> dict[str, dict[str, float]]:
-    """Return {name: {"median_s", "min_s", "samples"}} per call of each op, timed in interleaved rounds.
+    """Return {name: {"median_s", "min_s", "sys_share", "samples"}} per call of each op, in interleaved rounds.
 
     Every op is called once as warm-up; that call also sets how many calls one sample averages
     (enough to last MIN_SAMPLE_S). `rounds` is a count, or a function of the warm-up round's
-    duration in seconds returning one (to fit a time budget).
+    duration in seconds returning one (to fit a time budget). "sys_share" is the median share of
+    wall time spent in the kernel (mostly page faults on fresh allocations).
     """
-    warm = {name: _time_once(fn, 1) for name, fn in ops.items()}
+    warm = {name: _time_once(fn)[0] for name, fn in ops.items()}
     inner = {name: max(1, math.ceil(MIN_SAMPLE_S / max(t, 1e-9))) for name, t in warm.items()}
     n_rounds = rounds(sum(warm.values())) if callable(rounds) else rounds
-    samples: dict[str, list[float]] = {name: [] for name in ops}
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in ops}
     for _ in range(n_rounds):
         for name, fn in ops.items():
             samples[name].append(_time_once(fn, inner[name]))
-    return {
-        name: {"median_s": statistics.median(s), "min_s": min(s), "samples": len(s)}
-        for name, s in samples.items()
-    }
+    out = {}
+    for name, s in samples.items():
+        walls = [w for w, _ in s]
+        out[name] = {
+            "median_s": statistics.median(walls),
+            "min_s": min(walls),
+            "sys_share": round(statistics.median(sy / w for w, sy in s), 3),
+            "samples": len(s),
+        }
+    return out
 
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     """Return the median wall time in seconds of `repeats` calls after `warmup` untimed calls."""
     for _ in range(warmup):
         fn()
-    return statistics.median(_time_once(fn, 1) for _ in range(repeats))
+    return statistics.median(_time_once(fn)[0] for _ in range(repeats))
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
 def rss_kib() -> int:
     """Return the current resident set size (VmRSS) of this process in KiB."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("VmRSS not found in /proc/self/status")
+    return _status_kib("VmRSS")
 
 
 def peak_rss_kib() -> int:
-    """Return this process's peak resident set size in KiB (ru_maxrss is KiB on Linux)."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    """Return the peak resident set size of this process's address space (VmHWM) in KiB.
+
+    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux carries that value across fork/exec, so a child
+    started by a large parent reports at least the parent's peak (verified: a parent at 2 GiB gives
+    a fresh ``python -c`` child an ru_maxrss of 2 GiB). VmHWM belongs to the new address space.
+    """
+    return _status_kib("VmHWM")
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux ≥ 4.0, /proc/self/clear_refs); return whether it worked."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def mem_available_bytes() -> int:

@@ -34,6 +34,7 @@ from _measure import (  # noqa: E402
     mem_available_bytes,
     median_time,
     peak_rss_kib,
+    reset_peak_rss,
     rss_kib,
     run_child,
 )
@@ -154,6 +155,7 @@ def operator_costs(name: str, dtype: torch.dtype, mode: str) -> dict:
         "params": P,
         "rounds": timings["forward"]["samples"],
         "seconds": {k: round(t, 6) for k, t in per_call.items()},
+        "sys_share": {k: t["sys_share"] for k, t in timings.items()},
         "forwards": {k: round(t / fwd, 2) for k, t in per_call.items() if k != "forward"},
     }
 
@@ -181,12 +183,15 @@ def _measure_call(fn) -> float:
 
 
 def _baseline_kib() -> int:
+    """Return the RSS just before a measured call, with the peak (VmHWM) reset to it."""
     gc.collect()
+    reset_peak_rss()
     return rss_kib()
 
 
 def _extra_mib(baseline_kib: int) -> float:
-    return round((peak_rss_kib() - baseline_kib) / 1024, 1)
+    """Return peak RSS (VmHWM) minus the baseline in MiB, floored at 0."""
+    return max(0.0, round((peak_rss_kib() - baseline_kib) / 1024, 1))
 
 
 def child_dense(route: str, n: int) -> dict:
@@ -222,6 +227,7 @@ def child_matfree(n: int, products_estimate: int) -> dict:
     product_s = _measure_call(lambda: lm.kernel_matmul(Xp, Xp, V))
     out = {"product_seconds": round(product_s, 5), "product_peak_extra_mib": _extra_mib(base),
            "baseline_mib": round(base / 1024, 1)}
+    base = _baseline_kib()
     projected = products_estimate * product_s * CG_FIT_OVERHEAD
     out["cg_projected_seconds"] = round(projected, 1)
     if n > CG_SKIP_ABOVE_N and projected > CG_FIT_LIMIT_S:
@@ -332,39 +338,51 @@ def operators_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _cell(res: dict | None, key: str, fmt) -> str:
+def _ok(res: dict | None) -> bool:
+    return res is not None and res.get("status") == "ok"
+
+
+def _time_cell(res: dict | None, key: str) -> str:
+    """Return a time, or why there is none (skip reason, timeout, error)."""
     if res is None:
         return "–"
-    if res.get("status") != "ok":
-        return res.get("reason") or f"{res.get('status')}"
-    return fmt(res[key]) if res.get(key) is not None else "–"
+    if not _ok(res):
+        return res.get("reason") or str(res.get("status"))
+    return _fmt_s(res[key]) if res.get(key) is not None else "–"
+
+
+def _mib_cell(res: dict | None, key: str) -> str:
+    if not _ok(res) or res.get(key) is None:
+        return "–"
+    return f"{res[key]:,.0f}" if res[key] >= 1 else "<1"
 
 
 def routes_table(results: list[dict]) -> str:
     """Return the part-2 markdown table: dense-J, structured and matrix-free routes by n."""
     by = {(r["route"], r["n"]): r for r in results}
-    ns = sorted({r["n"] for r in results})
-    mib = lambda x: f"{x:,.0f}"  # noqa: E731
-    head = ("| n | dense-J kernel | dense-J MiB | structured kernel | structured MiB | product (1 col) "
-            "| CG fit | CG products | CG fit MiB |")
-    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
-    for n in ns:
+    head = ("| n | dense-J kernel | dense-J MiB | structured kernel | structured MiB | dense-J / structured "
+            "| product (1 col) | CG fit | CG products | CG fit MiB |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
+    for n in sorted({r["n"] for r in results}):
         d, s, m = by.get(("dense_j", n)), by.get(("structured", n)), by.get(("matfree", n))
-        cg_skip = m is not None and m.get("cg_skipped")
+        speedup = f"{d['seconds'] / s['seconds']:.0f}×" if _ok(d) and _ok(s) else "–"
+        cg_skip = _ok(m) and m.get("cg_skipped")
         cells = [
             f"{n:,}",
-            _cell(d, "seconds", _fmt_s), _cell(d, "peak_extra_mib", mib) if d and d.get("status") == "ok" else "–",
-            _cell(s, "seconds", _fmt_s), _cell(s, "peak_extra_mib", mib) if s and s.get("status") == "ok" else "–",
-            _cell(m, "product_seconds", _fmt_s),
-            m["cg_skipped"] if cg_skip else _cell(m, "cg_seconds", _fmt_s),
-            "–" if cg_skip else _cell(m, "cg_products", str) if m and m.get("status") == "ok" else "–",
-            "–" if cg_skip else _cell(m, "cg_peak_extra_mib", mib) if m and m.get("status") == "ok" else "–",
+            _time_cell(d, "seconds"), _mib_cell(d, "peak_extra_mib"),
+            _time_cell(s, "seconds"), _mib_cell(s, "peak_extra_mib"),
+            speedup,
+            _time_cell(m, "product_seconds"),
+            cg_skip or _time_cell(m, "cg_seconds"),
+            "–" if cg_skip or not _ok(m) else str(m["cg_products"]),
+            "–" if cg_skip else _mib_cell(m, "cg_peak_extra_mib"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def _log(msg: str) -> None:
+    """Print a progress line to stderr."""
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -411,6 +429,8 @@ def _settings(mode: str) -> dict:
         "child_timeout_s": CHILD_TIMEOUT_S[mode],
         "gp": {"prior_var": GP_PRIOR_VAR, "noise": GP_NOISE, "cg_tol": CG_TOL, "precond_rank": CG_PRECOND_RANK},
         "mlp_params": _params(),
+        "memory": "peak extra = VmHWM (reset via /proc/self/clear_refs just before the call) minus VmRSS "
+                  "before the call, in a fresh child process after imports, model/data creation and a warm-up",
     }
 
 

@@ -27,3 +27,19 @@ class SolverError(NTKStudioError, RuntimeError):
 
 class Cancelled(NTKStudioError):
     """The job was cancelled through its cancel token."""
+
+
+class ModelLoadError(NTKStudioError, ValueError):
+    """A model file could not be loaded (format, corruption, architecture mismatch)."""
+
+
+class UntrustedPickleError(ModelLoadError):
+    """The file is a pickled module, which runs code when loaded; pass trust to load it anyway."""
+
+
+class DataLoadError(NTKStudioError, ValueError):
+    """A dataset file could not be read or does not fit the requested columns/model."""
+
+
+class ExampleUnavailableError(NTKStudioError, ImportError):
+    """A built-in example needs an optional extra that is not installed."""

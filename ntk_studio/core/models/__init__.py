@@ -1,0 +1,1 @@
+"""Models in: TorchScript, torch.export programs, state dicts with an architecture, summaries."""
