@@ -193,3 +193,22 @@ def test_float32_follows_inputs_dtype():
     assert lm.jvp(X, torch.ones(lm.num_params)).dtype == torch.float32
     out = functional_call(lm.model, {**lm.frozen, **lm.theta}, (X,))
     assert out.dtype == torch.float32
+
+
+def test_scalar_parameters_are_linearized():
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 1)
+            self.scale = torch.nn.Parameter(torch.tensor(2.0))
+
+        def forward(self, x):
+            return self.scale * torch.tanh(self.lin(x))
+
+    torch.manual_seed(0)
+    model = Scaled()
+    lm = LinearizedModel(model, "all")
+    X = inputs("mlp", 4)
+    J = reference_jacobian(model, X, lm.subset.names)
+    v = torch.randn(lm.num_params, dtype=torch.float64)
+    assert rel_err(lm.jvp(X, v), J @ v) < RTOL

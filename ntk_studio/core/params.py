@@ -98,7 +98,7 @@ class ParamSubset:
         """Return a dict of views of `flat` (*batch, P) shaped like the parameters."""
         batch = flat.shape[:-1]
         pieces = torch.split(flat, self.sizes, dim=-1)
-        return {n: p.reshape(*batch, *s) for n, p, s in zip(self.names, pieces, self.shapes)}
+        return {n: p.reshape((*batch, *s)) for n, p, s in zip(self.names, pieces, self.shapes)}
 
     def modules(self) -> list[str]:
         """Return the names of the modules owning the chosen parameters."""
