@@ -22,7 +22,6 @@ import torch
 
 MIN_SAMPLE_S = 0.05  # a timed sample repeats a fast operation until it lasts at least this long
 KIB = 1024
-MIB = 1024**2
 GIB = 1024**3
 
 
@@ -135,6 +134,7 @@ def machine_info(threads: int) -> dict:
         "torch_threads": threads,
         "python_version": platform.python_version(),
         "platform": platform.platform(),
+        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -18,6 +18,7 @@ import argparse
 import gc
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,6 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import (  # noqa: E402
     GIB,
-    MIB,
     interleaved_medians,
     machine_info,
     mem_available_bytes,
@@ -121,6 +121,7 @@ def regression_data(n: int, seed: int = DATA_SEED) -> tuple[torch.Tensor, torch.
 
 # ===================================================================== part 1
 def _rounds_for(mode: str):
+    """Return a function mapping the warm-up round's seconds to a round count within the mode's budget."""
     lo, hi = OPS_ROUNDS[mode]
     return lambda warm_round_s: max(lo, min(hi, int(OPS_BUDGET_S[mode] / max(warm_round_s, 1e-9))))
 
@@ -257,13 +258,16 @@ def run_child_mode(route: str, n: int, products_estimate: int) -> None:
 
 # ===================================================================== part 2: parent
 def _params() -> int:
+    """Return P, the MLP's parameter count."""
     return sum(p.numel() for p in build_mlp().parameters())
 
 
 def _needed_bytes(route: str, n: int, P: int) -> int:
+    """Return the bytes a route is expected to need at n (used to avoid starving the machine)."""
     kernel = n * n * FLOAT64_BYTES
     if route == "dense_j":
-        return n * P * FLOAT64_BYTES + 2 * kernel  # J, the row blocks and their concatenation
+        # J twice while torch.cat joins its chunks, then the kernel's row blocks and their concatenation.
+        return 2 * n * P * FLOAT64_BYTES + 2 * kernel
     if route == "structured":
         return STRUCTURED_TEMPORARIES * kernel
     return 0
@@ -407,6 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.part in ("all", "routes"):
         report["routes"] = run_routes(mode)
     report["total_seconds"] = round(time.perf_counter() - start, 1)
+    report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     if report["operators"]:

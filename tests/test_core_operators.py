@@ -46,7 +46,7 @@ def case(request):
 
 def test_forward_matches_model(case):
     lm, X, _ = case
-    ref = lm.model.double()(X)
+    ref = lm.model.double().eval()(X)
     assert rel_err(lm.forward(X), ref.reshape(X.shape[0], -1)) < 1e-12
 
 
@@ -157,8 +157,12 @@ def test_eval_mode_and_user_weights_untouched():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     lm = LinearizedModel(model, "all")
     X = inputs("cnn", 3)
-    lm.forward(X)
-    assert not model.training  # BatchNorm uses running statistics
+    out = lm.forward(X)
+    assert model.training  # the caller's flag is restored after every call
+    reference = MODELS["cnn"]().double().eval()(X)  # BatchNorm with running statistics
+    assert rel_err(out, reference) < 1e-12
+    assert rel_err(lm.jvp(X, torch.ones(lm.num_params, dtype=torch.float64)), lm.jacobian(X).sum(-1)) < RTOL
+    assert model.training
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
         assert v.dtype == before[k].dtype

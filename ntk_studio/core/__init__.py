@@ -3,8 +3,14 @@
 No Qt, no printing, no global state. See :class:`LinearizedGP` for the scikit-learn-shaped API.
 """
 
+from .classify import LinearizedClassifier
 from .errors import (
     Cancelled,
+    DataLoadError,
+    ExampleUnavailableError,
+    FineTuneSettingsError,
+    ModelLoadError,
+    UntrustedPickleError,
     MemoryBudgetError,
     NotFittedError,
     NTKStudioError,
@@ -12,14 +18,28 @@ from .errors import (
     ShapeError,
     SolverError,
 )
+from .finetune import FineTuneResult, FineTuneSettings, finetune, finetune_ensemble, finetune_iter
 from .gp import LinearizedGP
 from .kernels import KernelBuilder
 from .linearized import LinearizedModel
 from .params import ParamSubset, parameter_layers
 from .plan import Plan, make_plan
 from .progress import CancelToken, ProgressEvent, Reporter
+from .trajectory import LinearizedTrajectory
 
 __all__ = [
+    "DataLoadError",
+    "ExampleUnavailableError",
+    "FineTuneResult",
+    "FineTuneSettings",
+    "FineTuneSettingsError",
+    "LinearizedClassifier",
+    "LinearizedTrajectory",
+    "ModelLoadError",
+    "UntrustedPickleError",
+    "finetune",
+    "finetune_ensemble",
+    "finetune_iter",
     "Cancelled",
     "CancelToken",
     "KernelBuilder",

@@ -43,3 +43,7 @@ class DataLoadError(NTKStudioError, ValueError):
 
 class ExampleUnavailableError(NTKStudioError, ImportError):
     """A built-in example needs an optional extra that is not installed."""
+
+
+class FineTuneSettingsError(NTKStudioError, ValueError):
+    """A fine-tuning setting is out of range (optimizer, task, learning rate, sizes)."""

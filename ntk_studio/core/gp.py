@@ -161,7 +161,10 @@ class LinearizedGP:
 
     def _train_operator(self, counter: MatvecCounter | None = None):
         st = self._state
-        K = JacobianKernelOperator(st["X"], st["X"], lm=self.lm, independent=self.outputs == "independent", counter=counter)
+        K = JacobianKernelOperator(
+            st["X"], st["X"], lm=self.lm, independent=self.outputs == "independent", counter=counter,
+            diag_fn=self.kernels.diag,
+        )
         diag = torch.full((K.shape[0],), self.noise, dtype=self.lm.dtype, device=self.lm.device)
         return (K * self.prior_var).add_diagonal(diag)
 

@@ -48,10 +48,13 @@ class JacobianKernelOperator(LinearOperator):
         lm: LinearizedModel,
         independent: bool = False,
         counter: MatvecCounter | None = None,
+        diag_fn=None,
     ) -> None:
-        super().__init__(X1, X2, lm=lm, independent=independent, counter=counter)
+        super().__init__(X1, X2, lm=lm, independent=independent, counter=counter, diag_fn=diag_fn)
         self.X1, self.X2 = X1, X2
         self.lm, self.independent, self.counter = lm, independent, counter
+        # ‖J_k(x)‖² by the cheapest available path (structured Linear-layer form when it applies).
+        self.diag_fn = diag_fn or lm.ntk_diag
         self.K = lm._ensure_output_dim(X1)
 
     def _matmul(self, rhs: torch.Tensor) -> torch.Tensor:
@@ -65,12 +68,14 @@ class JacobianKernelOperator(LinearOperator):
         return torch.Size([self.X1.shape[0] * self.K, self.X2.shape[0] * self.K])
 
     def _transpose_nonbatch(self) -> JacobianKernelOperator:
-        return JacobianKernelOperator(self.X2, self.X1, lm=self.lm, independent=self.independent, counter=self.counter)
+        return JacobianKernelOperator(
+            self.X2, self.X1, lm=self.lm, independent=self.independent, counter=self.counter, diag_fn=self.diag_fn
+        )
 
     def _diagonal(self) -> torch.Tensor:
         if self.X1 is not self.X2 and not torch.equal(self.X1, self.X2):
             raise ShapeError("The diagonal is defined for square kernels K(X, X) only.")
-        return self.lm.ntk_diag(self.X1).reshape(-1)
+        return self.diag_fn(self.X1).reshape(-1)
 
     def _get_indices(self, row_index, col_index, *batch_indices) -> torch.Tensor:
         # Entries come from whole kernel rows: rows needed are few (pivoted Cholesky asks one at a

@@ -43,7 +43,9 @@ class KernelBuilder:
         J2 = self._jacobian_cached(X2)  # (n2, K, P)
         n2, K, _ = J2.shape
         rows = []
-        for _, J1 in self.lm.iter_jacobian(X1):
+        # The square case reuses J2 row blocks instead of computing J a second time.
+        blocks = ((s, J2[s]) for s in self.lm.chunks(n2, self.lm.jacobian_chunk_size(K))) if X1 is X2 else self.lm.iter_jacobian(X1)
+        for _, J1 in blocks:
             if self.independent:
                 block = torch.einsum("ikp,jkp->ikj", J1, J2)
                 full = torch.zeros(J1.shape[0], K, n2, K, dtype=block.dtype, device=block.device)

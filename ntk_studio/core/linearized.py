@@ -27,9 +27,10 @@ FD_DEFAULT_EPS = {torch.float64: 1e-5, torch.float32: 1e-3}
 class LinearizedModel:
     """A pretrained model linearized around its weights θ* in a chosen parameter subset.
 
-    The model is put in eval mode (BatchNorm uses running statistics, dropout is off), so every
-    sample's output depends on that sample only. Parameters and floating buffers are copied to
-    `dtype` and `device`; the user's module keeps its own weights untouched.
+    The model is evaluated in eval mode (BatchNorm uses running statistics, dropout is off), so
+    every sample's output depends on that sample only; its own train/eval flags are restored after
+    each call. Parameters and floating buffers are copied to `dtype` and `device`; the user's
+    module keeps its own weights untouched.
     """
 
     def __init__(
@@ -40,7 +41,6 @@ class LinearizedModel:
         device: torch.device | str | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
-        model.eval()
         self.model = model
         self.subset = ParamSubset.from_spec(model, params)
         self.dtype = dtype
@@ -108,9 +108,14 @@ class LinearizedModel:
         values = {**self.frozen, **theta}
         for alias, name in self._aliases.items():
             values[alias] = values[name]
+        training = [m for m in self.model.modules() if m.training]
+        for m in training:
+            m.training = False
         try:
             out = functional_call(self.model, values, (X,), tie_weights=False)
         finally:
+            for m in training:
+                m.training = True
             for store, key, t in self._slots:
                 store[key] = t
         if not torch.is_tensor(out):
@@ -198,7 +203,14 @@ class LinearizedModel:
 
     def jacobian(self, X: torch.Tensor) -> torch.Tensor:
         """Return the dense Jacobian of shape (n, K, P)."""
-        return torch.cat([J for _, J in self.iter_jacobian(X)])
+        X = self.prepare(X)
+        out = None
+        # Filled in place: concatenating the chunks would hold J twice at the peak.
+        for s, J in self.iter_jacobian(X):
+            if out is None:
+                out = torch.empty(X.shape[0], *J.shape[1:], dtype=J.dtype, device=J.device)
+            out[s] = J
+        return out
 
     # ------------------------------------------------------------ kernel
     def ntk_diag(self, X: torch.Tensor, block: bool = False) -> torch.Tensor:

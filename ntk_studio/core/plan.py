@@ -11,6 +11,7 @@ SOLVERS = ("auto", "cholesky", "cg")
 # Solving in weight space costs P×P work; prefer function space until n·K exceeds P by this factor.
 WEIGHT_SPACE_RATIO = 1.0
 TYPICAL_CG_ITERATIONS = 100
+KERNEL_COPIES = 3  # n·K × n·K matrices alive at the peak of a function-space Cholesky fit
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ def cholesky_bytes(space: str, n: int, K: int, P: int, itemsize: int, dense_jaco
     N = n * K
     if space == "function":
         jac = N * P * itemsize if dense_jacobian else 0
-        return 2 * N * N * itemsize + jac
+        # Kernel, system matrix / factor, and one kernel-sized temporary while it is built.
+        return KERNEL_COPIES * N * N * itemsize + jac
     return 2 * P * P * itemsize + min(N, 1024) * P * itemsize
 
 

@@ -80,7 +80,10 @@ class StructuredKernel:
     def features(self, X: torch.Tensor) -> list[LayerFeatures]:
         """Return per-layer (A, G) for the samples X (one forward, K backward passes per chunk)."""
         X = self.lm.prepare(X)
-        parts = [self._chunk_features(X[s]) for s in self.lm.chunks(X.shape[0])]
+        # Gradients are needed even when called under no_grad (e.g. inside linear_operator's
+        # autograd Functions, which run their forward with grad mode off).
+        with torch.enable_grad():
+            parts = [self._chunk_features(X[s]) for s in self.lm.chunks(X.shape[0])]
         out = []
         for layer in zip(*parts):
             A = None if layer[0].A is None else torch.cat([f.A for f in layer])
@@ -137,18 +140,22 @@ class StructuredKernel:
         n1, K = F1[0].G.shape[:2]
         n2 = F2[0].G.shape[0]
         total = torch.zeros(n1, K, n2, K, dtype=self.lm.dtype, device=self.lm.device)
+        idx = torch.arange(K, device=self.lm.device)
+        # In-place accumulation: peak memory is the result plus one n1×n2 and one n1·K×n2·K temporary.
         for f1, f2 in zip(F1, F2):
-            scale = torch.zeros(n1, n2, dtype=self.lm.dtype, device=self.lm.device)
             if f1.A is not None:
-                scale = scale + f1.A @ f2.A.T
-            if f1.has_bias:
-                scale = scale + 1.0
-            if independent:
-                gg = torch.einsum("iko,jko->ikj", f1.G, f2.G)
-                idx = torch.arange(K, device=self.lm.device)
-                total[:, idx, :, idx] += (gg * scale.unsqueeze(1)).permute(1, 0, 2)
+                scale = f1.A @ f2.A.T
+                if f1.has_bias:
+                    scale.add_(1.0)
             else:
-                total += scale[:, None, :, None] * torch.einsum("iko,jlo->ikjl", f1.G, f2.G)
+                scale = torch.ones(n1, n2, dtype=self.lm.dtype, device=self.lm.device)
+            if independent:
+                gg = torch.einsum("iko,jko->kij", f1.G, f2.G).mul_(scale)
+                total[:, idx, :, idx] += gg
+            else:
+                gg = (f1.G.reshape(n1 * K, -1) @ f2.G.reshape(n2 * K, -1).T).view(n1, K, n2, K)
+                total.add_(gg.mul_(scale[:, None, :, None]))
+            del gg, scale
         return total.reshape(n1 * K, n2 * K)
 
     def _features_cached(self, X: torch.Tensor) -> list[LayerFeatures]:

@@ -1,0 +1,312 @@
+"""`LinearizedClassifier`: convex MAP and a Laplace (GGN) posterior for the linearized logits.
+
+The logits f(x; θ*) + J(x)Δθ are linear in Δθ, so with cross-entropy and the prior Δθ ~ N(0, s² I)
+the MAP objective L(Δθ) = Σ CE + ‖Δθ‖²/(2s²) is convex: a damped Newton iteration (Armijo
+backtracking; the logits of a trial step are F + t·dF, so it costs no extra passes) finds it to a
+gradient tolerance. The Laplace posterior N(Δθ*, H⁻¹), H = JᵀΛJ + I/s² at the MAP, is exact for the
+linearized model up to the Gaussian approximation. Routes (weight/function space × Cholesky/CG) are
+chosen like the regression GP's; the Newton steps and posteriors live in :mod:`.laplace`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import NotFittedError, ShapeError, SolverError
+from .kernels import KernelBuilder
+from .laplace import FunctionRoute, WeightRoute, softmax_stats
+from .linearized import DEFAULT_CHUNK_SIZE, DEFAULT_MEMORY_BUDGET, LinearizedModel
+from .params import ParamSpec
+from .plan import Plan, make_plan
+from .progress import CancelToken, ProgressEvent, Reporter, iterate
+
+PROBIT_SCALE = math.pi / 8  # MacKay's probit approximation: E[σ(z)] ≈ σ(μ / √(1 + π/8 · v))
+ARMIJO_C = 1e-4
+MAX_HALVINGS = 40
+# Near the optimum the objective's decrease falls below its rounding error; a step that does not
+# increase it measurably is then accepted (Newton is locally quadratically convergent).
+ROUNDOFF = 1e-14
+STALL_ITERATIONS = 3  # stop after this many steps whose objective change is below rounding
+MAX_FORCING = 0.5  # inner CG tolerance: min(0.5, √(‖g‖/‖g0‖)) gives superlinear inexact Newton
+PREDICT_METHODS = ("auto", "probit", "pairwise", "mc")
+MC_CHUNK_ELEMENTS = 2**22  # Monte Carlo draws are made for this many samples × points × classes at a time
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    """How the MAP solve ended: Newton iterations, gradient norms, objective, convergence."""
+
+    iterations: int
+    grad_norm: float  # ‖g‖ / max(1, ‖g0‖), the quantity compared with grad_tol
+    grad_norm_abs: float
+    initial_grad_norm: float
+    objective: float
+    converged: bool
+    cg_iterations: int = 0
+    absent_classes: tuple[int, ...] = ()
+
+
+def probit_proba(mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """Return softmax(μ_c / √(1 + π/8 Σ_cc)), the multi-class probit approximation, (m, C)."""
+    var = cov.diagonal(dim1=-2, dim2=-1).clamp_min(0.0)
+    return torch.softmax(mean / torch.sqrt(1.0 + PROBIT_SCALE * var), dim=-1)
+
+
+def pairwise_probit_proba(mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """Return the mean-field pairwise probit (Lu et al., 2020), normalized, (m, C).
+
+    p_c ∝ 1 / Σ_k exp(−(μ_c − μ_k) / √(1 + π/8 · Var(f_c − f_k))). It uses only logit differences,
+    so, like softmax, it ignores a random shift shared by all logits (the per-class formula does
+    not, and linearized logits are often strongly correlated); for C = 2 it is MacKay's binary probit.
+    """
+    var = cov.diagonal(dim1=-2, dim2=-1)
+    vdiff = (var.unsqueeze(-1) + var.unsqueeze(-2) - 2 * cov).clamp_min(0.0)
+    z = (mean.unsqueeze(-1) - mean.unsqueeze(-2)) / torch.sqrt(1.0 + PROBIT_SCALE * vdiff)
+    return torch.softmax(-torch.logsumexp(-z, dim=-1), dim=-1)
+
+
+def sample_gaussian(mean: torch.Tensor, cov: torch.Tensor, samples: int, generator=None) -> torch.Tensor:
+    """Return `samples` draws of N(μ_i, Σ_i) per point, (samples, m, C).
+
+    The square root comes from an eigendecomposition with negative rounding eigenvalues clipped,
+    which is exact for PSD Σ and needs no jitter (softmax-route covariances can be singular).
+    """
+    w, Q = torch.linalg.eigh(cov)
+    root = Q * w.clamp_min(0.0).sqrt().unsqueeze(-2)  # (m, C, C), root rootᵀ = Σ
+    z = torch.randn((samples, *mean.shape), generator=generator, dtype=mean.dtype, device=mean.device)
+    return mean + torch.einsum("mab,smb->sma", root, z)
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """Return the entropy −Σ p log p of each row, in nats."""
+    return -(p * torch.log(p.clamp_min(1e-300))).sum(-1)
+
+
+class LinearizedClassifier:
+    """Linearized-network classification: convex MAP over Δθ, Laplace posterior, probit/MC predictive.
+
+    prior_var is s², the prior variance of θ − θ*. `y` holds class indices 0…C−1 where C is the
+    model's number of outputs (logits). `space`/`solver` are 'auto' or forced; see :attr:`plan`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        params: ParamSpec = "all",
+        prior_var: float = 1.0,
+        space: str = "auto",
+        solver: str = "auto",
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+        grad_tol: float = 1e-8,
+        max_newton: int = 50,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        cg_tol: float = 1e-10,
+        cg_max_iter: int = 1000,
+        structured: bool | None = None,
+    ) -> None:
+        if prior_var <= 0:
+            raise ShapeError("prior_var must be a positive variance.")
+        self.lm = LinearizedModel(model, params, dtype=dtype, device=device, chunk_size=chunk_size)
+        self._follow_inputs = device is None
+        self.prior_var, self.space, self.solver = float(prior_var), space, solver
+        self.grad_tol, self.max_newton = float(grad_tol), int(max_newton)
+        self.memory_budget, self.cg_tol, self.cg_max_iter = int(memory_budget), cg_tol, cg_max_iter
+        self.kernels = KernelBuilder(self.lm, structured=structured)
+        self.plan: Plan | None = None
+        self.map_info: MapInfo | None = None
+        self._route: WeightRoute | FunctionRoute | None = None
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, X: torch.Tensor, y: torch.Tensor) -> LinearizedClassifier:
+        """Return self after finding the MAP Δθ and the Laplace posterior for (X, y)."""
+        self._fit(X, y, Reporter())
+        return self
+
+    def fit_iter(
+        self, X: torch.Tensor, y: torch.Tensor, cancel: CancelToken | None = None
+    ) -> Generator[ProgressEvent, None, LinearizedClassifier]:
+        """Yield progress events (stage 'newton': residual = relative gradient norm); return self."""
+        yield from iterate(lambda rep: self._fit(X, y, rep), cancel)
+        return self
+
+    def _prepare(self, X: torch.Tensor, y) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._follow_inputs and torch.is_tensor(X) and X.device != self.lm.device:
+            self.lm.to(X.device)
+        X = self.lm.prepare(X).clone()
+        y = torch.as_tensor(y)
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ShapeError(
+                f"y must hold integer class indices 0…C−1 (got dtype {y.dtype}); for one-hot or "
+                "probability rows pass y.argmax(1), for float labels pass y.long()."
+            )
+        if y.dim() != 1 or y.shape[0] != X.shape[0] or X.shape[0] == 0:
+            raise ShapeError(f"y must have shape (n,) with n = {X.shape[0]} > 0; got {tuple(y.shape)}.")
+        if X.is_floating_point() and not torch.isfinite(X).all():
+            raise ShapeError("X must be finite: remove or impute NaN/inf rows first.")
+        f_X = self.lm.forward(X)
+        C = f_X.shape[1]
+        if C < 2:
+            raise ShapeError(
+                "The model has 1 output, but classification needs one logit per class. For two classes "
+                "give it a 2-output head (e.g. replace the last nn.Linear(d, 1) with nn.Linear(d, 2))."
+            )
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= C:
+            bad = lo if lo < 0 else hi
+            raise ShapeError(f"y holds class index {bad}, but the model has {C} outputs (classes 0…{C - 1}).")
+        return X, y.to(self.lm.device, torch.int64), f_X
+
+    def _fit(self, X: torch.Tensor, y, rep: Reporter) -> LinearizedClassifier:
+        self.lm.reporter = rep
+        try:
+            rep.emit("forward", 0.0, force=True, message="evaluating the pretrained model")
+            X, y, F0 = self._prepare(X, y)
+            n, C = F0.shape
+            P, itemsize = self.lm.num_params, torch.finfo(self.lm.dtype).bits // 8
+            self.kernels._decide(X)
+            self.plan = make_plan(
+                n, C, P, self.space, self.solver, self.memory_budget, itemsize=itemsize,
+                dense_jacobian=not self.kernels.use_structured, rank=0, chunk=self.lm.chunk_size,
+            )
+            rep.emit("plan", 0.0, force=True, message=self.plan.describe())
+            Y = torch.nn.functional.one_hot(y, C).to(self.lm.dtype)
+            dense = self.plan.solver == "cholesky"
+            args = (self.lm, X, Y, self.prior_var, dense, self.cg_tol, self.cg_max_iter)
+            rep.chunk_stage = ("jacobian" if self.plan.space == "weight" else "kernel") if dense else None
+            if self.plan.space == "weight":
+                cache = n * C * P * itemsize + self.plan.est_bytes <= self.memory_budget
+                route = WeightRoute(*args, cache_jacobian=cache)
+            else:
+                route = FunctionRoute(*args, kernels=self.kernels)
+            rep.chunk_stage = None
+            absent = tuple(sorted(set(range(C)) - set(y.tolist())))
+            F = self._newton(route, F0, y, rep, absent)
+            route.finalize(softmax_stats(F)[1])
+            self._route = route
+            done = "posterior ready" if self.map_info.converged else "posterior ready; the MAP did NOT reach grad_tol"
+            rep.emit("done", 1.0, force=True, residual=self.map_info.grad_norm, message=done)
+            return self
+        finally:
+            self.lm.reporter = None
+
+    def _newton(self, route, F0: torch.Tensor, y: torch.Tensor, rep: Reporter, absent) -> torch.Tensor:
+        """Return the MAP logits; record :attr:`map_info`. Damped Newton, stopping on ‖g‖."""
+        F, g0, prev, stalled, it, converged = F0, None, math.inf, 0, 0, False
+        while True:
+            p, lam = softmax_stats(F)
+            gnorm = route.gradient_norm(p)
+            g0 = gnorm if g0 is None else g0
+            scale = max(1.0, g0)
+            rel = gnorm / scale
+            obj = _cross_entropy(F, y) + route.prior_term()
+            target = self.grad_tol * scale
+            frac = 1.0 if gnorm <= target or g0 <= target else math.log(g0 / gnorm) / math.log(g0 / target)
+            converged = rel <= self.grad_tol
+            stalled = stalled + 1 if obj >= prev - ROUNDOFF * abs(obj) else 0
+            prev = obj
+            last = converged or it >= self.max_newton or stalled >= STALL_ITERATIONS
+            rep.emit("newton", frac, force=it == 0 or last, residual=rel,
+                     message=f"Newton {it}: ‖g‖/max(1,‖g0‖) = {rel:.2e}, objective {obj:.10g}")
+            if last:
+                break
+            rep.check()
+            dF, q = route.direction(p, lam, min(MAX_FORCING, math.sqrt(rel)))
+            t = _line_search(F, dF, y, q, float(((p - route.Y) * dF).sum()) + q[1])
+            if t is None:
+                break
+            route.accept(t)
+            F = F + t * dF
+            it += 1
+        self.map_info = MapInfo(it, rel, gnorm, g0, obj, converged, route.cg_iterations, absent)
+        return F
+
+    # ---------------------------------------------------------------- prediction
+    def _require_fit(self):
+        if self._route is None:
+            raise NotFittedError("Call fit(X, y) before predicting.")
+        return self._route
+
+    @property
+    def delta_theta(self) -> torch.Tensor:
+        """Return the MAP offset Δθ (P,): logits(x) = f(x) + J(x) Δθ."""
+        return self._require_fit().delta_theta
+
+    def predict_logits(self, Xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (mean (m, C), covariance (m, C, C)) of the linearized logits under the posterior."""
+        route = self._require_fit()
+        Xs = self.lm.prepare(Xs)
+        mean = self.lm.forward(Xs) + self.lm.jvp(Xs, route.delta_theta)
+        step = min(self.lm.chunk_size, self.lm.jacobian_chunk_size(mean.shape[1]))
+        cov = torch.cat([route.covariance(Xs[s]) for s in self.lm.chunks(Xs.shape[0], step)])
+        return mean, 0.5 * (cov + cov.transpose(-1, -2))
+
+    def sample_logits(self, Xs: torch.Tensor, samples: int = 2000, generator=None) -> torch.Tensor:
+        """Return posterior logit samples, (samples, m, C)."""
+        mean, cov = self.predict_logits(Xs)
+        return sample_gaussian(mean, cov, samples, generator)
+
+    def predict_proba(self, Xs: torch.Tensor, method: str = "auto", samples: int = 2000, generator=None) -> torch.Tensor:
+        """Return predictive class probabilities (m, C): 'probit', 'pairwise' (probit) or 'mc' sampling.
+
+        'auto' is 'pairwise' for two classes (MacKay's binary probit on the logit difference, error
+        ≤ 0.035 by construction; the per-class probit measured 0.046 and up to 0.15 with strongly
+        correlated logits) and the per-class 'probit' for more classes.
+        """
+        if method not in PREDICT_METHODS:
+            raise ShapeError(f"method must be one of {PREDICT_METHODS}, got {method!r}.")
+        if method == "auto":
+            self._require_fit()
+            method = "pairwise" if self.lm.output_dim == 2 else "probit"
+        if method == "mc":
+            mean, cov = self.predict_logits(Xs)
+            step = max(1, MC_CHUNK_ELEMENTS // (samples * mean.shape[1]))
+            parts = [
+                torch.softmax(sample_gaussian(mean[i:i + step], cov[i:i + step], samples, generator), -1).mean(0)
+                for i in range(0, mean.shape[0], step)
+            ]
+            return torch.cat(parts)
+        approx = probit_proba if method == "probit" else pairwise_probit_proba
+        return approx(*self.predict_logits(Xs))
+
+    def uncertainty(self, Xs: torch.Tensor, method: str = "auto", samples: int = 2000, generator=None) -> torch.Tensor:
+        """Return the predictive entropy per point (m,), in nats (log C at most)."""
+        return entropy(self.predict_proba(Xs, method, samples, generator))
+
+    def log_marginal_likelihood(self) -> float:
+        """Return the Laplace evidence −L(Δθ*) − ½ log det(I + s² JᵀΛJ) (Cholesky routes)."""
+        route = self._require_fit()
+        if not route.dense:
+            raise SolverError("The Laplace evidence needs a log-determinant: refit with solver='cholesky'.")
+        return -self.map_info.objective - 0.5 * route.log_det()
+
+
+def _cross_entropy(F: torch.Tensor, y: torch.Tensor) -> float:
+    """Return Σ_i −log softmax(F_i)[y_i]."""
+    return float(-torch.log_softmax(F, dim=-1).gather(1, y.unsqueeze(1)).sum())
+
+
+def _line_search(F, dF, y, q, slope: float) -> float | None:
+    """Return an Armijo step t ∈ (0, 1] along dF, or None when no descent is possible.
+
+    The objective along the line is CE(F + t dF) + (q0 + 2t q1 + t² q2)/2: exact and cheap because
+    the logits are linear in the step.
+    """
+    if not slope < 0:
+        return None
+
+    def phi(t: float) -> float:
+        return _cross_entropy(F + t * dF, y) + 0.5 * (q[0] + 2 * t * q[1] + t * t * q[2])
+    f0, t = phi(0.0), 1.0
+    for _ in range(MAX_HALVINGS):
+        ft = phi(t)
+        if ft <= f0 + ARMIJO_C * t * slope or ft - f0 <= ROUNDOFF * abs(f0):
+            return t
+        t *= 0.5
+    return None
