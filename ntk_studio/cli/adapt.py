@@ -86,7 +86,8 @@ def load_inputs(args: argparse.Namespace):
     return loaded.module, dataset, info
 
 
-def _split(dataset, args):
+def split_rows(dataset, args):
+    """Return (adaptation rows, test rows) per --target-value, --per-class, --n-adapt and --seed."""
     import numpy as np
 
     from ntk_studio.core.data import random_split
@@ -101,6 +102,21 @@ def _split(dataset, args):
             raise DataLoadError(f"{rows.size} rows have {args.group_column} = {args.target_value!r}; values: {', '.join(values)}.")
         dataset = dataset.subset(rows)
     n = len(dataset)
+    per_class = getattr(args, "per_class", None)
+    if per_class is not None:
+        if not dataset.is_classification:
+            raise DataLoadError("--per-class applies to classification data (class labels).")
+        rng = np.random.default_rng(args.seed)
+        labels = dataset.y.numpy()
+        picked = []
+        for c in range(len(dataset.class_names)):
+            rows_c = np.flatnonzero(labels == c)
+            if rows_c.size <= per_class:
+                raise DataLoadError(f"Class {dataset.class_names[c]!r} has {rows_c.size} rows; --per-class must be smaller.")
+            picked.extend(rng.choice(rows_c, per_class, replace=False))
+        chosen = np.zeros(n, dtype=bool)
+        chosen[picked] = True
+        return dataset.subset(np.flatnonzero(chosen)), dataset.subset(np.flatnonzero(~chosen))
     if args.n_adapt is not None:
         if not 1 <= args.n_adapt < n:
             raise DataLoadError(f"--n-adapt must be between 1 and {n - 1} (the data has {n} rows).")
@@ -131,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     from ntk_studio.core.models import check_model
 
     model, dataset, info = load_inputs(args)
-    train, test = _split(dataset, args)
+    train, test = split_rows(dataset, args)
     if args.standardize_x:
         stats = Standardizer.fit(train)
         train, test = stats.transform(train), stats.transform(test)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import adapt, demo, inspect_cmd
+from . import adapt, compare_cmd, demo, inspect_cmd
 
 DEFAULT_THREADS = 1  # two shared cores: more intra-op threads thrash on small problems
 EXIT_USER_ERROR = 2
@@ -30,6 +30,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_parser(sub)
     adapt.add_parser(sub)
     inspect_cmd.add_parser(sub)
+    compare_cmd.add_parser(sub)
     examples = sub.add_parser("examples", help="list the built-in examples and whether they are installed")
     examples.set_defaults(run=_list_examples)
     return parser
