@@ -21,9 +21,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_parser(sub) -> None:
-    """Register the adapt subcommand."""
-    p = sub.add_parser("adapt", help="adapt a pretrained model to new data with the linearized GP")
+def add_data_arguments(p: argparse.ArgumentParser):
+    """Add the model/data/example arguments shared by adapt and compare; return the group."""
     src = p.add_argument_group("model and data")
     src.add_argument("--example", help="a built-in example instead of --model/--data (see `examples`)")
     add_model_arguments(src)
@@ -33,6 +32,13 @@ def add_parser(sub) -> None:
     src.add_argument("--one-hot", action="store_true", help="one-hot encode categorical feature columns")
     src.add_argument("--group-column", help="column whose value selects the target rows (e.g. year)")
     src.add_argument("--target-value", help="adapt to the rows whose group column has this value")
+    return src
+
+
+def add_parser(sub) -> None:
+    """Register the adapt subcommand."""
+    p = sub.add_parser("adapt", help="adapt a pretrained model to new data with the linearized GP")
+    src = add_data_arguments(p)
     src.add_argument(
         "--standardize-x", action="store_true",
         help="standardize inputs with statistics of the adaptation split (only if the model expects that)",

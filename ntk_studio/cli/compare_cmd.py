@@ -5,21 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .adapt import add_model_arguments, load_inputs, split_rows
+from .adapt import add_data_arguments, load_inputs, split_rows
 from .output import write_json
 
 
 def add_parser(sub) -> None:
     """Register the compare subcommand."""
     p = sub.add_parser("compare", help="compare the linearized GP with fine-tuning on the same split")
-    p.add_argument("--example", help="a built-in example instead of --model/--data")
-    add_model_arguments(p)
-    p.add_argument("--data", type=Path, help="CSV/TSV, NPZ/NPY, or an image folder")
-    p.add_argument("--target", help="target column of a table")
-    p.add_argument("--features", nargs="+", help="feature columns (default: all but target/group)")
-    p.add_argument("--one-hot", action="store_true", help="one-hot encode categorical feature columns")
-    p.add_argument("--group-column", help="column whose value selects the target rows (e.g. year)")
-    p.add_argument("--target-value", help="adapt to the rows whose group column has this value")
+    add_data_arguments(p)
     p.add_argument("--n-adapt", type=int, help="labelled rows to adapt on (default: 70%% of the rows)")
     p.add_argument("--per-class", type=int, help="classification: labelled rows per class to adapt on")
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")

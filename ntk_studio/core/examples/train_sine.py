@@ -10,17 +10,17 @@ Run: ``python -m ntk_studio.core.examples.train_sine [--out PATH] [--steps N] [-
 from __future__ import annotations
 
 import argparse
-import contextlib
 import stat
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from ntk_studio.core.examples._training import deterministic
 from ntk_studio.core.examples.sine import (
     HIDDEN_WIDTH,
     INPUT_DIM,
@@ -43,23 +43,6 @@ SHARED_READ_BITS = stat.S_IRGRP | stat.S_IROTH
 BODY_LAYERS = 4  # Linear, Tanh, Linear, Tanh
 # Extra seed offset so the data stream is not the same random stream as the weight init.
 DATA_SEED_OFFSET = 1_000_003
-
-
-@contextlib.contextmanager
-def _deterministic(seed: int) -> Iterator[None]:
-    """Seed torch and force single-threaded deterministic kernels, restoring the state after."""
-    threads = torch.get_num_threads()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    # fork_rng restores the global RNG afterwards, so callers (e.g. tests) are not perturbed.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        torch.set_num_threads(1)
-        torch.use_deterministic_algorithms(True)
-        try:
-            yield
-        finally:
-            torch.use_deterministic_algorithms(deterministic)
-            torch.set_num_threads(threads)
 
 
 def _task_targets(x: torch.Tensor) -> torch.Tensor:
@@ -91,7 +74,7 @@ def train(steps: int = DEFAULT_STEPS, seed: int = DEFAULT_SEED) -> tuple[nn.Sequ
     """Return the pretrained ``build_sine_mlp()`` (body + head 0) and a metrics dict."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    with _deterministic(seed):
+    with deterministic(seed):
         model = build_sine_mlp()
         body = model[:BODY_LAYERS]
         # Head 0 is the model's own output layer, so nothing needs copying afterwards.

@@ -11,17 +11,17 @@ Run: ``python -m ntk_studio.core.examples.train_tabular [--example NAME|all] [--
 from __future__ import annotations
 
 import argparse
-import contextlib
 import stat
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from ntk_studio.core.examples._training import deterministic
 from ntk_studio.core.data.prep import Standardizer
 from ntk_studio.core.examples.tabular import (
     SPECS,
@@ -46,23 +46,6 @@ L2_PENALTY = 0.05
 SHARED_READ_BITS = stat.S_IRGRP | stat.S_IROTH
 
 
-@contextlib.contextmanager
-def _deterministic(seed: int) -> Iterator[None]:
-    """Seed torch and force single-threaded deterministic kernels, restoring the state after."""
-    threads = torch.get_num_threads()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    # fork_rng restores the global RNG afterwards, so callers (e.g. tests) are not perturbed.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        torch.set_num_threads(1)
-        torch.use_deterministic_algorithms(True)
-        try:
-            yield
-        finally:
-            torch.use_deterministic_algorithms(deterministic)
-            torch.set_num_threads(threads)
-
-
 def train(name: str, steps: int = DEFAULT_STEPS, seed: int = DEFAULT_SEED) -> tuple[nn.Sequential, dict]:
     """Return the pretrained MLP for tabular example ``name`` and a metrics dict."""
     if name not in SPECS:
@@ -77,7 +60,7 @@ def train(name: str, steps: int = DEFAULT_STEPS, seed: int = DEFAULT_SEED) -> tu
     stats = Standardizer.fit(train_data)
     x = stats.transform_x(train_data.X).float()
     y = stats.transform_y(train_data.y).float().unsqueeze(-1)
-    with _deterministic(seed):
+    with deterministic(seed):
         model = build_tabular_mlp(len(spec.feature_names))
         weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
         optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
