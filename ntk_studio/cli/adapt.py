@@ -77,15 +77,12 @@ def load_inputs(args: argparse.Namespace):
 
     loaded = load_model(args.model, arch=args.arch, trust_pickle=args.trust_pickle)
     kwargs = {}
-    if args.data.is_dir():
-        pass
-    elif args.data.suffix.lower() in (".npz", ".npy"):
-        pass
-    else:
-        kwargs = {"target": args.target, "features": args.features, "one_hot": args.one_hot,
-                  "group_column": args.group_column}
+    is_table = not args.data.is_dir() and args.data.suffix.lower() not in (".npz", ".npy")
+    if is_table:
         if args.target is None:
             raise DataLoadError("Tables need --target COLUMN (the column to predict).")
+        kwargs = {"target": args.target, "features": args.features, "one_hot": args.one_hot,
+                  "group_column": args.group_column}
     dataset = load_dataset(args.data, **kwargs)
     info = {"model": str(args.model), "model_sha256": loaded.sha256, "model_format": loaded.format,
             "data": str(args.data), "data_sha256": dataset.sha256, "notes": list(loaded.notes) + list(dataset.notes)}

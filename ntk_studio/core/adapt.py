@@ -67,7 +67,6 @@ def adapt(
     y_train, y_test = _targets(train), _targets(test)
     if len(train) < 1 or len(test) < 1:
         raise ShapeError("Both the adaptation split and the test split need at least one row.")
-    model.eval()
     gp = LinearizedGP(
         model, params=settings.params, prior_var=settings.prior_var, noise=settings.noise,
         space=settings.space, solver=settings.solver,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .caching import LastInputCache
 from .linearized import LinearizedModel
 from .structured import StructuredKernel
 
@@ -17,6 +18,8 @@ class KernelBuilder:
         self._structured = StructuredKernel(lm) if structured is not False else None
         self._checked = structured is False
         self.use_structured = False
+        # The right-hand set is usually the training set, reused for every test chunk.
+        self._jacobian_cached = LastInputCache(lm.jacobian)
 
     def _decide(self, X: torch.Tensor) -> None:
         if not self._checked:
@@ -55,15 +58,6 @@ class KernelBuilder:
             else:
                 rows.append(J1.reshape(-1, J1.shape[-1]) @ J2.reshape(n2 * K, -1).T)
         return torch.cat(rows)
-
-    def _jacobian_cached(self, X: torch.Tensor) -> torch.Tensor:
-        # The right-hand set is usually the training set, reused for every test chunk.
-        cached = getattr(self, "_jcache", None)
-        if cached is not None and cached[0] is X:
-            return cached[1]
-        J = self.lm.jacobian(X)
-        self._jcache = (X, J)
-        return J
 
     def diag(self, X: torch.Tensor) -> torch.Tensor:
         """Return ‖J_k(x_i)‖² as (n, K)."""

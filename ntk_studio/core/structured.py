@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .caching import LastInputCache
 from .linearized import LinearizedModel
 
 PROBE_SAMPLES = 3
@@ -38,6 +39,8 @@ class StructuredKernel:
         self.reason = ""
         self.layers: dict[str, tuple[bool, bool]] = {}  # module -> (weight chosen, bias chosen)
         self.supported = self._static_check()
+        # The right-hand set is usually the training set, reused for every test chunk.
+        self._features_cached = LastInputCache(self.features)
 
     def _static_check(self) -> bool:
         modules = dict(self.lm.model.named_modules())
@@ -157,15 +160,6 @@ class StructuredKernel:
                 total.add_(gg.mul_(scale[:, None, :, None]))
             del gg, scale
         return total.reshape(n1 * K, n2 * K)
-
-    def _features_cached(self, X: torch.Tensor) -> list[LayerFeatures]:
-        # The right-hand set is usually the training set, reused for every test chunk.
-        cached = getattr(self, "_cache", None)
-        if cached is not None and cached[0] is X:
-            return cached[1]
-        feats = self.features(X)
-        self._cache = (X, feats)
-        return feats
 
     def diag(self, X: torch.Tensor) -> torch.Tensor:
         """Return ‖J_k(x_i)‖² as (n, K)."""
