@@ -8,9 +8,6 @@ from pathlib import Path
 from .output import write_csv, write_json
 from .progress import progress_bar
 
-DEFAULT_TEST_FRACTION = 0.3
-
-
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Add --model/--arch/--trust-pickle (shared with inspect)."""
     p.add_argument("--model", type=Path, help="TorchScript, torch.export (.pt2), state dict (.pt/.safetensors)")
@@ -93,7 +90,7 @@ def split_rows(dataset, args):
     """Return (adaptation rows, test rows) per --target-value, --per-class, --n-adapt and --seed."""
     import numpy as np
 
-    from ntk_studio.core.data import random_split
+    from ntk_studio.core.data import adaptation_split
     from ntk_studio.core.errors import DataLoadError
 
     if args.target_value is not None:
@@ -120,13 +117,10 @@ def split_rows(dataset, args):
         chosen = np.zeros(n, dtype=bool)
         chosen[picked] = True
         return dataset.subset(np.flatnonzero(chosen)), dataset.subset(np.flatnonzero(~chosen))
-    if args.n_adapt is not None:
-        if not 1 <= args.n_adapt < n:
-            raise DataLoadError(f"--n-adapt must be between 1 and {n - 1} (the data has {n} rows).")
-        perm = np.random.default_rng(args.seed).permutation(n)
-        return dataset.subset(np.sort(perm[: args.n_adapt])), dataset.subset(np.sort(perm[args.n_adapt :]))
-    split = random_split(n, val_fraction=0.0, test_fraction=DEFAULT_TEST_FRACTION, seed=args.seed)
-    return dataset.subset(split.train), dataset.subset(split.test)
+    if args.n_adapt is not None and not 1 <= args.n_adapt < n:
+        raise DataLoadError(f"--n-adapt must be between 1 and {n - 1} (the data has {n} rows).")
+    train_rows, test_rows = adaptation_split(n, args.n_adapt, args.seed)
+    return dataset.subset(train_rows), dataset.subset(test_rows)
 
 
 def _print(result, info) -> None:

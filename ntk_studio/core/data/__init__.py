@@ -11,7 +11,7 @@ from .arrays import SUPPORTED_EXTENSIONS as ARRAY_EXTENSIONS
 from .arrays import load_arrays
 from .dataset import Dataset
 from .images import load_image_folder
-from .prep import Split, Standardizer, random_split, source_target_split
+from .prep import Split, Standardizer, adaptation_split, random_split, source_target_split
 from .tabular import SUPPORTED_EXTENSIONS as TABLE_EXTENSIONS
 from .tabular import load_table
 
@@ -58,6 +58,7 @@ __all__ = [
     "Dataset",
     "Split",
     "Standardizer",
+    "adaptation_split",
     "load_arrays",
     "load_dataset",
     "load_image_folder",

@@ -279,3 +279,20 @@ def source_target_split(
     train = np.sort(target[chosen[:size]]).astype(np.int64)
     test = np.sort(target[chosen[size:]]).astype(np.int64)
     return source, Split(train, np.empty(0, dtype=np.int64), test)
+
+
+ADAPT_TEST_FRACTION = 0.3  # default share of rows held out for scoring when n_adapt is not given
+
+
+def adaptation_split(n: int, n_adapt: int | None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Return sorted (adaptation rows, test rows): the first n_adapt of a seeded permutation.
+
+    Without n_adapt, 70% of the rows adapt and 30% score (``random_split``).
+    """
+    if n_adapt is None:
+        split = random_split(n, val_fraction=0.0, test_fraction=ADAPT_TEST_FRACTION, seed=seed)
+        return split.train, split.test
+    if not 1 <= n_adapt < n:
+        raise DataLoadError(f"n_adapt must be between 1 and {n - 1} (the data has {n} rows), got {n_adapt}.")
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[:n_adapt]), np.sort(perm[n_adapt:])

@@ -1,0 +1,163 @@
+"""The JSON-lines protocol between a client (the GUI, a test) and the worker process.
+
+One message per line, UTF-8 JSON objects, no embedded newlines.
+
+Requests (client → worker)::
+
+    {"id": "<request id>", "cmd": "<command>", "args": {...}}
+
+Commands and their arguments (defaults filled in by :func:`decode_request`): see ``COMMANDS``.
+``cancel`` names the job to stop in ``args.job``; ``ping`` and ``cancel`` are answered at once,
+even while a job runs; every other command is a job, and a second job while one runs is refused
+with an ``error`` whose ``error_type`` is ``"Busy"``.
+
+Events (worker → client)::
+
+    {"id": "<job id>", "type": "started" | "progress" | "epoch" | "result" | "error" | "cancelled", ...}
+
+A job ends with exactly one of ``result``, ``error`` or ``cancelled``. Errors carry
+``error_type``, ``message`` and ``details`` (traceback text). Tensors and arrays travel as
+(nested) lists of floats.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import traceback
+from typing import Any
+
+import numpy as np
+import torch
+
+from ntk_studio.core.errors import NTKStudioError
+
+EVENT_TYPES = ("started", "progress", "epoch", "result", "error", "cancelled")
+TERMINAL_TYPES = frozenset({"result", "error", "cancelled"})
+# Commands answered by the reading loop itself, never queued behind a running job.
+IMMEDIATE_COMMANDS = frozenset({"ping", "cancel", "shutdown"})
+MAX_LINE_CHARS = 1_000_000  # a request is a few hundred bytes; a huge line is a bug, not data
+
+_REQUIRED = object()
+# cmd -> {arg: (accepted types, default)}; _REQUIRED marks arguments without a default.
+COMMANDS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
+    "ping": {},
+    "shutdown": {},
+    "cancel": {"job": ((str,), _REQUIRED)},
+    "load_example": {"name": ((str,), _REQUIRED)},
+    "fit_gp": {
+        "params": ((str,), "all"),
+        "prior_var": ((float, int), 1.0),
+        "noise": ((float, int), 0.1),
+        "space": ((str,), "auto"),
+        "solver": ((str,), "auto"),
+        "n_adapt": ((int, type(None)), None),
+        "seed": ((int,), 0),
+        "grid_points": ((int,), 200),
+    },
+    "finetune": {
+        "epochs": ((int,), 200),
+        "lr": ((float, int), 1e-3),
+        "batch_size": ((int,), 32),
+        "n_adapt": ((int, type(None)), None),
+        "seed": ((int,), 0),
+        "grid_points": ((int,), 200),
+    },
+}
+
+
+class ProtocolError(NTKStudioError, ValueError):
+    """A line is not a valid protocol message (bad JSON, unknown command, wrong argument)."""
+
+    def __init__(self, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Return ``obj`` with tensors/arrays turned into lists and NumPy scalars into Python numbers."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().tolist()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    return obj
+
+
+def encode(message: dict[str, Any]) -> str:
+    """Return one protocol line (with its newline) for ``message``."""
+    # allow_nan: a diverged fit has NaN metrics; Python's json reads them back, which is all we need.
+    return json.dumps(to_jsonable(message), allow_nan=True, separators=(",", ":")) + "\n"
+
+
+def _parse(line: str) -> dict[str, Any]:
+    if len(line) > MAX_LINE_CHARS:
+        raise ProtocolError(f"Message of {len(line)} characters exceeds the {MAX_LINE_CHARS} limit.")
+    try:
+        msg = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"Not valid JSON: {exc}.") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"A message must be a JSON object, got {type(msg).__name__}.")
+    if not isinstance(msg.get("id"), str) or not msg["id"]:
+        raise ProtocolError("A message needs a non-empty string 'id'.")
+    return msg
+
+
+def decode_request(line: str) -> dict[str, Any]:
+    """Return ``{"id", "cmd", "args"}`` with defaults filled in; raise ProtocolError when invalid."""
+    msg = _parse(line)
+    rid = msg["id"]
+    extra = set(msg) - {"id", "cmd", "args"}
+    if extra:
+        raise ProtocolError(f"Unknown request fields: {sorted(extra)}.", rid)
+    cmd, args = msg.get("cmd"), msg.get("args", {})
+    if cmd not in COMMANDS:
+        raise ProtocolError(f"Unknown command {cmd!r}; known: {', '.join(COMMANDS)}.", rid)
+    if not isinstance(args, dict):
+        raise ProtocolError("'args' must be a JSON object.", rid)
+    schema = COMMANDS[cmd]
+    unknown = set(args) - set(schema)
+    if unknown:
+        raise ProtocolError(f"Unknown arguments for {cmd}: {sorted(unknown)}; accepted: {sorted(schema)}.", rid)
+    full = {}
+    for name, (types, default) in schema.items():
+        if name not in args:
+            if default is _REQUIRED:
+                raise ProtocolError(f"{cmd} needs the argument {name!r}.", rid)
+            full[name] = default
+            continue
+        value = args[name]
+        # bool is an int subclass in Python but never a valid number or count here.
+        if isinstance(value, bool) or not isinstance(value, types):
+            names = "/".join("null" if t is type(None) else t.__name__ for t in types)
+            raise ProtocolError(f"{cmd} argument {name!r} must be {names}, got {value!r}.", rid)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ProtocolError(f"{cmd} argument {name!r} must be finite, got {value!r}.", rid)
+        full[name] = float(value) if float in types and value is not None else value
+    return {"id": rid, "cmd": cmd, "args": full}
+
+
+def decode_event(line: str) -> dict[str, Any]:
+    """Return the event dict of a worker line; raise ProtocolError when it is not a valid event."""
+    msg = _parse(line)
+    if msg.get("type") not in EVENT_TYPES:
+        raise ProtocolError(f"Unknown event type {msg.get('type')!r}.", msg["id"])
+    return msg
+
+
+def request(request_id: str, cmd: str, **args: Any) -> dict[str, Any]:
+    """Return a request message (not yet validated; the worker validates)."""
+    return {"id": request_id, "cmd": cmd, "args": args}
+
+
+def error_event(job_id: str, exc: BaseException, error_type: str | None = None) -> dict[str, Any]:
+    """Return the ``error`` event describing ``exc`` (type name, message, traceback text)."""
+    details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return {"id": job_id, "type": "error", "error_type": error_type or type(exc).__name__,
+            "message": str(exc), "details": details}
