@@ -242,3 +242,14 @@ def test_closing_the_stream_cancels_the_work():
     next(stream)
     stream.close()
     assert token.cancelled
+
+
+def test_predict_checks_the_cancel_token():
+    X, y, Xs = data(n=20)
+    gp = LinearizedGP(MODELS["mlp"](), chunk_size=2).fit(X, y)
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        gp.predict(Xs, cancel=token)
+    mean, _ = gp.predict(Xs)  # a later call without a token is unaffected
+    assert mean.shape == (6, 1)

@@ -232,12 +232,21 @@ class LinearizedGP:
             mean = mean + self.lm.jvp(Xs, dt)
         return mean[:, 0] if st["vector"] else mean
 
-    def predict(self, Xs: torch.Tensor, include_noise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (posterior mean, posterior variance), each (m,) or (m, K); noise added on request."""
+    def predict(
+        self, Xs: torch.Tensor, include_noise: bool = False, cancel: CancelToken | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (posterior mean, posterior variance), each (m,) or (m, K); noise added on request.
+
+        With `cancel`, every data chunk (and CG product) checks the token and raises Cancelled.
+        """
         st = self._require_fit()
         Xs = self.lm.prepare(Xs)
-        mean = self.predict_mean(Xs)
-        parts = [self._variance_chunk(Xs[s]) for s in self.lm.chunks(Xs.shape[0])]
+        self.lm.reporter = Reporter(cancel=cancel) if cancel is not None else None
+        try:
+            mean = self.predict_mean(Xs)
+            parts = [self._variance_chunk(Xs[s]) for s in self.lm.chunks(Xs.shape[0])]
+        finally:
+            self.lm.reporter = None
         var = torch.cat(parts).clamp_min(0.0)
         if include_noise:
             var = var + self.noise

@@ -93,10 +93,10 @@ def fit_gp_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
     fit = gp.fit_iter(adapt.X, adapt.y, cancel=cancel)
     for event in fit:
         yield "progress", _progress_payload(event)
-    cancel.raise_if_cancelled()  # prediction below does not check the token: stop before it
-    mean, var = gp.predict(X_plot)
     cancel.raise_if_cancelled()
-    test_mean, test_var = gp.predict(test.X, include_noise=True)
+    mean, var = gp.predict(X_plot, cancel=cancel)
+    cancel.raise_if_cancelled()
+    test_mean, test_var = gp.predict(test.X, include_noise=True, cancel=cancel)
     state.gp = gp
     return {
         "x": X_plot[:, 0] if is_grid else None, "grid": is_grid,
