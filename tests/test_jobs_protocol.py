@@ -133,3 +133,16 @@ def test_cli_worker_subcommand_serves_stdin(monkeypatch):
     assert sys.stdout is out  # restored after serving
     reply = json.loads(out.getvalue())
     assert reply["id"] == "p" and reply["pong"] is True
+
+
+def test_flags_accept_booleans_but_numbers_do_not():
+    from ntk_studio.jobs.protocol import ProtocolError, decode_request, encode
+
+    ok = decode_request(encode({"id": "a", "cmd": "fit_gp", "args": {"fit_hyper": True}}))
+    assert ok["args"]["fit_hyper"] is True
+    import pytest
+
+    with pytest.raises(ProtocolError, match="fit_hyper"):
+        decode_request(encode({"id": "b", "cmd": "fit_gp", "args": {"fit_hyper": 1}}))
+    with pytest.raises(ProtocolError, match="noise"):
+        decode_request(encode({"id": "c", "cmd": "fit_gp", "args": {"noise": True}}))

@@ -186,3 +186,14 @@ def test_a_worker_that_cannot_start_is_given_up_after_a_few_tries():
         assert c.wait_for(c.submit("ping"), timeout=JOB_TIMEOUT_S)[-1]["pong"] is True
     finally:
         c.close()
+
+
+def test_fit_gp_with_marginal_likelihood_reports_training_points_and_truth(client):
+    _load_sine(client)
+    job = client.submit("fit_gp", n_adapt=10, seed=0, grid_points=50, fit_hyper=True, prior_var=1.0, noise=0.01)
+    result = _finish(client, job)[-1]
+    assert result["type"] == "result"
+    assert len(result["train_x"]) == 10 and len(result["train_y"]) == 10
+    assert len(result["truth"]) == 50 and len(result["mean"]) == 50
+    # The evidence moves the variances away from the starting values.
+    assert result["prior_var"] != 1.0 and result["noise"] != 0.01

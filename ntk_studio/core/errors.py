@@ -1,8 +1,9 @@
 """Typed errors the engine raises; each message says what to do about it."""
 
 
-class NTKStudioError(Exception):
-    """Base class of every error NTK Studio raises on purpose."""
+from ntk_studio.errors import NTKStudioError
+
+__all__ = ["NTKStudioError"]  # re-exported: core users catch it from here
 
 
 class ParameterSelectionError(NTKStudioError, ValueError):

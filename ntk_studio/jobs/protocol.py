@@ -27,10 +27,12 @@ import math
 import traceback
 from typing import Any
 
-import numpy as np
-import torch
+import sys
 
-from ntk_studio.core.errors import NTKStudioError
+import numpy as np
+
+# Not ntk_studio.core: importing it loads torch, and the GUI process must start without torch.
+from ntk_studio.errors import NTKStudioError
 
 EVENT_TYPES = ("started", "progress", "epoch", "result", "error", "cancelled")
 TERMINAL_TYPES = frozenset({"result", "error", "cancelled"})
@@ -54,8 +56,10 @@ COMMANDS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "n_adapt": ((int, type(None)), None),
         "seed": ((int,), 0),
         "grid_points": ((int,), 200),
+        "fit_hyper": ((bool,), False),
     },
     "finetune": {
+        "params": ((str,), "all"),
         "epochs": ((int,), 200),
         "lr": ((float, int), 1e-3),
         "batch_size": ((int,), 32),
@@ -76,7 +80,8 @@ class ProtocolError(NTKStudioError, ValueError):
 
 def to_jsonable(obj: Any) -> Any:
     """Return ``obj`` with tensors/arrays turned into lists and NumPy scalars into Python numbers."""
-    if isinstance(obj, torch.Tensor):
+    torch = sys.modules.get("torch")  # tensors exist only where torch is already imported
+    if torch is not None and isinstance(obj, torch.Tensor):
         return obj.detach().cpu().tolist()
     if isinstance(obj, np.ndarray):
         return obj.tolist()
@@ -133,8 +138,8 @@ def decode_request(line: str) -> dict[str, Any]:
             full[name] = default
             continue
         value = args[name]
-        # bool is an int subclass in Python but never a valid number or count here.
-        if isinstance(value, bool) or not isinstance(value, types):
+        # bool is an int subclass in Python: accept it only where a flag is declared.
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             names = "/".join("null" if t is type(None) else t.__name__ for t in types)
             raise ProtocolError(f"{cmd} argument {name!r} must be {names}, got {value!r}.", rid)
         if isinstance(value, float) and not math.isfinite(value):

@@ -94,6 +94,10 @@ def fit_gp_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
     for event in fit:
         yield "progress", _progress_payload(event)
     cancel.raise_if_cancelled()
+    if args["fit_hyper"]:
+        yield "progress", {"stage": "hyperparameters", "progress": 0.0, "message": "marginal likelihood"}
+        gp.fit_hyperparameters()
+        cancel.raise_if_cancelled()
     mean, var = gp.predict(X_plot, cancel=cancel)
     cancel.raise_if_cancelled()
     test_mean, test_var = gp.predict(test.X, include_noise=True, cancel=cancel)
@@ -106,6 +110,8 @@ def fit_gp_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
         "prior_var": gp.prior_var, "noise": gp.noise,
         "residual": gp.solve_info.residual if gp.solve_info else None,
         "n_adapt": len(adapt), "n_test": len(test), "wall_time": time.perf_counter() - start,
+        "train_x": adapt.X[:, 0] if is_grid else None, "train_y": adapt.y if is_grid else None,
+        "truth": example.truth(X_plot[:, 0]) if is_grid and example.truth is not None else None,
     }
 
 
@@ -114,8 +120,8 @@ def finetune_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
     example = state.require_example()
     adapt, test = state.split(args["n_adapt"], args["seed"])
     X_plot, is_grid = plot_inputs(example.target, test, args["grid_points"])
-    settings = FineTuneSettings(lr=args["lr"], epochs=args["epochs"], batch_size=args["batch_size"],
-                                seed=args["seed"], task=example.task)
+    settings = FineTuneSettings(params=args["params"], lr=args["lr"], epochs=args["epochs"],
+                                batch_size=args["batch_size"], seed=args["seed"], task=example.task)
     start = time.perf_counter()
     run = finetune_iter(example.model, adapt, None, settings, grid=X_plot, cancel=cancel,
                         max_rate=MAX_EVENTS_PER_SECOND)

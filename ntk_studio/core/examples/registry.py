@@ -46,6 +46,7 @@ class Example:
     source: Dataset | None
     target: Dataset
     notes: tuple[str, ...] = ()
+    truth: Callable[[torch.Tensor], torch.Tensor] | None = None  # noise-free target, when known
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ def _load_sine() -> Example:
             f"[-4, 1]; the rest are test points on {INPUT_RANGE} (groups says 'train'/'test').",
             "X and y are in raw units (no standardization).",
         ),
+        truth=TARGET_TASK,
     )
 
 
