@@ -21,7 +21,7 @@ TRUTH_COLOR = (0, 0, 0)
 TRAIN_COLOR = (255, 127, 14)
 LINE_WIDTH = 2
 POINT_SIZE = 9
-LEGEND_OFFSET = (-10, 10)  # top right: the sine data leave it empty
+LEGEND_OFFSET = (-10, -10)  # bottom-right: the sine bands and data leave that corner empty
 LEGEND_BRUSH = (255, 255, 255, 220)
 
 

@@ -53,7 +53,7 @@ class SettingsPanel(QWidget):
         self.noise = _spin(DEFAULT_NOISE, *VARIANCE_RANGE, step=0.005, tip=(
             "Observation noise variance σ² (a variance, not a standard deviation). "
             "With 'fit by marginal likelihood' checked this and s² are only starting values."))
-        self.fit_hyper = QCheckBox("fit s² and σ² by marginal likelihood")
+        self.fit_hyper = QCheckBox("fit s², σ² by evidence")
         self.fit_hyper.setToolTip(
             "Choose s² and σ² that maximize the evidence p(y | X) of the adaptation points (exact, "
             "after one eigendecomposition). With very few points σ² tends to come out too small.")
