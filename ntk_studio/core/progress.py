@@ -68,7 +68,6 @@ class Reporter:
         self.min_interval = 1.0 / max_rate if max_rate > 0 else 0.0
         self.start = time.perf_counter()
         self.matvecs = 0
-        self.chunks = 0
         self._last_emit = -float("inf")
         self.stage = "start"
         # When set, every data chunk reports (chunk_stage, fraction of the data done).
@@ -76,7 +75,6 @@ class Reporter:
 
     def check(self) -> None:
         """Raise :class:`Cancelled` when cancel was requested; called once per unit of work."""
-        self.chunks += 1
         self.cancel.raise_if_cancelled()
 
     def elapsed(self) -> float:
