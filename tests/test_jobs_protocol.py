@@ -115,8 +115,8 @@ def test_serve_reports_a_job_error_without_dying():
     by_id = {}
     for r in replies:
         by_id.setdefault(r["id"], []).append(r)
-    assert by_id["f"][-1]["type"] == "error" and by_id["f"][-1]["error_type"] == "DataLoadError"
-    assert "load_example" in by_id["f"][-1]["message"]
+    assert by_id["f"][-1]["type"] == "error" and by_id["f"][-1]["error_type"] == "ModelLoadError"
+    assert "load an example or a model file" in by_id["f"][-1]["message"]
     assert by_id["p"][-1]["type"] == "result" and by_id["s"][-1]["shutdown"] is True
 
 

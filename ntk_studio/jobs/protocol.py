@@ -41,32 +41,43 @@ IMMEDIATE_COMMANDS = frozenset({"ping", "cancel", "shutdown"})
 MAX_LINE_CHARS = 1_000_000  # a request is a few hundred bytes; a huge line is a bug, not data
 
 _REQUIRED = object()
+# The adaptation split every job that fits or plans shares: labelled rows and the permutation seed.
+_SPLIT = {"n_adapt": ((int, type(None)), None), "seed": ((int,), 0)}
 # cmd -> {arg: (accepted types, default)}; _REQUIRED marks arguments without a default.
 COMMANDS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "ping": {},
     "shutdown": {},
     "cancel": {"job": ((str,), _REQUIRED)},
     "load_example": {"name": ((str,), _REQUIRED)},
+    "load_model": {"path": ((str,), _REQUIRED), "arch": ((str, type(None)), None), "trust_pickle": ((bool,), False)},
+    "load_data": {
+        "path": ((str,), _REQUIRED),
+        "target": ((str, type(None)), None),  # a table without a target answers with its columns
+        "features": ((list, type(None)), None),
+        "classification": ((bool,), False),
+    },
+    "plan": {**_SPLIT, "params": ((str,), "all"), "space": ((str,), "auto"), "solver": ((str,), "auto")},
     "fit_gp": {
+        **_SPLIT,
         "params": ((str,), "all"),
         "prior_var": ((float, int), 1.0),
         "noise": ((float, int), 0.1),
         "space": ((str,), "auto"),
         "solver": ((str,), "auto"),
-        "n_adapt": ((int, type(None)), None),
-        "seed": ((int,), 0),
         "grid_points": ((int,), 200),
         "fit_hyper": ((bool,), False),
+        "device": ((str,), "auto"),
     },
     "finetune": {
+        **_SPLIT,
         "params": ((str,), "all"),
         "epochs": ((int,), 200),
         "lr": ((float, int), 1e-3),
         "batch_size": ((int,), 32),
-        "n_adapt": ((int, type(None)), None),
-        "seed": ((int,), 0),
         "grid_points": ((int,), 200),
+        "device": ((str,), "auto"),
     },
+    "trajectory": {**_SPLIT, "params": ((str,), "all"), "grid_points": ((int,), 200)},
 }
 
 

@@ -1,0 +1,100 @@
+"""Jobs that load things into the worker (examples, model files, data files) and the route estimate."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ntk_studio.core import CancelToken
+from ntk_studio.core.data import load_dataset
+from ntk_studio.core.errors import DataLoadError
+from ntk_studio.core.data.tabular import SUPPORTED_EXTENSIONS as TABLE_EXTENSIONS
+from ntk_studio.core.examples.registry import load_example
+from ntk_studio.core.models import load_model
+from ntk_studio.core.params import ParamSubset
+from ntk_studio.core.plan import make_plan
+
+from .state import WorkerState, available_devices
+from .summaries import data_summary, model_summary, table_columns
+
+JobGen = Generator[tuple[str, dict[str, Any]], None, dict[str, Any]]
+PLAN_ITEMSIZE = 8  # the GP solves in float64
+
+
+def _session(state: WorkerState) -> dict[str, Any]:
+    """Return what the window shows after a load: model tree, data preview, task and devices."""
+    model = None if state.model is None else model_summary(state.model, state.data)
+    data = None if state.data is None else data_summary(state.data)
+    return {"model": model, "data": data, "task": state.task, "devices": available_devices(),
+            "example": state.example.name if state.example is not None else None}
+
+
+def load_example_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
+    """Load a built-in example (model and data); return its summary and the session."""
+    example = load_example(args["name"])
+    cancel.raise_if_cancelled()
+    state.forget_fits()
+    state.example, state.model, state.data, state.task = example, example.model, example.target, example.task
+    state.truth, state.model_source = example.truth, f"built-in example '{example.name}'"
+    target = example.target
+    x_range = [float(target.X.min()), float(target.X.max())]
+    return {"name": example.name, "task": example.task, "description": example.description,
+            "n_rows": len(target), "input_shape": list(target.X.shape[1:]), "x_range": x_range,
+            "notes": list(example.notes), "session": _session(state)}
+    yield  # pragma: no cover - makes this a generator like the other jobs
+
+
+def load_model_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
+    """Load a model file; return its format, SHA-256, notes and the session (data kept)."""
+    loaded = load_model(args["path"], arch=args["arch"], trust_pickle=args["trust_pickle"])
+    cancel.raise_if_cancelled()
+    state.forget_fits()
+    state.model, state.model_source = loaded.module, str(loaded.path)
+    return {"path": str(loaded.path), "format": loaded.format, "sha256": loaded.sha256,
+            "notes": list(loaded.notes), "session": _session(state)}
+    yield  # pragma: no cover
+
+
+def load_data_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
+    """Load a data file; a table without a chosen target returns its columns instead of loading."""
+    path = Path(args["path"]).expanduser()
+    is_table = path.suffix.lower() in TABLE_EXTENSIONS and not path.is_dir()
+    if is_table and not args["target"]:
+        return table_columns(path)
+    options: dict[str, Any] = {"classification": args["classification"]}
+    if is_table:
+        if not all(isinstance(f, str) for f in args["features"] or []):
+            raise DataLoadError("features must be a list of column names.")
+        options.update(target=args["target"], features=args["features"] or None)
+    data = load_dataset(path, **options)
+    cancel.raise_if_cancelled()
+    state.forget_fits()
+    state.data, state.task, state.truth = data, "classification" if data.is_classification else "regression", None
+    state.example = None
+    return {"needs_columns": False, "path": str(path), "sha256": data.sha256, "session": _session(state)}
+    yield  # pragma: no cover
+
+
+def _dense_jacobian(model: nn.Module, subset: ParamSubset) -> bool:
+    modules = dict(model.named_modules())
+    # The structured kernel covers nn.Linear layers; anything else needs per-sample Jacobians.
+    return not all(isinstance(modules.get(name), nn.Linear) for name in subset.modules())
+
+
+def plan_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
+    """Return the route, system size and memory the GP would use with these settings (nothing is fitted)."""
+    model, data = state.require_model(), state.require_data()
+    adapt, _ = state.split(args["n_adapt"], args["seed"])
+    subset = ParamSubset.from_spec(model, args["params"])
+    outputs = model_summary(model, data)
+    K = (outputs["output_shape"] or [1])[0] if outputs["mismatch"] is None else 1
+    plan = make_plan(len(adapt), int(K), subset.numel, args["space"], args["solver"], itemsize=PLAN_ITEMSIZE,
+                     dense_jacobian=_dense_jacobian(model, subset))
+    return {"describe": plan.describe(), "space": plan.space, "solver": plan.solver, "n": plan.n,
+            "outputs": plan.outputs, "params": plan.params, "est_bytes": plan.est_bytes,
+            "est_products": plan.est_products, "budget_bytes": plan.budget_bytes,
+            "mismatch": outputs["mismatch"]}
+    yield  # pragma: no cover

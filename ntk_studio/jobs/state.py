@@ -1,0 +1,77 @@
+"""What a worker keeps warm between jobs: the model, the data, their splits and the last fits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ntk_studio.core.data import adaptation_split
+from ntk_studio.core.data.dataset import Dataset
+from ntk_studio.core.errors import DataLoadError, ModelLoadError, ShapeError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def available_devices() -> list[str]:
+    """Return the devices this worker can compute on: 'cpu', plus 'cuda' when torch sees a GPU."""
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """Return the torch device for a UI choice ('auto' picks CUDA when present); ShapeError if unknown."""
+    if name not in DEVICES:
+        raise ShapeError(f"device must be one of {DEVICES}, got {name!r}.")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ShapeError("CUDA was chosen but this worker sees no GPU; choose 'cpu' or 'auto'.")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+@dataclass
+class WorkerState:
+    """The loaded model and data (from an example or from files) and what was fitted on them."""
+
+    model: nn.Module | None = None
+    data: Dataset | None = None
+    task: str = "regression"
+    example: Any = None  # the core Example when one is loaded (its name, truth, notes)
+    truth: Any = None  # noise-free target function of a 1-D example, when known
+    model_source: str = ""
+    gp: Any = None  # the last LinearizedGP or LinearizedClassifier
+    finetuned: nn.Module | None = None
+    splits: dict[tuple[int | None, int], tuple[Dataset, Dataset]] = field(default_factory=dict)
+
+    def forget_fits(self) -> None:
+        """Drop fitted objects and cached splits (the model or the data changed)."""
+        self.gp, self.finetuned, self.splits = None, None, {}
+
+    def require_model(self) -> nn.Module:
+        """Return the loaded model; raise ModelLoadError when none is loaded."""
+        if self.model is None:
+            raise ModelLoadError("No model is loaded: load an example or a model file first.")
+        return self.model
+
+    def require_data(self) -> Dataset:
+        """Return the loaded data; raise DataLoadError when none is loaded."""
+        if self.data is None:
+            raise DataLoadError("No data is loaded: load an example or a data file first.")
+        return self.data
+
+    def require_example(self):
+        """Return the loaded example; raise DataLoadError when none is loaded (kept for old callers)."""
+        if self.example is None:
+            raise DataLoadError("No example is loaded: send load_example first.")
+        return self.example
+
+    def split(self, n_adapt: int | None, seed: int) -> tuple[Dataset, Dataset]:
+        """Return the (adaptation, test) datasets for this n_adapt and seed, cached."""
+        key = (n_adapt, seed)
+        if key not in self.splits:
+            data = self.require_data()
+            adapt, test = adaptation_split(len(data), n_adapt, seed)
+            self.splits[key] = (data.subset(adapt), data.subset(test))
+        return self.splits[key]

@@ -1,0 +1,95 @@
+"""What the window shows about a model and a dataset, as small JSON-ready dicts built in the worker."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ntk_studio.core.data.dataset import Dataset
+from ntk_studio.core.errors import DataLoadError, ShapeError
+from ntk_studio.core.models import check_model
+
+PREVIEW_ROWS = 50  # rows of the data preview table
+PREVIEW_DECIMALS = 6
+SNIFF_BYTES = 64 * 1024  # enough text to read a table's header and first rows
+DELIMITERS = ",\t;| "
+
+
+def module_rows(model: nn.Module) -> list[dict[str, Any]]:
+    """Return one row per module holding parameters (itself or below): name, kind, total and own counts."""
+    rows = []
+    for name, module in model.named_modules():
+        total = sum(p.numel() for p in module.parameters())
+        if total == 0:
+            continue
+        own = sum(p.numel() for p in module.parameters(recurse=False))
+        rows.append({"name": name, "kind": type(module).__name__, "params": total, "own": own})
+    return rows
+
+
+def model_summary(model: nn.Module, data: Dataset | None) -> dict[str, Any]:
+    """Return the module tree rows, the parameter total and, with data, the output shape or the mismatch."""
+    out: dict[str, Any] = {"modules": module_rows(model), "total_params": sum(p.numel() for p in model.parameters()),
+                           "output_shape": None, "mismatch": None}
+    if data is not None:
+        try:
+            out["output_shape"] = list(check_model(model, data.X))[1:]
+        except ShapeError as exc:  # the model and data may arrive in either order: report, do not refuse
+            out["mismatch"] = str(exc)
+    return out
+
+
+def _cell(value: float) -> str:
+    return f"{value:.{PREVIEW_DECIMALS}g}"
+
+
+def data_summary(data: Dataset) -> dict[str, Any]:
+    """Return the columns, task, classes, shapes and the first rows of ``data`` as preview text."""
+    tabular = data.X.dim() == 2
+    task = "classification" if data.is_classification else "regression"
+    rows = []
+    for i in range(min(PREVIEW_ROWS, len(data))):
+        y = data.y[i]
+        label = data.class_names[int(y)] if data.is_classification else ", ".join(_cell(float(v)) for v in y.reshape(-1))
+        features = [_cell(float(v)) for v in data.X[i]] if tabular else [f"image {tuple(data.X.shape[1:])}"]
+        rows.append([*features, label])
+    header = [*data.feature_names] if tabular else ["input"]
+    return {"n_rows": len(data), "task": task, "feature_names": list(data.feature_names),
+            "target_name": data.target_name, "class_names": list(data.class_names or []),
+            "input_shape": list(data.X.shape[1:]), "preview_header": [*header, data.target_name],
+            "preview": rows, "source": data.source, "sha256": data.sha256, "notes": list(data.notes),
+            "x_range": [float(data.X.min()), float(data.X.max())] if tabular else None}
+
+
+def table_columns(path: Path) -> dict[str, Any]:
+    """Return a table file's column names and first rows (text), for choosing target and features."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except OSError as exc:
+        raise DataLoadError(f"Cannot read {path}: {exc.strerror or exc}.") from None
+    text = head.decode("utf-8-sig", errors="replace")
+    if len(head) == SNIFF_BYTES and "\n" in text:
+        text = text[: text.rindex("\n")]  # drop the partial last line
+    try:
+        dialect = csv.Sniffer().sniff(text.splitlines()[0] if text else "", delimiters=DELIMITERS)
+        delimiter = dialect.delimiter
+    except csv.Error:
+        delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    lines = list(csv.reader(io.StringIO(text), delimiter=delimiter))
+    lines = [ln for ln in lines if any(cell.strip() for cell in ln)]
+    if not lines:
+        raise DataLoadError(f"{path.name} is empty: a table needs a header line and data rows.")
+    header = [c.strip() for c in lines[0]]
+    return {"needs_columns": True, "path": str(path), "columns": header, "preview_header": header,
+            "preview": lines[1 : PREVIEW_ROWS + 1]}
+
+
+def plot_inputs_1d(data: Dataset) -> bool:
+    """Return whether the data has one numeric input column (then plots use an even grid)."""
+    return data.X.dim() == 2 and data.X.shape[1] == 1 and data.X.is_floating_point() and bool(torch.isfinite(data.X).all())
