@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from ntk_studio import __version__
 
-APP_NAME = "NTK Studio"
-ORGANIZATION = "NTK Studio"
-DESKTOP_FILE = "org.ntkstudio.NTKStudio"
+from . import startup
+
 EXAMPLES = ("sine",)  # 1-D regression examples the window can plot
 EXIT_OK, EXIT_FAILED, EXIT_NO_GUI = 0, 1, 2
 NO_GUI_HINT = ("NTK Studio cannot open a window: {why}.\n"
                "Run it on a desktop session (or under `xvfb-run`), or use the command line instead:\n"
                "    ntk-studio-cli demo\n    ntk-studio-cli adapt --example sine")
-HEADLESS_PLATFORMS = ("offscreen", "minimal", "vnc")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,19 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--screenshot", metavar="PATH", help="save the window as PNG after the run finishes")
     p.add_argument("--quit", action="store_true", help="exit after the run (and screenshot); non-zero on failure")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    startup.add_arguments(p)
     return p
-
-
-def _display_problem() -> str | None:
-    """Return why Qt would fail to open a window here, or None when it should work."""
-    platform = os.environ.get("QT_QPA_PLATFORM", "")
-    if not sys.platform.startswith("linux") or platform.split(":")[0] in HEADLESS_PLATFORMS:
-        return None
-    if platform.startswith("wayland"):
-        return None if os.environ.get("WAYLAND_DISPLAY") else "WAYLAND_DISPLAY is not set"
-    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
-        return None
-    return "no display was found (DISPLAY is not set)"
 
 
 def _save(window, path: str) -> bool:
@@ -54,24 +40,19 @@ def _save(window, path: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """Run the app; return the exit code (2 when no window can be opened)."""
     args = _parser().parse_args(argv)
-    why = _display_problem()
-    if why is None:
-        try:
-            from PySide6.QtWidgets import QApplication
-
-            from .main_window import MainWindow
-        except ImportError as exc:
-            why = f"the GUI packages are missing ({exc}); install them with `pip install 'ntk-studio[app]'`"
-    if why is not None:
+    if (code := startup.early_exit(args)) is not None:
+        return code
+    if (why := startup.gui_problem()) is not None:
         print(NO_GUI_HINT.format(why=why), file=sys.stderr)
         return EXIT_NO_GUI
+    app = startup.create_application()
+    try:
+        from .main_window import MainWindow
 
-    app = QApplication.instance() or QApplication(sys.argv[:1])
-    app.setApplicationName(APP_NAME)
-    app.setOrganizationName(ORGANIZATION)
-    app.setApplicationVersion(__version__)
-    app.setDesktopFileName(DESKTOP_FILE)
-    window = MainWindow(args.example, interactive_errors=not args.quit)
+        window = MainWindow(args.example, interactive_errors=not args.quit)
+    except Exception as exc:  # noqa: BLE001 - any start-up failure becomes one readable message
+        return startup.startup_failed(exc, interactive=not args.quit)
+    startup.decorate(window)
     state = {"code": EXIT_OK, "phase": "load"}
 
     def finished(ok: bool) -> None:
