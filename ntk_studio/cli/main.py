@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ntk_studio import __version__
+
 from . import adapt, compare_cmd, demo, inspect_cmd, worker_cmd
 
 DEFAULT_THREADS = 1  # two shared cores: more intra-op threads thrash on small problems
@@ -14,7 +16,7 @@ EXIT_INTERRUPTED = 130
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ntk-studio-cli", description="NTK Studio command line.")
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch intra-op threads (default 1)")
     common.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -49,11 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
     parser = _build_parser()
     args = parser.parse_args(argv)
-    if args.version:
-        from ntk_studio import __version__
-
-        print(__version__)
-        return 0
     if not getattr(args, "run", None):
         parser.print_help()
         return 0
