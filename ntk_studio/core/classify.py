@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .distributed import SingleProcess
 from .errors import NotFittedError, ShapeError, SolverError
 from .kernels import KernelBuilder
 from .laplace import FunctionRoute, WeightRoute, softmax_stats
@@ -92,6 +93,7 @@ class LinearizedClassifier:
 
     prior_var is s², the prior variance of θ − θ*. `y` holds class indices 0…C−1 where C is the
     model's number of outputs (logits). `space`/`solver` are 'auto' or forced; see :attr:`plan`.
+    `shard` splits every data loop across torch.distributed ranks (see :mod:`.distributed`).
     """
 
     def __init__(
@@ -110,10 +112,11 @@ class LinearizedClassifier:
         cg_tol: float = 1e-10,
         cg_max_iter: int = 1000,
         structured: bool | None = None,
+        shard: SingleProcess | None = None,
     ) -> None:
         if prior_var <= 0:
             raise ShapeError("prior_var must be a positive variance.")
-        self.lm = LinearizedModel(model, params, dtype=dtype, device=device, chunk_size=chunk_size)
+        self.lm = LinearizedModel(model, params, dtype=dtype, device=device, chunk_size=chunk_size, shard=shard)
         self._follow_inputs = device is None
         self.prior_var, self.space, self.solver = float(prior_var), space, solver
         self.grad_tol, self.max_newton = float(grad_tol), int(max_newton)

@@ -48,3 +48,11 @@ class ExampleUnavailableError(NTKStudioError, ImportError):
 
 class FineTuneSettingsError(NTKStudioError, ValueError):
     """A fine-tuning setting is out of range (optimizer, task, learning rate, sizes)."""
+
+
+class DistributedError(NTKStudioError, RuntimeError):
+    """A distributed run failed: a rank died or timed out, or the process group could not start."""
+
+
+class CheckpointError(NTKStudioError, ValueError):
+    """A checkpoint file is unreadable or belongs to a different problem."""

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Generator
 
 import torch
 from torch import nn
 
 from . import hyper
+from .checkpoint import Checkpoint, fingerprint, resumable_cg, solve_preconditioner
+from .distributed import SingleProcess
 from .errors import NotFittedError, ShapeError
 from .gpytorch_bridge import GGNOperator, JacobianKernelOperator, MatvecCounter
 from .kernels import KernelBuilder
@@ -27,6 +30,8 @@ class LinearizedGP:
     prior_var is s² (the prior variance of θ − θ*), noise is the Gaussian noise *variance* σ².
     `params` picks the linearized parameters ('all', 'last:K', module names). `space` and
     `solver` are 'auto' or forced; the chosen route is in :attr:`plan` after `fit`.
+    `shard` (see :func:`~ntk_studio.core.distributed.init_distributed`) splits every data loop across
+    torch.distributed ranks; `checkpoint` (a path or :class:`Checkpoint`) makes CG fits resumable.
     """
 
     def __init__(
@@ -46,13 +51,18 @@ class LinearizedGP:
         cg_max_iter: int = 1000,
         precond_rank: int = 64,
         structured: bool | None = None,
+        shard: SingleProcess | None = None,
+        checkpoint: Checkpoint | str | os.PathLike | None = None,
     ) -> None:
         if outputs not in OUTPUT_MODES:
             raise ShapeError(f"outputs must be one of {OUTPUT_MODES}, got {outputs!r}.")
         if prior_var <= 0 or noise <= 0:
             raise ShapeError("prior_var and noise must be positive variances.")
-        self.lm = LinearizedModel(model, params, dtype=dtype, device=device, chunk_size=chunk_size)
+        self.lm = LinearizedModel(model, params, dtype=dtype, device=device, chunk_size=chunk_size, shard=shard)
         self._follow_inputs = device is None  # then the data's device wins (e.g. CUDA inputs)
+        if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
+            checkpoint = Checkpoint(checkpoint, writer=self.lm.shard.is_writer)
+        self.checkpoint = checkpoint
         self.prior_var, self.noise = float(prior_var), float(noise)
         self.space, self.solver, self.outputs = space, solver, outputs
         self.memory_budget = int(memory_budget)
@@ -108,6 +118,7 @@ class LinearizedGP:
             self._state = {"X": X, "Y": Y, "f_X": f_X, "r": (Y - f_X).reshape(-1), "vector": vector}
             rep.emit("plan", 0.0, force=True, message=self.plan.describe())
             getattr(self, f"_fit_{self.plan.space}_{self.plan.solver}")(rep)
+            self._save_delta_theta()
             rep.emit("done", 1.0, force=True, residual=self.solve_info.residual, message="posterior ready")
             return self
         finally:
@@ -152,12 +163,38 @@ class LinearizedGP:
 
     def _cg(self, op, rhs: torch.Tensor, counter: MatvecCounter, precond_rank: int) -> torch.Tensor:
         """Return op⁻¹ rhs by CG and record the solve's products, iterations and true residual."""
-        x, converged = cg_solve(op, rhs.unsqueeze(-1), self.cg_tol, self.cg_max_iter, precond_rank)
+        if self.checkpoint is not None:
+            x, converged, iterations = self._resumable_cg(op, rhs, precond_rank)
+        else:
+            x, converged = cg_solve(op, rhs.unsqueeze(-1), self.cg_tol, self.cg_max_iter, precond_rank)
+            iterations = counter.calls - 1  # the first product is the initial residual
         x = x[:, 0]
-        iterations, products = counter.calls - 1, counter.columns  # the first product is the initial residual
+        products = counter.columns
         res = relative_residual(op.matmul, x, rhs)
         self.solve_info = SolveInfo("cg", products, res, converged=converged, iterations=iterations)
         return x
+
+    def _resumable_cg(self, op, rhs: torch.Tensor, precond_rank: int) -> tuple[torch.Tensor, bool, int]:
+        """Return (x, converged, iterations) from CG that saves its state to, and resumes from, the checkpoint."""
+        st = self._state
+        # Inputs only, never derived sums: those differ in the last bits between rank layouts, and a
+        # checkpoint written by N ranks must resume on M.
+        key = fingerprint(
+            self.plan.space, self.outputs, self.prior_var, self.noise, self.cg_tol, precond_rank,
+            self.lm.subset.names, self.lm.dtype, st["X"], st["Y"], *self.lm.theta.values(), *self.lm.frozen.values(),
+        )
+        precond = solve_preconditioner(op, precond_rank)
+        x, converged, iterations = resumable_cg(
+            op._matmul, rhs.unsqueeze(-1), self.cg_tol, self.cg_max_iter, precond, self.checkpoint, key,
+        )
+        st["checkpoint_key"] = key
+        return x, converged, iterations
+
+    def _save_delta_theta(self) -> None:
+        """Store the fitted Δθ in the checkpoint (a finished job's result survives a later crash)."""
+        if self.checkpoint is not None and "checkpoint_key" in self._state:
+            st = self._state
+            self.checkpoint.save("delta_theta", st["checkpoint_key"], {"delta_theta": st["delta_theta"]}, force=True)
 
     def _train_operator(self, counter: MatvecCounter | None = None):
         st = self._state
@@ -188,11 +225,7 @@ class LinearizedGP:
         if "G" not in st:
             rep.emit("ggn", 0.0, force=True, message="accumulating JᵀJ")
             rep.chunk_stage = "ggn"
-            G = torch.zeros(self.lm.num_params, self.lm.num_params, dtype=self.lm.dtype, device=self.lm.device)
-            for _, J in self.lm.iter_jacobian(st["X"]):
-                Jf = J.reshape(-1, J.shape[-1])
-                G.addmm_(Jf.T, Jf)
-            st["G"] = G
+            st["G"] = self.lm.ggn_matrix(st["X"])
             st["b"] = self.lm.vjp(st["X"], st["r"].reshape(st["Y"].shape))
             rep.chunk_stage = None
         L, dtheta = self._cholesky_solve(self._weight_system(), st["b"], rep)

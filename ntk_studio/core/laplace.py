@@ -109,23 +109,14 @@ class WeightRoute(_Route):
         # Dense J is reused by every Newton step when it fits the budget; otherwise it is streamed.
         self.J = lm.jacobian(X) if dense and cache_jacobian else None
 
-    def _jac(self):
-        if self.J is not None:
-            yield slice(None), self.J
-        else:
-            yield from self.lm.iter_jacobian(self.X)
-
     def _Jv(self, v: torch.Tensor) -> torch.Tensor:
         return self.J @ v if self.J is not None else self.lm.jvp(self.X, v)
 
     def _ggn(self, lam: torch.Tensor) -> torch.Tensor:
         """Return the dense H = JᵀΛJ + I/s² (P, P)."""
         P = self.lm.num_params
-        H = torch.eye(P, dtype=self.lm.dtype, device=self.lm.device) / self.s2
-        for s, J in self._jac():
-            LJ = torch.einsum("iab,ibp->iap", lam[s], J)
-            H.addmm_(J.reshape(-1, P).T, LJ.reshape(-1, P))
-        return H
+        H = self.lm.ggn_matrix(self.X, lam, jacobian=self.J)  # this rank's rows, all-reduced
+        return H.add_(torch.eye(P, dtype=self.lm.dtype, device=self.lm.device) / self.s2)
 
     def _hess_mv(self, lam: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda V: self.lm.ggn_matvec(self.X, V.T, weights=lam).T + V / self.s2

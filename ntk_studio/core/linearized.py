@@ -2,7 +2,9 @@
 
 Everything is built on ``torch.func`` (``functional_call``, ``jvp``, ``vjp``, ``vmap``, ``jacrev``), so
 any layer torch can differentiate works. Data are always visited through :meth:`LinearizedModel.chunks`:
-the single seam where chunking, cancellation and (later) sharding happen.
+the single seam where chunking and cancellation happen. :meth:`LinearizedModel.local_chunks` is the
+same loop over this rank's rows only; the operators then combine ranks with one all-reduce (sums over
+data) or all-gather (per-sample results) through :attr:`LinearizedModel.shard` (see :mod:`.distributed`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
+from .distributed import SINGLE_PROCESS, SingleProcess
 from .errors import ShapeError
 from .params import ParamSpec, ParamSubset
 from .progress import Reporter
@@ -40,8 +43,11 @@ class LinearizedModel:
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        shard: SingleProcess | None = None,
     ) -> None:
         self.model = model
+        # Which rows of each data set this process works on; the default owns them all.
+        self.shard = shard or SINGLE_PROCESS
         self.subset = ParamSubset.from_spec(model, params)
         self.dtype = dtype
         if device is None:
@@ -133,12 +139,22 @@ class LinearizedModel:
                     rep.emit(rep.chunk_stage, start / n)
             yield slice(start, min(start + step, n))
 
+    def local_chunks(self, n: int, chunk_size: int | None = None) -> Iterator[slice]:
+        """Yield slices over this rank's rows of n samples (all of them in one process)."""
+        own = self.shard.rows(n)
+        for s in self.chunks(own.stop - own.start, chunk_size):
+            yield slice(own.start + s.start, own.start + s.stop)
+
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         """Return f(X; θ*) with shape (n, K)."""
         X = self.prepare(X)
+        n = X.shape[0]
         with torch.no_grad():
-            outs = [self._f(self.theta, X[s]) for s in self.chunks(X.shape[0])]
-        out = torch.cat(outs) if outs else torch.empty(0, 0, dtype=self.dtype, device=self.device)
+            outs = [self._f(self.theta, X[s]) for s in self.local_chunks(n)]
+        if not outs:
+            K = self._ensure_output_dim(X) if n else 0
+            outs = [torch.empty(0, K, dtype=self.dtype, device=self.device)]
+        out = self.shard.gather_rows(torch.cat(outs), n)
         self._output_dim = out.shape[1]
         return out
 
@@ -155,14 +171,18 @@ class LinearizedModel:
         batched = v.dim() == 2
         tangents = self.subset.unflatten(v.to(self.device, self.dtype))
         outs = []
-        for s in self.chunks(X.shape[0]):
+        for s in self.local_chunks(X.shape[0]):
             Xc = X[s]
 
             def push(t: dict[str, torch.Tensor], Xc: torch.Tensor = Xc) -> torch.Tensor:
                 return jvp(lambda th: self._f(th, Xc), (self.theta,), (t,))[1]
 
             outs.append(vmap(push)(tangents) if batched else push(tangents))
-        return torch.cat(outs, dim=1 if batched else 0)
+        dim = 1 if batched else 0
+        if not outs:
+            K = self._ensure_output_dim(X)
+            outs = [torch.empty(*((v.shape[0],) if batched else ()), 0, K, dtype=self.dtype, device=self.device)]
+        return self.shard.gather_rows(torch.cat(outs, dim=dim), X.shape[0], dim=dim)
 
     def vjp(self, X: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Return J(X)ᵀ u: (P,) for u of shape (n, K), or (c, P) for u of shape (c, n, K)."""
@@ -172,16 +192,15 @@ class LinearizedModel:
         u = u.to(self.device, self.dtype)
         if u.shape[-2:] != (X.shape[0], K):
             raise ShapeError(f"u must end in shape ({X.shape[0]}, {K}); got {tuple(u.shape)}.")
-        total = None
-        for s in self.chunks(X.shape[0]):
+        total = torch.zeros(*u.shape[:-2], self.num_params, dtype=self.dtype, device=self.device)
+        for s in self.local_chunks(X.shape[0]):
             _, pull = vjp(lambda th, Xc=X[s]: self._f(th, Xc), self.theta)
             if batched:
                 grads = vmap(pull)(u[:, s])[0]
-                part = self.subset.flatten(grads, batch_dims=1)
+                total += self.subset.flatten(grads, batch_dims=1)
             else:
-                part = self.subset.flatten(pull(u[s])[0])
-            total = part if total is None else total + part
-        return total
+                total += self.subset.flatten(pull(u[s])[0])
+        return self.shard.all_reduce(total)
 
     # ------------------------------------------------------------ dense J
     def jacobian_chunk_size(self, K: int) -> int:
@@ -189,8 +208,11 @@ class LinearizedModel:
         per_sample = K * self.num_params * torch.finfo(self.dtype).bits // 8
         return max(1, min(self.chunk_size, JACOBIAN_CHUNK_BYTES // max(per_sample, 1)))
 
-    def iter_jacobian(self, X: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
-        """Yield (slice, J) with J of shape (chunk, K, P), one per-sample ``vmap(jacrev)`` per chunk."""
+    def iter_jacobian(self, X: torch.Tensor, local: bool = False) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Yield (slice, J) with J of shape (chunk, K, P), one per-sample ``vmap(jacrev)`` per chunk.
+
+        With `local`, only this rank's rows are visited (the caller combines ranks).
+        """
         X = self.prepare(X)
         K = self._ensure_output_dim(X)
 
@@ -198,27 +220,30 @@ class LinearizedModel:
             return self._f(th, x.unsqueeze(0)).squeeze(0)
 
         per_sample = vmap(jacrev(single), in_dims=(None, 0))
-        for s in self.chunks(X.shape[0], self.jacobian_chunk_size(K)):
+        loop = self.local_chunks if local else self.chunks
+        for s in loop(X.shape[0], self.jacobian_chunk_size(K)):
             yield s, self.subset.flatten(per_sample(self.theta, X[s]), batch_dims=2)
 
     def jacobian(self, X: torch.Tensor) -> torch.Tensor:
         """Return the dense Jacobian of shape (n, K, P)."""
         X = self.prepare(X)
-        out = None
+        K = self._ensure_output_dim(X)
+        own = self.shard.rows(X.shape[0])
         # Filled in place: concatenating the chunks would hold J twice at the peak.
-        for s, J in self.iter_jacobian(X):
-            if out is None:
-                out = torch.empty(X.shape[0], *J.shape[1:], dtype=J.dtype, device=J.device)
-            out[s] = J
-        return out
+        out = torch.empty(own.stop - own.start, K, self.num_params, dtype=self.dtype, device=self.device)
+        for s, J in self.iter_jacobian(X, local=True):
+            out[s.start - own.start : s.stop - own.start] = J
+        return self.shard.gather_rows(out, X.shape[0])
 
     # ------------------------------------------------------------ kernel
     def ntk_diag(self, X: torch.Tensor, block: bool = False) -> torch.Tensor:
         """Return ‖J_k(x_i)‖² as (n, K), or the per-sample output blocks J(x_i)J(x_i)ᵀ as (n, K, K)."""
-        parts = []
-        for _, J in self.iter_jacobian(X):
+        X = self.prepare(X)
+        K = self._ensure_output_dim(X)
+        parts = [torch.empty(0, *((K, K) if block else (K,)), dtype=self.dtype, device=self.device)]
+        for _, J in self.iter_jacobian(X, local=True):
             parts.append(J @ J.transpose(1, 2) if block else (J * J).sum(-1))
-        return torch.cat(parts)
+        return self.shard.gather_rows(torch.cat(parts), X.shape[0])
 
     def kernel_matmul(
         self, X1: torch.Tensor, X2: torch.Tensor, V: torch.Tensor, independent: bool = False
@@ -251,16 +276,36 @@ class LinearizedModel:
         batched = v.dim() == 2
         vv = v if batched else v.unsqueeze(0)
         tangents = self.subset.unflatten(vv.to(self.device, self.dtype))
-        total = None
-        for s in self.chunks(X.shape[0]):
+        total = torch.zeros(vv.shape[0], self.num_params, dtype=self.dtype, device=self.device)
+        for s in self.local_chunks(X.shape[0]):
             Xc = X[s]
             _, pull = vjp(lambda th: self._f(th, Xc), self.theta)
             Jv = vmap(lambda t: jvp(lambda th: self._f(th, Xc), (self.theta,), (t,))[1])(tangents)
             if weights is not None:
                 Jv = torch.einsum("nab,cnb->cna", weights[s].to(self.device, self.dtype), Jv)
-            part = self.subset.flatten(vmap(pull)(Jv)[0], batch_dims=1)
-            total = part if total is None else total + part
+            total += self.subset.flatten(vmap(pull)(Jv)[0], batch_dims=1)
+        total = self.shard.all_reduce(total)
         return total if batched else total[0]
+
+    def ggn_matrix(
+        self, X: torch.Tensor, weights: torch.Tensor | None = None, jacobian: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Return the dense GGN Σ_i J_iᵀ Λ_i J_i (P, P); Λ per-sample (n, K, K), identity when None.
+
+        `jacobian` (n, K, P) reuses precomputed per-sample Jacobians instead of computing them.
+        """
+        X = self.prepare(X)
+        P = self.num_params
+        G = torch.zeros(P, P, dtype=self.dtype, device=self.device)
+        if jacobian is not None:
+            step = self.jacobian_chunk_size(jacobian.shape[1])
+            blocks = ((s, jacobian[s]) for s in self.local_chunks(X.shape[0], step))
+        else:
+            blocks = self.iter_jacobian(X, local=True)
+        for s, J in blocks:
+            LJ = J if weights is None else torch.einsum("iab,ibp->iap", weights[s].to(self.device, self.dtype), J)
+            G.addmm_(J.reshape(-1, P).T, LJ.reshape(-1, P))
+        return self.shard.all_reduce(G)
 
     def fd_ggn_matvec(
         self, X: torch.Tensor, v: torch.Tensor, eps: float | None = None
@@ -284,7 +329,7 @@ class LinearizedModel:
         total = torch.zeros(self.num_params, dtype=self.dtype, device=self.device)
         err_num = 0.0
         err_den = 0.0
-        for s in self.chunks(X.shape[0]):
+        for s in self.local_chunks(X.shape[0]):
             Xc = X[s]
             with torch.no_grad():
                 d1 = (shifted(scale, Xc) - shifted(-scale, Xc)) / (2 * scale)
@@ -293,4 +338,6 @@ class LinearizedModel:
             err_den += float((d1**2).sum())
             _, pull = vjp(lambda th: self._f(th, Xc), self.theta)
             total += self.subset.flatten(pull(d1)[0])
-        return total, math.sqrt(err_num / max(err_den, 1e-300))
+        errs = torch.tensor([err_num, err_den], dtype=torch.float64, device=self.device)
+        total, errs = self.shard.all_reduce(total), self.shard.all_reduce(errs)
+        return total, math.sqrt(float(errs[0]) / max(float(errs[1]), 1e-300))

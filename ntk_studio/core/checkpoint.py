@@ -1,0 +1,165 @@
+"""Checkpoints of long solves: CG state and Δθ, written atomically so a killed job resumes.
+
+A :class:`Checkpoint` is one file holding named entries (e.g. ``"cg"`` for the state of the training
+solve and ``"delta_theta"`` for its result), each under a fingerprint of the problem it belongs to
+(data, targets, route, hyperparameters, tolerance): a state is only ever resumed by the same problem,
+and a file from another problem is simply not used. Only the writer rank (rank 0) writes; every rank
+holds the same state, so a run on any number of ranks can resume it.
+
+:func:`resumable_cg` is preconditioned CG whose whole state (x, r, z, p, rᵀz, iteration) goes into
+the checkpoint every `interval_s` seconds; a resumed run continues the same iteration, so it reaches
+the same answer as an uninterrupted one (bit for bit in the same process layout).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from linear_operator import settings as lo_settings
+
+from .errors import CheckpointError
+
+CHECKPOINT_VERSION = 1
+DEFAULT_INTERVAL_S = 60.0  # seconds between CG checkpoints: bounds the work lost to a kill
+TINY = 1e-300  # guards divisions for CG columns that have already converged
+CG_STATE_KEYS = ("x", "r", "z", "p", "rz", "iteration")
+MAX_ENTRIES = 8  # oldest states are dropped beyond this (e.g. many refits while fitting hyperparameters)
+
+
+def fingerprint(*parts: object) -> str:
+    """Return a SHA-256 hex digest of tensors (their dtype, shape and bytes) and plain values."""
+    h = hashlib.sha256()
+    for part in parts:
+        if torch.is_tensor(part):
+            t = part.detach().to("cpu").contiguous()
+            h.update(f"tensor{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.numpy().tobytes() if t.numel() else b"")
+        else:
+            h.update(repr(part).encode())
+        h.update(b"|")
+    return h.hexdigest()
+
+
+class Checkpoint:
+    """Named solve states in one file at `path`; `save` writes at most every `interval_s` seconds."""
+
+    def __init__(self, path: str | os.PathLike, interval_s: float = DEFAULT_INTERVAL_S, writer: bool = True) -> None:
+        self.path = Path(path)
+        self.interval_s = float(interval_s)
+        self.writer = writer
+        self.saves = 0
+        self.resumed: dict[str, int] = {}  # entry name -> iteration it resumed from, in this run
+        self._last_save = time.monotonic()
+        self._entries: dict[str, dict] = self._read()
+
+    def _read(self) -> dict[str, dict]:
+        if not self.path.exists():
+            return {}
+        try:
+            data = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
+            raise CheckpointError(
+                f"The checkpoint {self.path} cannot be read ({type(exc).__name__}: {exc}). Delete it to start over."
+            ) from exc
+        if not isinstance(data, dict) or data.get("version") != CHECKPOINT_VERSION:
+            raise CheckpointError(
+                f"{self.path} is not an NTK Studio checkpoint of version {CHECKPOINT_VERSION}; delete it or pick another path."
+            )
+        return dict(data["entries"])
+
+    def load(self, name: str, key: str) -> dict | None:
+        """Return the saved state of entry `name` for the problem `key` (tensors on the CPU), or None."""
+        entry = self._entries.get(f"{name}:{key}")
+        if entry is not None:
+            self.resumed[name] = int(entry.get("iteration", 0))
+        return entry
+
+    def save(self, name: str, key: str, state: dict, force: bool = False) -> bool:
+        """Store `state` under (`name`, `key`); write the file if `interval_s` has passed or `force`; return whether it wrote."""
+        slot = f"{name}:{key}"
+        self._entries.pop(slot, None)  # re-inserted last: the dict's order is the age order
+        self._entries[slot] = {k: _cpu(v) for k, v in state.items()}
+        while len(self._entries) > MAX_ENTRIES:
+            self._entries.pop(next(iter(self._entries)))
+        now = time.monotonic()
+        if not force and now - self._last_save < self.interval_s:
+            return False
+        self._last_save = now
+        if self.writer:
+            self._write()
+        return True
+
+    def _write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                torch.save({"version": CHECKPOINT_VERSION, "entries": self._entries}, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)  # atomic: a kill leaves the previous checkpoint intact
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        self.saves += 1
+
+
+def _cpu(v):
+    return v.detach().to("cpu").clone() if torch.is_tensor(v) else v
+
+
+def solve_preconditioner(op, rank: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Return linear_operator's pivoted-Cholesky preconditioner P⁻¹(·) of rank `rank` for op, or None."""
+    if rank <= 0:
+        return None
+    with lo_settings.max_cholesky_size(0), lo_settings.max_preconditioner_size(rank), \
+            lo_settings.min_preconditioning_size(1):
+        return op._solve_preconditioner()
+
+
+def resumable_cg(
+    matmul: Callable[[torch.Tensor], torch.Tensor],
+    b: torch.Tensor,
+    tol: float,
+    max_iter: int,
+    precond: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    checkpoint: Checkpoint | None = None,
+    key: str = "",
+    name: str = "cg",
+) -> tuple[torch.Tensor, bool, int]:
+    """Return (A⁻¹ b by preconditioned CG, converged, total iterations), checkpointing its state.
+
+    b is (N, c); every column stops at ‖r‖ ≤ tol·‖b‖. With a checkpoint, a saved state of entry
+    `name` whose fingerprint is `key` is continued instead of starting from x = 0.
+    """
+    M = precond or (lambda t: t)
+    saved = checkpoint.load(name, key) if checkpoint is not None else None
+    if saved is not None:
+        x, r, z, p, rz = (saved[k].to(b.device, b.dtype) for k in CG_STATE_KEYS[:5])
+        it = int(saved["iteration"])
+    else:
+        x, r = torch.zeros_like(b), b.clone()
+        z = M(r)
+        p, rz, it = z.clone(), (r * z).sum(0), 0
+    target = tol * b.norm(dim=0)
+    while it < max_iter and bool((r.norm(dim=0) > target).any()):
+        Ap = matmul(p)
+        pAp = (p * Ap).sum(0)
+        alpha = torch.where(pAp > TINY, rz / pAp.clamp_min(TINY), torch.zeros_like(rz))
+        x = x + alpha * p
+        r = r - alpha * Ap
+        z = M(r)
+        rz_new = (r * z).sum(0)
+        p = z + (rz_new / rz.clamp_min(TINY)) * p
+        rz, it = rz_new, it + 1
+        if checkpoint is not None:
+            checkpoint.save(name, key, dict(zip(CG_STATE_KEYS, (x, r, z, p, rz, it))))
+    converged = not bool((r.norm(dim=0) > target).any())
+    if checkpoint is not None:
+        checkpoint.save(name, key, dict(zip(CG_STATE_KEYS, (x, r, z, p, rz, it))), force=True)
+    return x, converged, it
