@@ -8,6 +8,13 @@ from pathlib import Path
 from .output import write_csv, write_json
 from .progress import progress_bar
 
+# The defaults of core.distributed and core.checkpoint, repeated so that building the parser (and
+# --help) does not import torch; tests/test_distributed_cli.py checks that they agree.
+DIST_BACKENDS = ("auto", "gloo", "nccl")
+DEFAULT_DIST_TIMEOUT_S = 300.0
+DEFAULT_CHECKPOINT_INTERVAL_S = 60.0
+
+
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Add --model/--arch/--trust-pickle (shared with inspect)."""
     p.add_argument("--model", type=Path, help="TorchScript, torch.export (.pt2), state dict (.pt/.safetensors)")
@@ -53,7 +60,28 @@ def add_parser(sub) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--json", type=Path, help="write metrics to this JSON file")
     out.add_argument("--predictions", type=Path, help="write per-point mean and std to this CSV file")
+    add_distributed_arguments(p)
     p.set_defaults(run=run)
+
+
+def add_distributed_arguments(p: argparse.ArgumentParser) -> None:
+    """Add --distributed, its backend and timeout, and --checkpoint (resumable CG solves)."""
+    d = p.add_argument_group("scale-out and long runs")
+    d.add_argument(
+        "--distributed", action="store_true",
+        help="split the data loops across the ranks of a torchrun launch "
+             "(torchrun --nproc-per-node N -m ntk_studio.cli adapt ... --distributed); rank 0 writes the outputs",
+    )
+    d.add_argument("--dist-backend", default="auto", choices=DIST_BACKENDS, help="auto: NCCL on GPUs, gloo on CPU")
+    d.add_argument(
+        "--dist-timeout", type=float, default=DEFAULT_DIST_TIMEOUT_S,
+        help=f"seconds a rank waits for a silent peer before failing (default {DEFAULT_DIST_TIMEOUT_S:.0f})",
+    )
+    d.add_argument("--checkpoint", type=Path, help="save CG state and Δθ here; a rerun with the same file resumes")
+    d.add_argument(
+        "--checkpoint-interval", type=float, default=DEFAULT_CHECKPOINT_INTERVAL_S,
+        help=f"seconds between checkpoint writes (default {DEFAULT_CHECKPOINT_INTERVAL_S:.0f})",
+    )
 
 
 def load_inputs(args: argparse.Namespace):
@@ -139,10 +167,26 @@ def _print(result, info) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run an adaptation; return the exit code."""
+    from ntk_studio.core.distributed import SINGLE_PROCESS, init_distributed, shutdown_distributed
+
+    shard = SINGLE_PROCESS
+    if args.distributed:
+        shard = init_distributed(args.dist_backend, timeout_s=args.dist_timeout)
+    try:
+        return _run(args, shard)
+    finally:
+        if args.distributed:
+            shutdown_distributed()
+
+
+def _run(args: argparse.Namespace, shard) -> int:
     from ntk_studio.core.adapt import AdaptSettings, adapt
+    from ntk_studio.core.checkpoint import Checkpoint
     from ntk_studio.core.data import Standardizer
     from ntk_studio.core.models import check_model
 
+    # Every rank loads the same data and runs the same program; only rank 0 talks and writes.
+    writer = shard.is_writer
     model, dataset, info = load_inputs(args)
     train, test = split_rows(dataset, args)
     if args.standardize_x:
@@ -154,8 +198,17 @@ def run(args: argparse.Namespace) -> int:
         params=args.params, prior_var=args.prior_var, noise=args.noise,
         space=args.space, solver=args.solver, fit_hyper=args.fit_hyper,
     )
-    with progress_bar(not args.quiet) as on_event:
-        result = adapt(model, train, test, settings, on_event=on_event)
+    checkpoint = None
+    if args.checkpoint:
+        checkpoint = Checkpoint(args.checkpoint, interval_s=args.checkpoint_interval, writer=writer)
+    with progress_bar(writer and not args.quiet) as on_event:
+        result = adapt(model, train, test, settings, on_event=on_event, shard=shard, checkpoint=checkpoint)
+    if not writer:
+        return 0
+    if shard.world_size > 1:
+        print(f"distributed: {shard.world_size} ranks ({shard.backend})")
+    if checkpoint is not None and checkpoint.resumed.get("cg"):
+        print(f"resumed the solve from {args.checkpoint} at CG iteration {checkpoint.resumed['cg']}")
     _print(result, info)
     if args.json:
         write_json(args.json, {**result.to_json(), "inputs": info})

@@ -9,7 +9,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from .checkpoint import Checkpoint
 from .data.dataset import Dataset
+from .distributed import SingleProcess
 from .errors import NTKStudioError, ShapeError
 from .gp import LinearizedGP
 from .metrics import regression_report
@@ -62,14 +64,20 @@ def adapt(
     settings: AdaptSettings = AdaptSettings(),
     on_event: Callable[[ProgressEvent], None] | None = None,
     cancel: CancelToken | None = None,
+    shard: SingleProcess | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> AdaptResult:
-    """Return the GP's and the unadapted model's test metrics after adapting on `train`."""
+    """Return the GP's and the unadapted model's test metrics after adapting on `train`.
+
+    With a distributed `shard` every rank must call this with the same data; all get the same result.
+    """
     y_train, y_test = _targets(train), _targets(test)
     if len(train) < 1 or len(test) < 1:
         raise ShapeError("Both the adaptation split and the test split need at least one row.")
     gp = LinearizedGP(
         model, params=settings.params, prior_var=settings.prior_var, noise=settings.noise,
-        space=settings.space, solver=settings.solver,
+        space=settings.space, solver=settings.solver, shard=shard, checkpoint=checkpoint,
+        device=getattr(shard, "device", None),
     )
     start = time.perf_counter()
     gp._fit(train.X, y_train, Reporter(on_event, cancel))
@@ -102,6 +110,7 @@ def adapt(
             "iterations": gp.solve_info.iterations,
             "n_train": len(train),
             "n_test": len(test),
+            "ranks": gp.lm.shard.world_size,
         },
         mean=mean,
         var=var,

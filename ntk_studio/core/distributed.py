@@ -9,6 +9,8 @@ Every rank runs the same program on the same (replicated) inputs; only the data-
 
 Every collective returns the same bits on every rank, so solvers, line searches and stopping tests
 take the same branches everywhere and ``LinearizedGP``/``LinearizedClassifier`` need no changes.
+The one rule: random numbers that feed a data loop (GPyTorch's stochastic log-determinant probes)
+must be drawn inside :meth:`SingleProcess.same_random_stream`, or ranks would reduce different vectors.
 A collective that fails (a peer died, or did not answer within the timeout) raises
 :class:`DistributedError` on the surviving ranks instead of hanging.
 """
@@ -16,6 +18,8 @@ A collective that fails (a peer died, or did not answer within the timeout) rais
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 
 import torch
@@ -47,6 +51,10 @@ class SingleProcess:
 
     def barrier(self) -> None:
         """Wait for every rank (nothing to wait for here)."""
+
+    def same_random_stream(self):
+        """Return a context in which every rank's torch RNG draws the same numbers (a no-op here)."""
+        return nullcontext()
 
     @property
     def is_writer(self) -> bool:
@@ -126,6 +134,15 @@ class TorchDistributed(SingleProcess):
     def barrier(self) -> None:
         """Wait until every rank reaches this point (fails after the timeout)."""
         self._run("barrier", lambda: self._dist.barrier(group=self.group))
+
+    @contextmanager
+    def same_random_stream(self) -> Iterator[None]:
+        """Within the block every rank's torch RNG is seeded alike (rank 0's draw); restored afterwards."""
+        mine = torch.randint(0, 2**62, (1,), dtype=torch.int64) if self.rank == 0 else torch.zeros(1, dtype=torch.int64)
+        seed = int(self.all_reduce(mine.to(self.device))[0])
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            yield
 
 
 def _first_line(exc: BaseException) -> str:

@@ -331,7 +331,8 @@ class LinearizedGP:
             quad = (float(r @ r) - float(st["b"] @ st["delta_theta"])) / self.noise
             logdet = N * math.log(self.noise) + 2.0 * float(torch.log(st["Lw"].diagonal()).sum()) - P * math.log(lam)
         else:
-            return hyper.gpytorch_mll(self, st) * N
+            with self.lm.shard.same_random_stream():  # stochastic probes must agree across ranks
+                return hyper.gpytorch_mll(self, st) * N
         return -0.5 * (quad + logdet + N * math.log(2 * math.pi))
 
     def fit_hyperparameters(
@@ -346,7 +347,8 @@ class LinearizedGP:
         if self.plan.solver == "cholesky":
             self.prior_var, self.noise = hyper.fit_exact(self, st)
         else:
-            self.prior_var, self.noise = hyper.fit_gpytorch(self, st, iters)
+            with self.lm.shard.same_random_stream():
+                self.prior_var, self.noise = hyper.fit_gpytorch(self, st, iters)
         rep = Reporter()
         self.lm.reporter = rep
         try:
