@@ -41,6 +41,21 @@ test: venv
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q
 	$(BIN)/lint-imports
 
+# Distributables (packaging/README.md). `dist`: wheel + sdist into dist/. `app-bundle`: the
+# PyInstaller one-folder CPU build in dist/ntk-studio/ (PyInstaller goes into .venv only, it is
+# not a dependency). `icons`: re-render the icon PNGs after editing the SVG master.
+.PHONY: dist app-bundle icons
+dist: venv
+	$(BIN)/python -m pip install -q "build>=1"
+	$(BIN)/python -m build --outdir dist .
+
+app-bundle: venv
+	$(BIN)/python -m pip install -q "pyinstaller>=6.10"
+	$(BIN)/pyinstaller --noconfirm --distpath dist --workpath build/pyinstaller packaging/ntk-studio.spec
+
+icons: venv
+	QT_QPA_PLATFORM=offscreen $(BIN)/python packaging/render_icons.py
+
 bench: venv
 	$(BIN)/python bench/operators.py
 
