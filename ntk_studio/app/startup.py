@@ -101,7 +101,6 @@ def create_application():
 
     app = QApplication.instance() or QApplication([ARGV0])
     app.setApplicationName(APP_NAME)
-    app.setApplicationDisplayName(APP_NAME)
     app.setOrganizationName(ORGANIZATION)
     app.setOrganizationDomain(ORGANIZATION_DOMAIN)
     app.setApplicationVersion(__version__)
