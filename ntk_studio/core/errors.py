@@ -56,3 +56,19 @@ class DistributedError(NTKStudioError, RuntimeError):
 
 class CheckpointError(NTKStudioError, ValueError):
     """A checkpoint file is unreadable or belongs to a different problem."""
+
+
+class ExportError(NTKStudioError, RuntimeError):
+    """The adapted predictor could not be exported."""
+
+
+class UnsupportedExportError(ExportError):
+    """The model (or a layer in it) cannot be written as an exact, dynamic-batch ONNX graph."""
+
+
+class ExportTooLargeError(ExportError, MemoryError):
+    """The exact posterior representation would exceed the export size or memory limit."""
+
+
+class ExportVerificationError(ExportError):
+    """The exported file's predictions differ from the in-app predictions beyond the tolerance."""

@@ -91,6 +91,12 @@ class Standardizer:
         out = (arr - self.x_mean.reshape(shape)) / self.x_scale.reshape(shape)
         return _like(out, X)
 
+    def inverse_x(self, X):
+        """Return X · x_scale + x_mean (standardized inputs back in raw units), same kind as X."""
+        arr = _as_numpy(X).astype(np.float64)
+        shape = self._x_shape(arr.ndim)
+        return _like(arr * self.x_scale.reshape(shape) + self.x_mean.reshape(shape), X)
+
     def transform_y(self, y):
         """Return (y - y_mean) / y_scale (y itself for classification), same kind as y."""
         if self.y_mean is None:

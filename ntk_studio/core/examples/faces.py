@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data.dataset import Dataset
+from ..data.prep import Standardizer
 from ..errors import DataLoadError
 from .mobilenet import (
     FEATURE_CHANNELS,
@@ -137,4 +138,7 @@ def load_faces_example(size: int = IMAGE_SIZE) -> Example:
     return Example(
         name="faces", description=describe("faces"), task="classification",
         model=model, source=None, target=target, notes=notes,
+        # Raw inputs are RGB in [0, 1]; the datasets hold them ImageNet-normalized per channel.
+        standardizer=Standardizer(np.asarray(IMAGENET_MEAN, np.float64), np.asarray(IMAGENET_STD, np.float64),
+                                  None, None, per_channel=True),
     )

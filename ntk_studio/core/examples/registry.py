@@ -47,6 +47,8 @@ class Example:
     target: Dataset
     notes: tuple[str, ...] = ()
     truth: Callable[[torch.Tensor], torch.Tensor] | None = None  # noise-free target, when known
+    # Maps raw units to the model's space when the datasets are stored standardized (tabular examples).
+    standardizer: object | None = None
 
 
 @dataclass(frozen=True)

@@ -206,5 +206,5 @@ def load_tabular_example(name: str) -> Example:
         name=name, description=describe(name), task="regression", model=model,
         source=_dataset(raw, source_rows, spec, stats, "source"),
         target=_dataset(raw, target_rows, spec, stats, "target"),
-        notes=notes,
+        notes=notes, standardizer=stats,
     )
