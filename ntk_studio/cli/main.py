@@ -7,7 +7,7 @@ import sys
 
 from ntk_studio import __version__
 
-from . import adapt, compare_cmd, demo, inspect_cmd, worker_cmd
+from . import adapt, compare_cmd, demo, export_cmd, inspect_cmd, predict_cmd, worker_cmd
 
 DEFAULT_THREADS = 1  # two shared cores: more intra-op threads thrash on small problems
 EXIT_USER_ERROR = 2
@@ -33,6 +33,8 @@ def _build_parser() -> argparse.ArgumentParser:
     adapt.add_parser(sub)
     inspect_cmd.add_parser(sub)
     compare_cmd.add_parser(sub)
+    export_cmd.add_parser(sub)
+    predict_cmd.add_parser(sub)
     worker_cmd.add_parser(sub)
     examples = sub.add_parser("examples", help="list the built-in examples and whether they are installed")
     examples.set_defaults(run=_list_examples)

@@ -137,7 +137,9 @@ def _pick_delimiter(text: str, suffix: str, delimiter: str | None) -> str:
     return next((c for c in SNIFF_CANDIDATES if c in header), ",")
 
 
-def _read_rows(text: str, delim: str, name: str) -> tuple[list[str], list[list[str]], list[int], list[str]]:
+def _read_rows(
+    text: str, delim: str, name: str, min_rows: int = MIN_ROWS
+) -> tuple[list[str], list[list[str]], list[int], list[str]]:
     """Return (header, data rows, file line of each row, notes); the header is stripped, rows are checked."""
     # Space-delimited files (numpy.savetxt) often align columns with runs of spaces.
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim, skipinitialspace=delim == " ")
@@ -189,10 +191,11 @@ def _read_rows(text: str, delim: str, name: str) -> tuple[list[str], list[list[s
             f"{name!r}: the header has {len(header)} fields (delimiter {delim!r}) but {shown}. "
             "Fix those rows, or pass the right delimiter."
         )
-    if len(body) < MIN_ROWS:
+    if len(body) < min_rows:
         what = "a header but no data rows" if not body else "only one data row"
         raise DataLoadError(
-            f"{name!r} has {what}; at least {MIN_ROWS} rows are needed. Add data below the header."
+            f"{name!r} has {what}; at least {min_rows} row{'s are' if min_rows > 1 else ' is'} needed. "
+            "Add data below the header."
         )
     notes.insert(0, f"read {len(body)} rows x {len(header)} columns")
     return header, body, lines, notes
@@ -263,3 +266,25 @@ def _header_hint(header: list[str], delim: str) -> str:
         return ""
     return (" The first row holds numbers, not column names: the file needs a header row "
             "naming the columns.")
+
+
+def load_feature_columns(path: str | Path, features: Sequence[str], delimiter: str | None = None) -> np.ndarray:
+    """Return the named numeric columns of a table as float64 (n, d), in the order given (no target needed)."""
+    p, data, _ = read_file(path, SUPPORTED_EXTENSIONS, "table (CSV/TSV)")
+    text = _decode(data, p.name)
+    # Predictions need one row, not the two that fitting needs.
+    header, rows, lines, _ = _read_rows(text, _pick_delimiter(text, p.suffix.lower(), delimiter), p.name, 1)
+    names = _names(list(features), "features")
+    column = {name: i for i, name in enumerate(header)}
+    for name in names:
+        if name not in column:
+            raise missing_name_error("Feature column", name, header, f"the header of {p.name!r}")
+    problems: list[str] = []
+    blocks = []
+    for name in names:
+        parsed = parse_column(name, [r[column[name]] for r in rows], lines, one_hot=False, role="feature")
+        problems += parsed.problems
+        blocks.append(parsed.values)
+    if problems:
+        raise DataLoadError(f"{p.name!r}: " + " ".join(problems) + f" ({ROW_HINT})")
+    return np.column_stack(blocks).astype(np.float64, copy=False)
