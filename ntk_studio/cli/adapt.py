@@ -39,6 +39,16 @@ def add_data_arguments(p: argparse.ArgumentParser):
     return src
 
 
+def add_method_arguments(p: argparse.ArgumentParser, title: str):
+    """Add --params, --prior-var, --noise and --fit-hyper (shared with export); return the group."""
+    g = p.add_argument_group(title)
+    g.add_argument("--params", default="all", help="linearized parameters: all, last:K, or module names")
+    g.add_argument("--prior-var", type=float, default=1.0, help="prior variance s² of θ − θ* (default 1)")
+    g.add_argument("--noise", type=float, default=0.1, help="noise variance σ² (default 0.1; regression)")
+    g.add_argument("--fit-hyper", action="store_true", help="fit s² and σ² by marginal likelihood (regression)")
+    return g
+
+
 def add_parser(sub) -> None:
     """Register the adapt subcommand."""
     p = sub.add_parser("adapt", help="adapt a pretrained model to new data with the linearized GP")
@@ -50,13 +60,9 @@ def add_parser(sub) -> None:
     split = p.add_argument_group("split")
     split.add_argument("--n-adapt", type=int, help="labelled rows to adapt on (default: 70%% of the rows)")
     split.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
-    gp = p.add_argument_group("GP")
-    gp.add_argument("--params", default="all", help="linearized parameters: all, last:K, or module names")
-    gp.add_argument("--prior-var", type=float, default=1.0, help="prior variance s² of θ − θ* (default 1)")
-    gp.add_argument("--noise", type=float, default=0.1, help="noise variance σ² (default 0.1)")
+    gp = add_method_arguments(p, "GP")
     gp.add_argument("--space", default="auto", choices=["auto", "function", "weight"])
     gp.add_argument("--solver", default="auto", choices=["auto", "cholesky", "cg"])
-    gp.add_argument("--fit-hyper", action="store_true", help="fit s² and σ² by marginal likelihood")
     out = p.add_argument_group("output")
     out.add_argument("--json", type=Path, help="write metrics to this JSON file")
     out.add_argument("--predictions", type=Path, help="write per-point mean and std to this CSV file")

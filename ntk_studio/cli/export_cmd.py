@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from .adapt import add_data_arguments, load_inputs, split_rows
+from .adapt import add_data_arguments, add_method_arguments, load_inputs, split_rows
 from .output import write_json
 
 DTYPES = ("float64", "float32")
@@ -22,11 +22,7 @@ def add_parser(sub) -> None:
     split.add_argument("--n-adapt", type=int, help="labelled rows to adapt on (default: 70%% of the rows)")
     split.add_argument("--per-class", type=int, help="classification: labelled rows per class")
     split.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
-    m = p.add_argument_group("method")
-    m.add_argument("--params", default="all", help="linearized parameters: all, last:K, or module names")
-    m.add_argument("--prior-var", type=float, default=1.0, help="prior variance s² of θ − θ* (default 1)")
-    m.add_argument("--noise", type=float, default=0.1, help="regression noise variance σ² (default 0.1)")
-    m.add_argument("--fit-hyper", action="store_true", help="regression: fit s² and σ² by marginal likelihood")
+    add_method_arguments(p, "method")
     out = p.add_argument_group("output")
     out.add_argument("--onnx", type=Path, help="write the ONNX file here")
     out.add_argument("--native", type=Path, help="write a torch.export program (.pt2) here")
