@@ -16,6 +16,7 @@ from PySide6.QtWidgets import QMessageBox  # noqa: E402
 
 from ntk_studio.app.main import main  # noqa: E402
 from ntk_studio.app.main_window import MainWindow  # noqa: E402
+from ntk_studio.app.recent import Store  # noqa: E402
 
 LOAD_TIMEOUT_MS = 30_000  # a cold worker imports torch and gpytorch
 RUN_TIMEOUT_MS = 60_000
@@ -30,9 +31,9 @@ STALL_EPOCHS = 3000  # long enough for a few hundred timer ticks
 
 
 @pytest.fixture
-def window(qtbot):
-    """Return a shown window with the sine example loaded."""
-    win = MainWindow("sine", interactive_errors=False)
+def window(qtbot, tmp_path):
+    """Return a shown window with the sine example loaded (settings in a temporary file)."""
+    win = MainWindow("sine", interactive_errors=False, store=Store(tmp_path / "settings.json"))
     qtbot.addWidget(win)
     with qtbot.waitSignal(win.loaded, timeout=LOAD_TIMEOUT_MS) as blocker:
         win.show()
@@ -43,7 +44,7 @@ def window(qtbot):
 
 
 def _run(qtbot, win: MainWindow, epochs: int = SHORT_EPOCHS) -> bool:
-    win.settings.epochs.setValue(epochs)
+    win.method_panel.epochs.setValue(epochs)
     with qtbot.waitSignal(win.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
         win.adapt_button.click()
     return blocker.args[0]
@@ -52,49 +53,57 @@ def _run(qtbot, win: MainWindow, epochs: int = SHORT_EPOCHS) -> bool:
 def test_opens_idle_on_sine(window):
     assert window.adapt_button.isEnabled() and not window.cancel_button.isEnabled()
     assert "sine" in window.windowTitle()
-    assert window.settings.params.toolTip() and window.settings.prior_var.toolTip()
+    assert window.model_panel.tree.toolTip() and window.method_panel.prior_var.toolTip()
 
 
 def test_adapt_plots_gp_payload_and_finetune_epochs(qtbot, window):
-    window.settings.epochs.setValue(SHORT_EPOCHS)
+    window.method_panel.epochs.setValue(SHORT_EPOCHS)
     epochs: list[dict] = []
     window.bridge.epoch.connect(lambda job, ev: epochs.append(ev))
     with qtbot.waitSignal(window.gp_done, timeout=RUN_TIMEOUT_MS) as gp:
         window.adapt_button.click()
     assert window.cancel_button.isEnabled() or not window.running
     payload = gp.args[0]
-    x, mean = window.fit_plot.curve_data("gp_mean")
+    x, mean = window.view.fit_plot.curve_data("gp_mean")
     std = np.asarray(payload["std"])
     assert np.allclose(x, payload["x"]) and np.allclose(mean, payload["mean"])
-    assert np.allclose(window.fit_plot.curve_data("upper2")[1], np.asarray(payload["mean"]) + 2 * std)
-    assert np.allclose(window.fit_plot.curve_data("lower2")[1], np.asarray(payload["mean"]) - 2 * std)
-    assert np.allclose(window.fit_plot.curve_data("upper1")[1], np.asarray(payload["mean"]) + std)
+    assert np.allclose(window.view.fit_plot.curve_data("upper2")[1], np.asarray(payload["mean"]) + 2 * std)
+    assert np.allclose(window.view.fit_plot.curve_data("lower2")[1], np.asarray(payload["mean"]) - 2 * std)
+    assert np.allclose(window.view.fit_plot.curve_data("upper1")[1], np.asarray(payload["mean"]) + std)
     assert std.max() > 0
     with qtbot.waitSignal(window.run_finished, timeout=RUN_TIMEOUT_MS) as done:
         pass
     assert done.args[0] is True and not window.running
     assert epochs[0]["epoch"] == 0 and epochs[-1]["epoch"] > 0
-    assert np.allclose(window.fit_plot.curve_data("pretrained")[1], epochs[0]["grid_pred"])
-    assert len(window.loss_plot.curve.getData()[0]) == len(epochs)
+    assert np.allclose(window.view.fit_plot.curve_data("pretrained")[1], epochs[0]["grid_pred"])
+    # Live: one loss point per (throttled) event; at the end: every epoch of the run.
+    assert list(window.view.loss_plot.curve.getData()[0]) == list(range(SHORT_EPOCHS + 1))
+    assert window.view.loss_plot.curve.getData()[1][-1] == pytest.approx(epochs[-1]["train_loss"])
     # The pretrained model fits another sine: fine-tuning must move the curve away from it.
-    assert not np.allclose(window.fit_plot.curve_data("finetuned")[1], epochs[0]["grid_pred"])
-    gp_rmse = float(window.table.item(0, 1).text())
-    assert 0 < gp_rmse < 1.0 and window.table.item(1, 1).text() != "—"
+    assert not np.allclose(window.view.fit_plot.curve_data("finetuned")[1], epochs[0]["grid_pred"])
+    gp_rmse = float(window.view.table.text("gp", "rmse"))
+    assert 0 < gp_rmse < 1.0 and window.view.table.text("finetuned", "rmse") != "—"
+    assert float(window.view.table.text("unadapted", "rmse")) > gp_rmse
 
 
 def test_finetune_epoch_updates_curve_in_place(qtbot, window):
-    window.settings.epochs.setValue(LONG_EPOCHS)
+    window.method_panel.epochs.setValue(LONG_EPOCHS)
     window.adapt_button.click()
     qtbot.waitSignal(window.gp_done, timeout=RUN_TIMEOUT_MS).wait()
-    gp_mean = window.fit_plot.curve_data("gp_mean")[1].copy()
+    gp_mean = window.view.fit_plot.curve_data("gp_mean")[1].copy()
     seen: list[dict] = []
     window.bridge.epoch.connect(lambda job, ev: seen.append(ev))
     qtbot.waitSignal(window.bridge.epoch, timeout=EVENT_TIMEOUT_MS,
                      check_params_cb=lambda job, ev: ev["epoch"] > 0).wait()
-    # More events may have been handled while waiting: the curve shows the latest one.
+    # Epochs are drawn at the throttled rate: within a tick the curve shows the latest one seen.
     assert seen[-1]["epoch"] > 0
-    assert np.allclose(window.fit_plot.curve_data("finetuned")[1], seen[-1]["grid_pred"])
-    assert np.allclose(window.fit_plot.curve_data("gp_mean")[1], gp_mean)  # not cleared mid-run
+
+    def shows_latest() -> bool:
+        shown = window.view.fit_plot.curve_data("finetuned")[1]
+        return len(shown) == len(seen[-1]["grid_pred"]) and np.allclose(shown, seen[-1]["grid_pred"])
+
+    qtbot.waitUntil(shows_latest, timeout=EVENT_TIMEOUT_MS)
+    assert np.allclose(window.view.fit_plot.curve_data("gp_mean")[1], gp_mean)  # not cleared mid-run
     with qtbot.waitSignal(window.run_finished, timeout=EVENT_TIMEOUT_MS) as done:
         window.cancel_button.click()
     assert done.args[0] is False
@@ -106,7 +115,7 @@ def test_killed_worker_reports_error_and_recovers(qtbot, window, monkeypatch):
     shown: list[tuple[str, str]] = []
     monkeypatch.setattr(QMessageBox, "exec", lambda box: shown.append((box.text(), box.detailedText())) or 0)
     window.interactive_errors = True
-    window.settings.epochs.setValue(LONG_EPOCHS)
+    window.method_panel.epochs.setValue(LONG_EPOCHS)
     window.adapt_button.click()
     qtbot.waitSignal(window.bridge.epoch, timeout=RUN_TIMEOUT_MS,
                      check_params_cb=lambda job, ev: ev["epoch"] > 0).wait()

@@ -61,6 +61,10 @@ def point_predictor_report(pred_test: torch.Tensor, pred_adapt: torch.Tensor, ad
     return regression_report(pred_test.double().reshape(test.y.shape), var.reshape(test.y.shape), test.y.double())
 
 
+def _calibration(curve) -> dict[str, Any]:
+    return {"expected": curve.expected, "observed": curve.observed, "error": curve.error}
+
+
 def _fit_events(fit, convergence: list) -> JobGen:
     """Relay a core fit's progress events, recording (products, residual) pairs; return the fitted object."""
     while True:
@@ -101,9 +105,11 @@ def _fit_regression(state, model, data, adapt, test, args, cancel, device) -> Jo
         cancel.raise_if_cancelled()
     mean, var = gp.predict(X_plot, cancel=cancel)
     test_mean, test_var = gp.predict(test.X, include_noise=True, cancel=cancel)
-    base_test, base_adapt = predict(model, test.X), predict(model, adapt.X)
+    base_test = predict(model, test.X).double().reshape(test.y.shape)
+    base_adapt = predict(model, adapt.X).double().reshape(adapt.y.shape)
     state.gp = gp
     calib = calibration_curve(test_mean, test_var, test.y)
+    base_var = torch.full_like(base_test.double(), _residual_var(base_adapt, adapt.y))
     info = gp.solve_info
     return {
         "x": X_plot[:, 0] if is_grid else None, "grid": is_grid,
@@ -119,7 +125,8 @@ def _fit_regression(state, model, data, adapt, test, args, cancel, device) -> Jo
         "truth": state.truth(X_plot[:, 0]) if is_grid and state.truth is not None else None,
         "test_y": test.y, "test_mean": test_mean, "test_std": test_var.clamp_min(0).sqrt(),
         "test_base": base_test,
-        "calibration": {"expected": calib.expected, "observed": calib.observed, "error": calib.error},
+        "calibration": _calibration(calib),
+        "base_calibration": _calibration(calibration_curve(base_test.double(), base_var, test.y)),
     }
 
 
@@ -187,7 +194,10 @@ def finetune_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
     final = result.history[-1]
     out = {"x": X_plot[:, 0] if is_grid else None, "grid": is_grid, "grid_pred": final.grid_pred,
            "train_loss": final.train_loss, "epochs_run": final.epoch, "n_adapt": len(adapt),
-           "n_test": len(test), "wall_time": time.perf_counter() - start, "task": state.task}
+           "n_test": len(test), "wall_time": time.perf_counter() - start, "task": state.task,
+           # Every epoch, not only the throttled events, so a saved project redraws the whole run.
+           "start_pred": result.history[0].grid_pred,
+           "history": [[e.epoch, e.train_loss] for e in result.history]}
     if classify:
         probs = predict(result, test.X).double().cpu()
         out.update(probs=probs, test_y=test.y, metrics=classification_report(probs, test.y),
@@ -195,7 +205,9 @@ def finetune_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
         out["test_loss"] = out["metrics"]["nll"]
     else:
         pred_test, pred_adapt = predict(result, test.X).cpu(), predict(result, adapt.X).cpu()
-        out.update(test_pred=pred_test, metrics=point_predictor_report(pred_test, pred_adapt, adapt, test))
+        var = torch.full_like(pred_test.double(), _residual_var(pred_adapt, adapt.y))
+        out.update(test_pred=pred_test, metrics=point_predictor_report(pred_test, pred_adapt, adapt, test),
+                   calibration=_calibration(calibration_curve(pred_test.double(), var, test.y)))
         out["test_loss"] = float(((pred_test.double() - test.y.double()) ** 2).mean())
     return out
 

@@ -1,0 +1,1 @@
+"""The left-hand panels: data, model and method settings."""

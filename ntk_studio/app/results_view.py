@@ -1,0 +1,211 @@
+"""The right-hand side of the window: prediction views, calibration, solver, fine-tuning loss, table, log.
+
+It turns worker payloads into plot data. Live data (fine-tuning epochs) goes through the window's
+`PlotThrottle`; final results are drawn at once. Curves are updated in place, never cleared during
+a run, so the plots do not flicker back to empty.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (QHBoxLayout, QLabel, QPlainTextEdit, QSlider, QSplitter, QStackedWidget, QTabWidget,
+                               QVBoxLayout, QWidget)
+
+from .comparison import ComparisonTable
+from .throttle import PlotThrottle
+from .views.calibration import CalibrationPlot
+from .views.classes import ClassProbView
+from .views.convergence import ConvergencePlot
+from .views.loss import LossPlot
+from .views.pred_true import PredTruePlot
+from .views.regression_1d import FitPlot
+from .views.style import arr
+
+LOG_MAX_LINES = 5000
+BOTTOM_SPLIT = (520, 480)  # loss plot : table and log, in pixels
+TABLE_HEIGHT = 112
+PAGES = {"1d": 0, "pred_true": 1, "classes": 2}
+SLIDER_TIP = ("Predictions of the linearized network after t steps of full-batch gradient descent on the squared "
+              "error (closed form, step η = 1/λ_max of the kernel): t = 0 is the pretrained model; large t "
+              "interpolates the adaptation rows.")
+
+
+class ResultsView(QWidget):
+    """Every plot of a run plus the comparison table and the log; `mode` is '1d', 'pred_true' or 'classes'."""
+
+    def __init__(self, throttle: PlotThrottle, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.throttle = throttle
+        self.fit_plot, self.pred_true, self.class_view = FitPlot(), PredTruePlot(), ClassProbView()
+        self.predictions = QStackedWidget()
+        for view in (self.fit_plot, self.pred_true, self.class_view):
+            self.predictions.addWidget(view)
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setToolTip(SLIDER_TIP)
+        self.slider.setEnabled(False)
+        self.slider.valueChanged.connect(self._show_step)
+        self.step_label = QLabel("Linearized GD: run Adapt")
+        self.step_label.setToolTip(SLIDER_TIP)
+        slider_row = QHBoxLayout()
+        slider_row.addWidget(QLabel("GD step"))
+        slider_row.addWidget(self.slider, 1)
+        slider_row.addWidget(self.step_label)
+        page = QWidget()
+        page_layout = QVBoxLayout(page)
+        page_layout.setContentsMargins(0, 0, 0, 0)
+        page_layout.addWidget(self.predictions, 1)
+        page_layout.addLayout(slider_row)
+
+        self.calibration, self.convergence, self.loss_plot = CalibrationPlot(), ConvergencePlot(), LossPlot()
+        self.tabs = QTabWidget()
+        self.tabs.addTab(page, "Predictions")
+        self.tabs.addTab(self.calibration, "Calibration")
+        self.tabs.addTab(self.convergence, "Solver")
+        self.table = ComparisonTable()
+        self.table.setFixedHeight(TABLE_HEIGHT)
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(LOG_MAX_LINES)
+        self.log.setPlaceholderText("Worker events appear here.")
+        right_bottom = QWidget()
+        rb = QVBoxLayout(right_bottom)
+        rb.setContentsMargins(0, 0, 0, 0)
+        rb.addWidget(self.table)
+        rb.addWidget(self.log)
+        self.bottom = QSplitter(Qt.Orientation.Horizontal)
+        self.bottom.addWidget(self.loss_plot)
+        self.bottom.addWidget(right_bottom)
+        self.bottom.setSizes(list(BOTTOM_SPLIT))
+        self.splitter = QSplitter(Qt.Orientation.Vertical)
+        self.splitter.addWidget(self.tabs)
+        self.splitter.addWidget(self.bottom)
+        self.splitter.setStretchFactor(0, 3)
+        self.splitter.setStretchFactor(1, 2)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.splitter)
+        self.mode = "1d"
+        self.task = "regression"
+        self._grid_x = np.zeros(0)
+        self._test_y = np.zeros(0)
+        self._traj: dict | None = None
+
+    # ------------------------------------------------------------------ data set changes
+    def set_data(self, task: str, one_d: bool, feature: str, target: str, classes: list[str]) -> None:
+        """Switch the views to a newly loaded data set and empty every plot and the table."""
+        self.task = task
+        self.mode = "classes" if task == "classification" else ("1d" if one_d else "pred_true")
+        self.predictions.setCurrentIndex(PAGES[self.mode])
+        self.fit_plot.set_labels(feature, target)
+        self.pred_true.set_labels(target)
+        self.class_view.set_classes(classes)
+        self.calibration.set_task(task)
+        self.loss_plot.set_task(task)
+        self.table.set_task(task)
+        self.throttle.discard()
+        for view in (self.fit_plot, self.pred_true, self.class_view, self.calibration):
+            view.clear_data()
+        self.loss_plot.reset()
+        self.loss_plot.refresh()
+        self._traj = None
+        self.slider.setEnabled(False)
+        self.step_label.setText("Linearized GD: run Adapt")
+
+    # ------------------------------------------------------------------ payloads
+    def show_gp(self, p: dict) -> None:
+        """Draw a fit_gp payload: predictions, calibration, convergence, table rows."""
+        if p.get("task") == "classification":
+            labels = arr(p["test_y"]).astype(int)
+            self.class_view.set_classes(p.get("class_names") or [])
+            self.class_view.set_probs("unadapted", labels, arr(p["base_probs"]))
+            self.class_view.set_probs("gp", labels, arr(p["probs"]))
+            for key, diagram in (("gp", p["reliability"]), ("unadapted", p["base_reliability"])):
+                self.calibration.set_series(key, diagram["confidence"], diagram["accuracy"])
+        else:
+            self._test_y = arr(p["test_y"])
+            if p.get("grid"):
+                self._grid_x = arr(p["x"])
+                self.fit_plot.set_gp(self._grid_x, arr(p["mean"]).ravel(), arr(p["std"]).ravel())
+                if p.get("train_x") is not None:
+                    self.fit_plot.set_curve("train", arr(p["train_x"]), arr(p["train_y"]).ravel())
+                if p.get("truth") is not None:
+                    self.fit_plot.set_curve("truth", self._grid_x, arr(p["truth"]).ravel())
+            else:
+                self.pred_true.set_gp(self._test_y, arr(p["test_mean"]).ravel(), arr(p["test_std"]).ravel())
+                self.pred_true.set_points("unadapted", self._test_y, arr(p["test_base"]).ravel())
+            self.calibration.set_series("gp", p["calibration"]["expected"], p["calibration"]["observed"])
+            base = p.get("base_calibration")
+            if base:
+                self.calibration.set_series("unadapted", base["expected"], base["observed"])
+        self.convergence.set_convergence(p.get("convergence") or {})
+        self.table.set_row("unadapted", p.get("unadapted_metrics") or {})
+        self.table.set_row("gp", p.get("metrics") or {}, p.get("wall_time"))
+
+    def show_epoch(self, event: dict) -> None:
+        """Record one fine-tuning epoch; its curve and loss point are drawn at the throttled rate."""
+        n, loss = int(event.get("epoch", 0)), event.get("train_loss")
+        if loss is not None and self.loss_plot.add_point(n, loss):
+            self.throttle.submit("loss", self.loss_plot.refresh)
+        pred = event.get("grid_pred")
+        if pred is not None:
+            pred = arr(pred).ravel()
+            self.throttle.submit("pretrained" if n == 0 else "finetuned", lambda: self._draw_finetuned(n, pred))
+
+    def _draw_finetuned(self, epoch: int, pred: np.ndarray) -> None:
+        if self.mode == "1d" and len(pred) == len(self._grid_x):
+            self.fit_plot.set_curve("pretrained" if epoch == 0 else "finetuned", self._grid_x, pred)
+        elif self.mode == "pred_true" and len(pred) == len(self._test_y):
+            self.pred_true.set_points("unadapted" if epoch == 0 else "finetuned", self._test_y, pred)
+
+    def show_finetune(self, p: dict) -> None:
+        """Draw a finetune payload's final predictions, calibration and table row."""
+        if p.get("task") == "classification":
+            self.class_view.set_probs("finetuned", arr(p["test_y"]).astype(int), arr(p["probs"]))
+            self.calibration.set_series("finetuned", p["reliability"]["confidence"], p["reliability"]["accuracy"])
+        else:
+            if p.get("start_pred") is not None:
+                self._draw_finetuned(0, arr(p["start_pred"]).ravel())
+            if p.get("grid_pred") is not None:
+                self._draw_finetuned(max(int(p.get("epochs_run", 1)), 1), arr(p["grid_pred"]).ravel())
+            if p.get("calibration"):
+                self.calibration.set_series("finetuned", p["calibration"]["expected"], p["calibration"]["observed"])
+        if p.get("history"):
+            self.loss_plot.reset()
+            for epoch, loss in p["history"]:
+                self.loss_plot.add_point(int(epoch), loss)
+        self.loss_plot.refresh()
+        self.table.set_row("finetuned", p.get("metrics") or {}, p.get("wall_time"))
+
+    def show_trajectory(self, p: dict) -> None:
+        """Enable the GD-step slider over a trajectory payload (at its last step) or say why it is missing."""
+        if p.get("skipped"):
+            self.step_label.setText("Linearized GD: not available")
+            self.slider.setToolTip(f"{SLIDER_TIP}\n\nNot available here: {p['skipped']}")
+            return
+        self._traj = {"steps": np.asarray(p["steps"], dtype=np.int64), "preds": arr(p["preds"]),
+                      "lr": p.get("lr"), "grid": p.get("grid")}
+        self.slider.blockSignals(True)
+        self.slider.setRange(0, len(self._traj["steps"]) - 1)
+        self.slider.setValue(len(self._traj["steps"]) - 1)
+        self.slider.blockSignals(False)
+        self.slider.setEnabled(True)
+        self._show_step(self.slider.value())
+
+    def _show_step(self, index: int) -> None:
+        if self._traj is None:
+            return
+        step, pred = int(self._traj["steps"][index]), self._traj["preds"][index].ravel()
+        self.step_label.setText(f"t = {step:,}")
+        if self.mode == "1d" and len(pred) == len(self._grid_x):
+            self.fit_plot.set_curve("trajectory", self._grid_x, pred)
+        elif self.mode == "pred_true" and len(pred) == len(self._test_y):
+            self.pred_true.set_points("trajectory", self._test_y, pred)
+
+    def trajectory_step(self) -> int | None:
+        """Return the GD step the slider shows (None before a trajectory arrived)."""
+        return None if self._traj is None else int(self._traj["steps"][self.slider.value()])
+
+    def append_log(self, text: str) -> None:
+        """Add one line to the log panel."""
+        self.log.appendPlainText(text)

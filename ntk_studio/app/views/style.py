@@ -1,0 +1,55 @@
+"""Colours, pens and axis styling shared by every plot, so the views read as one family."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+
+BACKGROUND = "w"
+FOREGROUND = "k"
+GP_COLOR = (31, 119, 180)
+PRETRAINED_COLOR = (127, 127, 127)
+FINETUNED_COLOR = (214, 39, 40)
+TRUTH_COLOR = (0, 0, 0)
+TRAIN_COLOR = (255, 127, 14)
+TRAJECTORY_COLOR = (44, 160, 44)
+BAND1_ALPHA = 90  # ±1σ band opacity (0-255)
+BAND2_ALPHA = 45  # ±2σ band opacity
+LINE_WIDTH = 2
+POINT_SIZE = 9
+SMALL_POINT = 6
+LEGEND_BRUSH = (255, 255, 255, 220)
+GRID_ALPHA = 0.2
+
+
+def pen(color, width: int = LINE_WIDTH, **kw) -> pg.QtGui.QPen:
+    """Return a cosmetic pen of ``color`` and ``width`` (extra Qt pen options in ``kw``)."""
+    return pg.mkPen(color, width=width, **kw)
+
+
+def style(plot: pg.PlotWidget, title: str, x_label: str, y_label: str) -> None:
+    """Give ``plot`` the house look: white background, black labelled axes, light grid, a title."""
+    for name in ("left", "bottom"):
+        axis = plot.getAxis(name)
+        axis.setPen(FOREGROUND)
+        axis.setTextPen(FOREGROUND)
+    plot.setLabel("bottom", x_label, color=FOREGROUND)
+    plot.setLabel("left", y_label, color=FOREGROUND)
+    plot.showGrid(x=True, y=True, alpha=GRID_ALPHA)
+    plot.setTitle(title, color=FOREGROUND)
+
+
+def legend(plot: pg.PlotWidget, offset: tuple[int, int]) -> pg.LegendItem:
+    """Return a legend with a white box at ``offset`` (negative values anchor right/bottom)."""
+    return plot.addLegend(offset=offset, brush=LEGEND_BRUSH, pen=FOREGROUND, labelTextColor=FOREGROUND)
+
+
+def arr(values) -> np.ndarray:
+    """Return ``values`` (lists from a payload) as a float array; None becomes an empty array."""
+    return np.asarray([] if values is None else values, dtype=float)
+
+
+def curve_data(item: pg.PlotDataItem) -> tuple[np.ndarray, np.ndarray]:
+    """Return (x, y) currently shown by a curve (empty arrays when it has none)."""
+    x, y = item.getData()
+    return (np.asarray([]) if x is None else x), (np.asarray([]) if y is None else y)
