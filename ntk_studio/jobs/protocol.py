@@ -78,6 +78,10 @@ COMMANDS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "device": ((str,), "auto"),
     },
     "trajectory": {**_SPLIT, "params": ((str,), "all"), "grid_points": ((int,), 200)},
+    # Writes the last fit (same split) as ONNX, optionally also as a torch.export program; verified.
+    "export": {
+        **_SPLIT, "onnx": ((str,), _REQUIRED), "native": ((str, type(None)), None), "dtype": ((str,), "float64"),
+    },
 }
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from ntk_studio.core import CancelToken
 
+from .export_task import export_job
 from .fit_tasks import JobGen, finetune_job, fit_gp_job, plot_inputs, trajectory_job
 from .load_tasks import load_data_job, load_example_job, load_model_job, plan_job
 from .state import WorkerState
@@ -23,6 +24,7 @@ JOBS: dict[str, Callable[[WorkerState, dict, CancelToken], JobGen]] = {
     "fit_gp": fit_gp_job,
     "finetune": finetune_job,
     "trajectory": trajectory_job,
+    "export": export_job,
 }
 
 __all__ = ["JOBS", "JobGen", "WorkerState", "plot_inputs"]
