@@ -33,6 +33,7 @@ DEBIAN_PACKAGES = {
     "libdbus-1.so.3": "libdbus-1-3", "libxkbcommon.so.0": "libxkbcommon0", "libxcb.so.1": "libxcb1",
 }
 ALL_X11_PACKAGES = " ".join(dict.fromkeys(DEBIAN_PACKAGES.values()))
+_held: list[tuple[ctypes.CDLL, int]] = []  # the X connection of the last successful probe
 
 
 def _requested_platforms() -> list[str]:
@@ -78,11 +79,20 @@ def x_server_problem(display: str) -> str | None:
     xcb.xcb_connection_has_error.argtypes = [ctypes.c_void_p]
     xcb.xcb_disconnect.argtypes = [ctypes.c_void_p]
     conn = xcb.xcb_connect(display.encode(), None)
-    try:
-        failed = xcb.xcb_connection_has_error(conn) != 0
-    finally:
+    if xcb.xcb_connection_has_error(conn) != 0:
         xcb.xcb_disconnect(conn)
-    return f"no X server answers on DISPLAY={display}" if failed else None
+        return f"no X server answers on DISPLAY={display}"
+    # Keep it open until Qt has its own connection: an X server whose last client leaves resets
+    # (Xvfb under xvfb-run does), and Qt connecting during that reset aborts the process.
+    _held.append((xcb, conn))
+    return None
+
+
+def release_x_probe() -> None:
+    """Close the connection `x_server_problem` kept open (call it once Qt is connected)."""
+    while _held:
+        xcb, conn = _held.pop()
+        xcb.xcb_disconnect(conn)
 
 
 def platform_problem(plugins_dir: Path) -> str | None:

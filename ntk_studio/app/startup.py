@@ -99,7 +99,10 @@ def create_application():
     """Return the QApplication with NTK Studio's name, organization, version, desktop file name and icon."""
     from PySide6.QtWidgets import QApplication
 
+    from .platform_check import release_x_probe
+
     app = QApplication.instance() or QApplication([ARGV0])
+    release_x_probe()
     app.setApplicationName(APP_NAME)
     app.setOrganizationName(ORGANIZATION)
     app.setOrganizationDomain(ORGANIZATION_DOMAIN)
