@@ -9,7 +9,7 @@ from ntk_studio import __version__
 
 from . import startup
 
-EXAMPLES = ("sine",)  # 1-D regression examples the window can plot
+EXAMPLES = ("sine", "hprice3", "diabetes", "faces")  # built-in examples the window opens
 EXIT_OK, EXIT_FAILED, EXIT_NO_GUI = 0, 1, 2
 NO_GUI_HINT = ("NTK Studio cannot open a window: {why}.\n"
                "Run it on a desktop session (or under `xvfb-run`), or use the command line instead:\n"

@@ -510,7 +510,8 @@ class MainWindow(QMainWindow):
     def _show(self, cmd: str, event: dict) -> None:
         if cmd == "fit_gp":
             self.view.show_gp(event)
-            self._log(f"GP route {event.get('route')}, s² = {event.get('prior_var')}, σ² = {event.get('noise')}, "
+            noise = f", σ² = {event['noise']:.4g}" if event.get("noise") is not None else ""
+            self._log(f"GP route {event.get('route')}, s² = {float(event.get('prior_var') or 0):.4g}{noise}, "
                       f"{float(event.get('wall_time') or 0):.3g} s")
             self.gp_done.emit(event)
         elif cmd == "trajectory":

@@ -55,7 +55,10 @@ class ResultsView(QWidget):
         page_layout = QVBoxLayout(page)
         page_layout.setContentsMargins(0, 0, 0, 0)
         page_layout.addWidget(self.predictions, 1)
-        page_layout.addLayout(slider_row)
+        self.slider_row = QWidget()
+        self.slider_row.setLayout(slider_row)
+        slider_row.setContentsMargins(0, 0, 0, 0)
+        page_layout.addWidget(self.slider_row)
 
         self.calibration, self.convergence, self.loss_plot = CalibrationPlot(), ConvergencePlot(), LossPlot()
         self.tabs = QTabWidget()
@@ -97,6 +100,7 @@ class ResultsView(QWidget):
         self.task = task
         self.mode = "classes" if task == "classification" else ("1d" if one_d else "pred_true")
         self.predictions.setCurrentIndex(PAGES[self.mode])
+        self.slider_row.setVisible(task != "classification")  # the closed-form trajectory is for squared error
         self.fit_plot.set_labels(feature, target)
         self.pred_true.set_labels(target)
         self.class_view.set_classes(classes)

@@ -56,7 +56,7 @@ def data_summary(data: Dataset) -> dict[str, Any]:
     for i in range(min(PREVIEW_ROWS, len(data))):
         y = data.y[i]
         label = data.class_names[int(y)] if data.is_classification else ", ".join(_cell(float(v)) for v in y.reshape(-1))
-        features = [_cell(float(v)) for v in data.X[i]] if tabular else [f"image {tuple(data.X.shape[1:])}"]
+        features = [_cell(float(v)) for v in data.X[i]] if tabular else ["image " + "×".join(map(str, data.X.shape[1:]))]
         rows.append([*features, label])
     header = [*data.feature_names] if tabular else ["input"]
     return {"n_rows": len(data), "task": task, "feature_names": list(data.feature_names),

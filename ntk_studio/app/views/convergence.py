@@ -21,6 +21,7 @@ class ConvergencePlot(pg.PlotWidget):
         style(self, TITLE, X_LABELS["cg"], DEFAULT_Y)
         self.note = ""
         self.setLogMode(x=False, y=True)
+        self.getAxis("left").enableAutoSIPrefix(False)
         self.curve = self.plot([], [], pen=pen(GP_COLOR), symbol="o", symbolSize=SMALL_POINT, symbolBrush=GP_COLOR,
                                symbolPen=None)
 

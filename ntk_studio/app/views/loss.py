@@ -18,6 +18,7 @@ class LossPlot(pg.PlotWidget):
         super().__init__(parent, background=BACKGROUND)
         style(self, "Fine-tuning loss", "epoch", LOSS_NAMES["regression"])
         self.setLogMode(x=False, y=True)
+        self.getAxis("left").enableAutoSIPrefix(False)  # an SI prefix on a log axis garbles the label
         self.curve = self.plot([], [], pen=pen(FINETUNED_COLOR, LINE_WIDTH), symbol="o", symbolSize=MARKER_SIZE,
                                symbolBrush=FINETUNED_COLOR, symbolPen=None)
         self._epochs: list[float] = []
