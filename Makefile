@@ -2,7 +2,8 @@
 #
 #   make run     set up .venv, run the built-in sine-transfer example headless
 #   make test    set up .venv, run the tests and the import-layering contracts
-#   make bench   set up .venv, run the operator benchmarks
+#   make bench   set up the benchmark venv (bench/.venv-peers: laplace-torch, matplotlib), run all benchmarks
+#   make bench-quick   the same in under 5 minutes, smaller sizes
 #   make clean   remove .venv, build artifacts and caches
 #
 # torch is pinned exactly (torch==2.13.0) in pyproject.toml: pip resolves that pin to the local
@@ -13,7 +14,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv run demo screenshot test bench clean
+.PHONY: venv run demo screenshot test bench bench-quick bench-peers clean
 
 venv: $(STAMP)
 
@@ -56,8 +57,18 @@ app-bundle: venv
 icons: venv
 	QT_QPA_PLATFORM=offscreen $(BIN)/python packaging/render_icons.py
 
-bench: venv
-	$(BIN)/python bench/operators.py
+# Benchmark-only environment, never the app's dependencies (see bench/setup_peers.sh).
+PEERS := bench/.venv-peers
+bench-peers: $(PEERS)/.installed
+$(PEERS)/.installed: bench/setup_peers.sh bench/constraints.txt
+	bash bench/setup_peers.sh
+	@touch $@
+
+bench: bench-peers
+	$(PEERS)/bin/python bench/run.py
+
+bench-quick: bench-peers
+	$(PEERS)/bin/python bench/run.py --quick
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .import_linter_cache
