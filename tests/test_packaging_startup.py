@@ -179,3 +179,17 @@ def test_install_desktop_entry_flag_points_exec_at_this_launcher(capsys, home, m
     assert f"Exec={launcher.absolute()}" in entry.read_text().splitlines()
     assert f"installed {entry}" in capsys.readouterr().out
     assert app_main.main(["--uninstall-desktop-entry"]) == 0 and not entry.exists()
+
+
+def test_log_panel_lines_reach_the_log_file_and_the_bug_report(home):
+    from types import SimpleNamespace
+
+    from ntk_studio.app.main_window import MainWindow
+
+    logs.setup_file_logging()
+    shown: list[str] = []
+    panel_owner = SimpleNamespace(view=SimpleNamespace(append_log=shown.append))
+    MainWindow._log(panel_owner, "[j7] fine-tuned 300 epochs")
+    assert shown == ["[j7] fine-tuned 300 epochs"]
+    assert logs.read_log_tail(1)[0].endswith("INFO ntk_studio.app: [j7] fine-tuned 300 epochs")
+    assert "[j7] fine-tuned 300 epochs" in logs.bug_report()

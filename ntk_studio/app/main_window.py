@@ -7,6 +7,7 @@ One job runs at a time; a chain asked for while a plan job is in flight starts w
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from .results_view import ResultsView
 from .session import DATA_SUFFIXES, MODEL_SUFFIXES, PROJECT_SUFFIX, Inputs, file_kind
 from .throttle import PlotThrottle
 from .worker_bridge import WorkerBridge
+
+log = logging.getLogger("ntk_studio.app")
 
 WINDOW_TITLE = "NTK Studio"
 WINDOW_SIZE = (1280, 800)
@@ -187,6 +190,7 @@ class MainWindow(QMainWindow):
 
     def _log(self, text: str) -> None:
         self.view.append_log(text)
+        log.info(text)  # the rotating log file (ntk_studio.logs) keeps what the panel shows, for bug reports
 
     # ------------------------------------------------------------------ user actions
     @property
