@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QMainWindow, QMessageBo
 
 from .defaults import EXAMPLE_DEFAULTS
 from .eta import eta_seconds, format_eta
+from .export_action import Exporter
 from .panels.data_panel import DataPanel
 from .panels.method_panel import GRID_POINTS, MethodPanel
 from .panels.model_panel import ModelPanel
@@ -37,7 +38,7 @@ DEFAULT_EXAMPLE = "sine"
 PROGRESS_STEPS = 1000
 PANEL_WIDTH = 340
 PLAN_DELAY_MS = 300  # settings edits are coalesced before the route estimate is asked for
-STEP_WEIGHTS = {"fit_gp": 0.45, "trajectory": 0.05, "finetune": 0.5}  # share of the progress bar per run step
+STEP_WEIGHTS = {"fit_gp": 0.45, "trajectory": 0.05, "finetune": 0.5, "export": 1.0}  # share of the progress bar per run step
 STATUS_MS = 0  # status messages stay until replaced
 LOAD_COMMANDS = ("load_example", "load_model", "load_data")
 
@@ -62,7 +63,7 @@ class MainWindow(QMainWindow):
         self.project_path: Path | None = None
         self.session: dict[str, Any] = {}
         self.job: str | None = None
-        self._chain: str | None = None  # "load" | "run" | "plan"
+        self._chain: str | None = None  # "load" | "run" | "plan" | "export"
         self._queue: list[dict[str, Any]] = []
         self._deferred: tuple[str, list[dict[str, Any]]] | None = None
         self._stopping = False
@@ -74,6 +75,7 @@ class MainWindow(QMainWindow):
         self._epochs_planned = 1
         self.throttle = PlotThrottle(self)
         self._build()
+        self.exporter = Exporter(self)
         self._build_menus()
         self._set_busy(True)
         self._restore_geometry()
@@ -155,6 +157,8 @@ class MainWindow(QMainWindow):
         file.addSeparator()
         self._action(file, "Open model file…", self._ask_model, "Ctrl+M")
         self._action(file, "Open data file…", self._ask_data, "Ctrl+D")
+        file.addSeparator()
+        file.addAction(self.exporter.action)
         file.addSeparator()
         self._action(file, "Quit", self.close, QKeySequence.StandardKey.Quit)
         edit = bar.addMenu("&Edit")
@@ -481,7 +485,7 @@ class MainWindow(QMainWindow):
             self._log(f"[{job}] started {event.get('cmd', '')}")
 
     def _on_progress(self, job: str, event: dict) -> None:
-        if not self._mine(job) or self._chain != "run":
+        if not self._mine(job) or self._chain not in ("run", "export"):
             return
         if event.get("progress") is not None:
             self._progress(self._step["cmd"], float(event["progress"]))
@@ -520,6 +524,8 @@ class MainWindow(QMainWindow):
             self.gp_done.emit(event)
         elif cmd == "trajectory":
             self.view.show_trajectory(event)
+        elif cmd == "export":
+            self.exporter.show(event)
         elif cmd == "finetune":
             self.view.show_finetune(event)
             self._log(f"fine-tuned {event.get('epochs_run')} epochs, test loss {event.get('test_loss')}, "
