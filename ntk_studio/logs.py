@@ -29,7 +29,7 @@ LOG_BACKUPS = 3  # ... keeping ntk-studio.log.1 .. .3: at most 4 MiB on disk
 LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 REPORT_LOG_LINES = 200  # log lines a bug report carries
 REPORT_PACKAGES = ("torch", "gpytorch", "linear_operator", "numpy", "scipy", "PySide6-Essentials", "PySide6",
-                   "pyqtgraph", "platformdirs")
+                   "pyqtgraph", "platformdirs", "onnx", "onnxruntime")
 _MARK = "_ntk_studio_file_handler"  # attribute that marks our handler, so set-up is idempotent
 
 
