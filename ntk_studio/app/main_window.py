@@ -250,7 +250,7 @@ class MainWindow(QMainWindow):
             self._weights[s["cmd"]] = (offset / total, STEP_WEIGHTS[s["cmd"]] / total)
             offset += STEP_WEIGHTS[s["cmd"]]
         self.results = {"settings": self.settings()}
-        self.view.loss_plot.reset()
+        self.view.loss_plot.reset(self._epochs_planned)
         self._start("run", steps)
 
     def cancel(self) -> None:

@@ -9,6 +9,8 @@ from .style import BACKGROUND, FINETUNED_COLOR, LINE_WIDTH, curve_data, pen, sty
 
 LOSS_NAMES = {"regression": "training loss (MSE)", "classification": "training loss (cross-entropy)"}
 MARKER_SIZE = 4
+# Markers for short runs only: thousands of scatter symbols cost more per redraw than the line.
+MAX_MARKED_POINTS = 100
 
 
 class LossPlot(pg.PlotWidget):
@@ -28,9 +30,17 @@ class LossPlot(pg.PlotWidget):
         """Name the loss of ``task``."""
         self.setLabel("left", LOSS_NAMES.get(task, LOSS_NAMES["regression"]))
 
-    def reset(self) -> None:
-        """Forget the previous run's points (the curve keeps showing them until the next point)."""
+    def reset(self, planned_epochs: int | None = None) -> None:
+        """Forget the previous run's points (the curve keeps showing them until the next point).
+
+        With `planned_epochs` the epoch axis is fixed to the whole run, so it is not rescaled (and
+        its labels redrawn) on every live update.
+        """
         self._epochs, self._losses = [], []
+        if planned_epochs:
+            self.setXRange(0, planned_epochs, padding=0.02)
+        else:
+            self.enableAutoRange(axis="x")
 
     def add_point(self, epoch: int, loss: float) -> bool:
         """Record one epoch's loss; return False for a loss a log axis cannot show (skipped)."""
@@ -42,7 +52,8 @@ class LossPlot(pg.PlotWidget):
 
     def refresh(self) -> None:
         """Draw the recorded points (called at most at the window's plot rate)."""
-        self.curve.setData(self._epochs, self._losses)
+        marked = len(self._epochs) <= MAX_MARKED_POINTS
+        self.curve.setData(self._epochs, self._losses, symbol="o" if marked else None)
 
     def curve_data(self) -> tuple[np.ndarray, np.ndarray]:
         """Return (epochs, losses) shown."""
