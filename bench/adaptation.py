@@ -50,7 +50,7 @@ CASES = {
     "full": (Case("sine", n_adapt=10), Case("hprice3", n_adapt=40, lr=3e-3),
              Case("faces", per_class=40, params="head", epochs=100)),
     "quick": (Case("sine", n_adapt=10), Case("hprice3", n_adapt=40, lr=3e-3),
-              Case("faces", per_class=10, params="head", epochs=30)),
+              Case("faces", per_class=5, params="head", epochs=20)),
 }
 
 

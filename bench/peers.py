@@ -34,7 +34,7 @@ WARMUP_WIDTH = 4  # warm-up fits use the same code path on an 8-4-4-1 MLP, never
 WARMUP_N = 16
 FLOAT32_BYTES, FLOAT64_BYTES = 4, 8
 CHOLESKY_COPIES = 4
-# (n train, m test, MLP width): quick mode uses 8-32-32-1 (P = 1,409) so that every method runs.
+# (n train, m test, MLP width): quick mode uses 8-32-32-1 (P = 1,377) so that every method runs.
 SIZES = {"full": (2000, 1000, prob.DEFAULT_WIDTH), "quick": (400, 200, 32)}
 LIMITS = {"full": (600.0, 8 * GIB), "quick": (60.0, 4 * GIB)}  # per child: seconds, RSS bytes
 

@@ -63,12 +63,17 @@ def adaptation_png(result: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, max(len(rows), 1), figsize=(4.2 * max(len(rows), 1), 3.6), squeeze=False)
     for ax, r in zip(axes[0], rows):
         curve = r["ft"]["curve"]
-        ax.plot(curve["times"], curve["metric"], color="tab:orange", label="fine-tuning (test)")
+        # Log time axis from epoch 1 (epoch 0, the unadapted model, sits at t = 0).
+        times, metric = curve["times"][1:], curve["metric"][1:]
+        ax.plot(times, metric, color="tab:orange", label="fine-tuning (test), per epoch")
         ax.plot([r["gp"]["seconds"]], [r["gp"]["metric"]], "o", color="tab:blue", markersize=8,
                 label="linearized GP" if r["metric_name"] == "rmse" else "linearized classifier")
-        ax.axhline(r["ft"]["final_metric"], color="tab:orange", linestyle=":", linewidth=1)
-        ax.set(xlabel="wall time, seconds", ylabel=f"test {r['metric_name']}", title=r["example"])
-        ax.set_xscale("symlog", linthresh=0.1)
+        ax.axhline(r["ft"]["final_metric"], color="tab:orange", linestyle=":", linewidth=1,
+                   label="fine-tuning, final epoch")
+        ax.axhline(curve["metric"][0], color="grey", linestyle="--", linewidth=1, label="unadapted")
+        ax.set(xlabel="wall time, seconds (log)", ylabel=f"test {r['metric_name']}", title=r["example"])
+        ax.set_xscale("log")
+        ax.set_xlim(times[0] / 2, max(times[-1], r["gp"]["seconds"]) * 2)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

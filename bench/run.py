@@ -43,6 +43,8 @@ THREADS = 1
 PARTS = ("peers", "scaling", "operators", "adaptation")
 RESULTS = HERE / "results"
 DOC_IMAGES = HERE.parent / "docs" / "images"
+# --quick leaves out the CNN in float64: its warm-up round alone takes about a minute here.
+QUICK_OPERATORS = (("mlp", torch.float32), ("mlp", torch.float64), ("cnn", torch.float32))
 
 
 def _log(msg: str) -> None:
@@ -63,6 +65,8 @@ def run_part(part: str, mode: str, work: Path) -> dict:
         result.update(peers.run(mode, work, log=_log))
     elif part == "scaling":
         result.update(scaling.run(mode, log=_log))
+    elif part == "operators" and mode == "quick":
+        result["rows"] = [operators.operator_costs(name, dtype, mode) for name, dtype in QUICK_OPERATORS]
     elif part == "operators":
         result["rows"] = operators.run_operators(mode)
     else:

@@ -47,7 +47,7 @@ ROUTES = {
 SWEEPS = {
     "full": {"n": (100, 300, 1000, 3000, 10000, 30000, 100000), "n_widths": (27, prob.DEFAULT_WIDTH),
              "P": (10**3, 10**4, 10**5, 10**6), "n_for_P": 1000},
-    "quick": {"n": (100, 1000), "n_widths": (27,), "P": (10**4,), "n_for_P": 100},
+    "quick": {"n": (100, 1000), "n_widths": (27,), "P": (3 * 10**3,), "n_for_P": 100},
 }
 LIMITS = {"full": (240.0, 8 * GIB), "quick": (30.0, 4 * GIB)}  # per child: seconds, RSS bytes
 SLOPE_BOUNDS = (1.0, 3.0)  # clamp of the log-log slope used to extrapolate time

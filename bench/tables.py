@@ -60,7 +60,9 @@ def peers_table(result: dict) -> str:
         if r.get("var_negative"):
             notes.append(f"{r['var_negative']} variances ≤ 0")
         out.append(_line([
-            r["label"], r["family"], r["dtype"], fmt_s(r["fit_s"]), fmt_s(r["predict_s"]), fmt_s(total),
+            # The dense baseline has no separate fit: all of its work happens at prediction.
+            r["label"], r["family"], r["dtype"], fmt_s(r["fit_s"]) if r["fit_s"] else DASH, fmt_s(r["predict_s"]),
+            fmt_s(total),
             f"{total / base_total:.1f}×" if base_total else DASH, fmt_mib(r.get("peak_extra_mib")),
             fmt_rel(err.get("max_rel")), fmt_rel(err.get("median_rel")), "; ".join(notes),
         ]))
