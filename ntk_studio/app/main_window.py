@@ -85,6 +85,7 @@ class MainWindow(QMainWindow):
         self._plan_timer.timeout.connect(self.request_plan)
         for name in ("started", "progress", "epoch", "result", "failed", "cancelled"):
             getattr(self.bridge, name).connect(getattr(self, f"_on_{name}"))
+        self.method_panel.ranks_changed.connect(self._use_ranks)
         for signal in (self.model_panel.params_changed, self.data_panel.split_changed,
                        self.method_panel.settings_changed):
             signal.connect(self._plan_timer.start)
@@ -262,6 +263,19 @@ class MainWindow(QMainWindow):
         self.throttle.discard()
         self.statusBar().showMessage("Cancelling…", STATUS_MS)
         self.bridge.cancel(self.job)
+
+    def _use_ranks(self, ranks: int) -> None:
+        if self.running:  # switching would kill the job: keep the running worker
+            self.method_panel.ranks.blockSignals(True)
+            self.method_panel.ranks.setValue(self.bridge.ranks)
+            self.method_panel.ranks.blockSignals(False)
+            self.statusBar().showMessage("Finish or cancel the run before changing worker processes.", STATUS_MS)
+            return
+        self.bridge.use_ranks(ranks)
+        if self._chain == "plan":  # its answer would come from the worker just replaced
+            self._finish(True, "")
+        self._log(f"worker restarted as {ranks} data-parallel process{'es' if ranks > 1 else ''}; "
+                  "inputs are reloaded with the next job")
 
     def request_plan(self) -> None:
         """Ask the worker for the route estimate of the current settings (when idle and ready)."""

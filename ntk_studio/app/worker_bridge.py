@@ -13,6 +13,7 @@ from typing import Any
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from ntk_studio.jobs.client import CANCEL_GRACE_S, WorkerClient
+from ntk_studio.jobs.ranked import ranked_worker_command
 
 POLL_S = 0.1  # how long the reader waits for an event before checking whether it should stop
 READER_JOIN_MS = 2000  # how long shutdown waits for the reader thread to notice the stop flag
@@ -58,10 +59,34 @@ class WorkerBridge(QObject):
         self.commands: dict[str, str] = {}  # job id -> command, so listeners know what a result is
         self._signals = {"started": self.started, "progress": self.progress, "epoch": self.epoch,
                          "result": self.result, "error": self.failed, "cancelled": self.cancelled}
-        self._reader = _EventReader(self.client, self)
-        self._reader.event.connect(self._dispatch)
-        self._reader.start()
+        self.ranks = 1
+        self._restart_base = 0  # restarts of workers this bridge replaced (use_ranks)
+        self._reader = self._start_reader()
         self._closed = False
+
+    def _start_reader(self) -> _EventReader:
+        reader = _EventReader(self.client, self)
+        reader.event.connect(self._dispatch)
+        reader.start()
+        return reader
+
+    def use_ranks(self, ranks: int) -> None:
+        """Replace the worker by one of `ranks` data-parallel processes (torchrun; 1: a plain worker).
+
+        The new worker has nothing loaded, which `restarts` reports like a crash restart. The old
+        one is shut down on a helper thread, so the GUI does not wait for it.
+        """
+        ranks = max(1, int(ranks))
+        if ranks == self.ranks or self._closed:
+            return
+        base = self.restarts + 1
+        self._reader.stop()
+        self._reader.wait(READER_JOIN_MS)
+        old = self.client
+        threading.Thread(target=old.close, args=(CLOSE_TIMEOUT_S,), daemon=True, name="old-worker-close").start()
+        self.client = WorkerClient(ranked_worker_command(ranks) if ranks > 1 else None)
+        self.ranks, self._restart_base = ranks, base
+        self._reader = self._start_reader()
 
     # ------------------------------------------------------------------ jobs
     def submit(self, cmd: str, **args: Any) -> str:
@@ -96,7 +121,7 @@ class WorkerBridge(QObject):
     @property
     def restarts(self) -> int:
         """Return how many times the worker was restarted (a fresh worker has nothing loaded)."""
-        return self.client.restarts
+        return self._restart_base + self.client.restarts
 
     def shutdown(self) -> None:
         """Stop the reader thread and the worker process (idempotent)."""

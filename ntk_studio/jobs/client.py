@@ -11,7 +11,9 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -35,8 +37,10 @@ class _Process:
     """One worker process with its reader threads; `expected_exit` marks exits we caused."""
 
     def __init__(self, client: WorkerClient, command: list[str]) -> None:
+        # Its own process group, so a kill reaches every process of a ranked (torchrun) worker.
         self.popen = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, bufsize=1)
+                                      stderr=subprocess.PIPE, text=True, bufsize=1,
+                                      start_new_session=os.name == "posix")
         self.expected_exit = False
         self.spoke = False  # set on the first line received: it started, so a later death is not a setup bug
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
@@ -65,7 +69,13 @@ class _Process:
     def kill(self) -> int | None:
         """Kill the process; return its exit code (None if it could not be reaped in time)."""
         self.expected_exit = True
-        self.popen.kill()
+        try:
+            if os.name == "posix":
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            else:
+                self.popen.kill()
+        except (ProcessLookupError, PermissionError):
+            self.popen.kill()
         try:
             return self.popen.wait(KILL_WAIT_S)
         except subprocess.TimeoutExpired:
@@ -77,6 +87,7 @@ class WorkerClient:
 
     def __init__(self, command: list[str] | None = None) -> None:
         self.command = list(command or WORKER_COMMAND)
+        self.ranked = "--ranked" in self.command
         self.restarts = 0
         self._events: queue.Queue[dict[str, Any]] = queue.Queue()
         self._stash: collections.deque[dict[str, Any]] = collections.deque()  # skipped by wait_for
@@ -233,7 +244,12 @@ class WorkerClient:
 
     # ------------------------------------------------------------------ control
     def cancel(self, job_id: str, grace_s: float = CANCEL_GRACE_S) -> bool:
-        """Cancel ``job_id``; return True if it stopped cooperatively, False if the worker was killed."""
+        """Cancel ``job_id``; return True if it stopped cooperatively, False if the worker was killed.
+
+        A ranked worker is killed at once: ranks waiting in a collective cannot see rank 0's token.
+        """
+        if self.ranked:
+            grace_s = 0.0
         with self._lock:
             if job_id not in self._active:
                 return True

@@ -95,7 +95,7 @@ def fit_gp_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
 def _fit_regression(state, model, data, adapt, test, args, cancel, device) -> JobGen:
     X_plot, is_grid = plot_inputs(data, test, args["grid_points"])
     gp = LinearizedGP(model, params=args["params"], prior_var=args["prior_var"], noise=args["noise"],
-                      space=args["space"], solver=args["solver"], device=device)
+                      space=args["space"], solver=args["solver"], device=device, shard=state.shard)
     convergence: list = []
     yield from _fit_events(gp.fit_iter(adapt.X, adapt.y, cancel=cancel), convergence)
     cancel.raise_if_cancelled()
@@ -133,7 +133,7 @@ def _fit_regression(state, model, data, adapt, test, args, cancel, device) -> Jo
 def _fit_classifier(state, model, adapt, test, args, cancel, device) -> JobGen:
     def fit(prior_var: float, solver: str):
         clf = LinearizedClassifier(model, params=args["params"], prior_var=prior_var, space=args["space"],
-                                   solver=solver, device=device)
+                                   solver=solver, device=device, shard=state.shard)
         return (yield from _fit_events(clf.fit_iter(adapt.X, adapt.y, cancel=cancel), convergence))
 
     convergence: list = []

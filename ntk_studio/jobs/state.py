@@ -44,6 +44,7 @@ class WorkerState:
     gp: Any = None  # the last LinearizedGP or LinearizedClassifier
     finetuned: nn.Module | None = None
     splits: dict[tuple[int | None, int], tuple[Dataset, Dataset]] = field(default_factory=dict)
+    shard: Any = None  # this rank's share of the data in a ranked worker (None: one process)
 
     def forget_fits(self) -> None:
         """Drop fitted objects and cached splits (the model or the data changed)."""

@@ -19,6 +19,7 @@ from ntk_studio.core import CancelToken
 from ntk_studio.core.errors import Cancelled
 
 from .protocol import IMMEDIATE_COMMANDS, ProtocolError, decode_request, encode, error_event
+from .ranked import ALL_RANKS, STOP, RankBroadcaster, follow, init_ranks
 from .tasks import JOBS, WorkerState
 
 UNKNOWN_ID = "?"  # the id of replies to lines too broken to carry their own
@@ -39,8 +40,9 @@ class _Job:
 class Worker:
     """Dispatches decoded requests; owns the warm state and the single job slot."""
 
-    def __init__(self, out: IO[str]) -> None:
+    def __init__(self, out: IO[str], broadcaster=None) -> None:
         self._out = out
+        self.broadcaster = broadcaster  # rank 0 of a ranked worker: sends all-ranks jobs to the others
         self._write_lock = threading.Lock()
         self._slot_lock = threading.Lock()
         self._job: _Job | None = None
@@ -72,6 +74,8 @@ class Worker:
             self.send({"id": rid, "type": "error", "error_type": "Busy", "details": "",
                        "message": f"The worker is busy with job {running.id!r}; cancel it or wait for it."})
             return True
+        if self.broadcaster is not None and cmd in ALL_RANKS:
+            self.broadcaster.send(cmd, args)
         job.thread.start()
         return True
 
@@ -129,9 +133,9 @@ class Worker:
             self.send(error_event(job.id, exc, "EncodeError"))
 
 
-def serve(stdin: IO[str], stdout: IO[str]) -> int:
+def serve(stdin: IO[str], stdout: IO[str], worker: Worker | None = None) -> int:
     """Serve requests from ``stdin`` until shutdown or EOF; return the exit code (0)."""
-    worker = Worker(stdout)
+    worker = worker or Worker(stdout)
     while True:
         line = stdin.readline()  # readline, not iteration: iteration may read ahead and delay cancel
         if not line:
@@ -139,18 +143,30 @@ def serve(stdin: IO[str], stdout: IO[str]) -> int:
             break
         if line.strip() and not worker.handle(line):
             break
+    if worker.broadcaster is not None:
+        worker.broadcaster.send(STOP, {})
     return 0
 
 
-def main() -> int:
-    """Run the worker on this process's stdin/stdout; return the exit code."""
+def main(argv: list[str] | None = None) -> int:
+    """Run the worker on this process's stdin/stdout (``--ranked``: as one rank of a torchrun job)."""
     import torch
 
+    ranked = "--ranked" in (sys.argv[1:] if argv is None else argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="worker %(levelname)s: %(message)s")
     torch.set_num_threads(int(os.environ.get(THREADS_ENV, DEFAULT_THREADS)))
     protocol_out = sys.stdout
     sys.stdout = sys.stderr  # a stray print in a library must not corrupt the protocol stream
-    return serve(sys.stdin, protocol_out)
+    if not ranked:
+        return serve(sys.stdin, protocol_out)
+    shard, rank = init_ranks()
+    if rank != 0:
+        state = WorkerState()
+        state.shard = shard
+        return follow(state, JOBS)
+    worker = Worker(protocol_out, broadcaster=RankBroadcaster())
+    worker.state.shard = shard
+    return serve(sys.stdin, protocol_out, worker)
 
 
 if __name__ == "__main__":

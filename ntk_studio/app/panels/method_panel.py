@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from PySide6.QtCore import Signal
@@ -18,6 +19,7 @@ EPOCH_RANGE = (0, 1_000_000)
 LR_RANGE = (1e-7, 10.0)
 BATCH_RANGE = (1, 1_000_000)
 SPIN_DECIMALS = 8
+MAX_RANKS = max(2, os.cpu_count() or 2)  # data-parallel worker processes offered
 SPACES = ("auto", "function", "weight")
 SOLVERS = ("auto", "cholesky", "cg")
 DEVICES = ("auto", "cpu")  # the worker adds "cuda" when it sees a GPU
@@ -53,6 +55,7 @@ class MethodPanel(QWidget):
     """Every method setting, each with a tooltip; `settings_changed` fires on edits that change the route."""
 
     settings_changed = Signal()
+    ranks_changed = Signal(int)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -73,6 +76,11 @@ class MethodPanel(QWidget):
         self.solver = _combo(SOLVERS, "Cholesky factors the system exactly while it fits the memory budget (2 GiB); "
                                       "CG solves it matrix-free to a 1e-8 relative residual. 'auto' picks by memory.")
         self.device = _combo(DEVICES, "Where the worker computes. 'auto' uses the GPU when the worker sees one.")
+        self.ranks = _int_spin(1, 1, MAX_RANKS, tip=(
+            "Worker processes: with 2 or more the worker runs as that many data-parallel ranks (torchrun; gloo on "
+            "CPU, NCCL with one GPU per rank), each computing the kernel and GGN products on its share of the "
+            "rows. Changing it restarts the worker; Cancel then stops every rank at once."))
+        self.ranks.valueChanged.connect(self.ranks_changed.emit)
         self.estimate = QLabel("Route estimate appears once a model and data are loaded.")
         self.estimate.setWordWrap(True)
         self.estimate.setToolTip("The route, system size and memory the GP will use, estimated before running.")
@@ -90,6 +98,7 @@ class MethodPanel(QWidget):
         gp_form.addRow("Space", self.space)
         gp_form.addRow("Solver", self.solver)
         gp_form.addRow("Device", self.device)
+        gp_form.addRow("Worker processes", self.ranks)
         gp_form.addRow(self.estimate)
         ft_form.addRow("Epochs", self.epochs)
         ft_form.addRow("Learning rate", self.lr)
@@ -129,14 +138,14 @@ class MethodPanel(QWidget):
         return {"prior_var": self.prior_var.value(), "noise": self.noise.value(), "fit_hyper": self.fit_hyper.isChecked(),
                 "space": self.space.currentText(), "solver": self.solver.currentText(),
                 "device": self.device.currentText(), "epochs": self.epochs.value(), "lr": self.lr.value(),
-                "batch_size": self.batch.value()}
+                "batch_size": self.batch.value(), "ranks": self.ranks.value()}
 
     def set_values(self, values: dict[str, Any]) -> None:
         """Apply stored settings (unknown keys are ignored)."""
         for key, box in (("prior_var", self.prior_var), ("noise", self.noise), ("lr", self.lr)):
             if key in values:
                 box.setValue(float(values[key]))
-        for key, box in (("epochs", self.epochs), ("batch_size", self.batch)):
+        for key, box in (("epochs", self.epochs), ("batch_size", self.batch), ("ranks", self.ranks)):
             if key in values:
                 box.setValue(int(values[key]))
         if "fit_hyper" in values:
