@@ -29,7 +29,7 @@ def _pyplot():
 def scaling_png(rows: list[dict], key: str, labels: dict[str, str], title: str, path: Path) -> Path:
     """Write a log-log figure (time, peak extra memory) against `key` for each route; return the path."""
     plt = _pyplot()
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 5.0))
     for route in dict.fromkeys(r["route"] for r in rows):
         ok = sorted((r for r in rows if r["route"] == route and r["status"] == "ok"), key=lambda r: r[key])
         if not ok:
@@ -46,10 +46,11 @@ def scaling_png(rows: list[dict], key: str, labels: dict[str, str], title: str, 
     ax_m.set(xscale="log", yscale="log", xlabel=key, ylabel="peak extra RSS, GiB", title=f"{title}: memory")
     for ax in (ax_t, ax_m):
         ax.grid(True, which="both", alpha=0.3)
-    ax_t.legend(fontsize=8, loc="upper left")
-    fig.text(0.5, 0.005, "× at the right end of a curve: the next size was skipped, timed out or ran out of memory",
-             ha="center", fontsize=8)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    handles, names = ax_t.get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, 0.04))
+    fig.text(0.5, 0.005, "large × after the last point of a curve: the next size was skipped (memory estimate or "
+             "projected time), timed out or ran out of memory", ha="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -111,3 +111,24 @@ def test_tables_show_skip_reasons_and_ratios():
     text = tables.peers_table(result)
     assert "| 3.0× |" in text and "| 25.0% | 5.0% |" in text and "| <1 |" in text
     assert "does not fit (estimate 9.0 GiB > 8 GiB budget)" in text
+
+
+def test_scaling_table_puts_each_route_in_its_column():
+    rows = [
+        {"route": "a", "n": 100, "status": "ok", "total_s": 0.5, "peak_extra_mib": 12.0},
+        {"route": "b", "n": 100, "status": "skipped", "reason": "does not fit (estimate 9.4 GiB)"},
+        {"route": "a", "n": 1000, "status": "timeout", "reason": "did not finish in 240 s"},
+    ]
+    lines = tables.scaling_table(rows, "n").splitlines()
+    assert lines[2] == "| 100 | 500 ms / 12 | does not fit (estimate 9.4 GiB) |"
+    assert lines[3] == "| 1,000 | did not finish in 240 s | – |"
+
+
+def test_adaptation_table_says_when_fine_tuning_never_reaches_the_gp():
+    ft = {"final_metric": 0.237, "seconds": 0.5, "time_to_own_final": 0.2, "time_to_gp_metric": None,
+          "nll_at_gp_time": 39.4, "epoch_at_gp_time": 300, "final_nll": 39.4}
+    row = {"example": "sine", "n_train": 10, "n_test": 200, "metric_name": "rmse", "epochs": 300,
+           "gp": {"metric": 0.145, "seconds": 0.73, "nll": 0.085}, "ft": ft}
+    text = tables.adaptation_table({"rows": [row, {"example": "faces", "status": "error", "reason": "no weights"}]})
+    assert "| never in 300 epochs |" in text and "| 39.400 (300) |" in text
+    assert "| faces | no weights |" in text
