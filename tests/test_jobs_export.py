@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
-from ntk_studio.core import CancelToken
+from job_runner import run
 from ntk_studio.core.errors import NotFittedError
-from ntk_studio.jobs.protocol import decode_request, encode
-from ntk_studio.jobs.tasks import JOBS, WorkerState
+from ntk_studio.jobs.tasks import WorkerState
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
-
-
-def run(state: WorkerState, cmd: str, **args) -> tuple[list, dict]:
-    """Return (events, result) of one job, both through the protocol's JSON encoding."""
-    req = decode_request(json.dumps({"id": "t", "cmd": cmd, "args": args}))
-    gen, events = JOBS[cmd](state, req["args"], CancelToken()), []
-    while True:
-        try:
-            kind, payload = next(gen)
-        except StopIteration as stop:
-            return events, json.loads(encode(stop.value))
-        events.append((kind, payload))
 
 
 def test_export_before_a_fit_is_a_clear_error(tmp_path):

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 import numpy as np
 import pytest
 
-from ntk_studio.core import CancelToken
+from job_runner import run
 from ntk_studio.jobs.client import WorkerClient
-from ntk_studio.jobs.protocol import decode_request, encode
 from ntk_studio.jobs.ranked import ranked_worker_command
-from ntk_studio.jobs.tasks import JOBS, WorkerState
+from ntk_studio.jobs.tasks import WorkerState
 
 pytest.importorskip("torch.distributed")
 RANKS = 2
@@ -24,13 +22,7 @@ CG_TOL = 1e-6  # CG stops at cg_tol 1e-8; the ranks sum in another order, so ite
 
 
 def in_process(state: WorkerState, cmd: str, **args) -> dict:
-    req = decode_request(json.dumps({"id": "t", "cmd": cmd, "args": args}))
-    gen = JOBS[cmd](state, req["args"], CancelToken())
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return json.loads(encode(stop.value))
+    return run(state, cmd, **args)[1]
 
 
 def last(client: WorkerClient, cmd: str, **args) -> dict:

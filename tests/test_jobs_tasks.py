@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
+from job_runner import run
 from models import mlp, two_output
-from ntk_studio.core import CancelToken, LinearizedClassifier, LinearizedGP, LinearizedTrajectory
+from ntk_studio.core import LinearizedClassifier, LinearizedGP, LinearizedTrajectory
 from ntk_studio.core.errors import ModelLoadError, ShapeError
 from ntk_studio.core.metrics import calibration_curve
 from ntk_studio.jobs.fit_tasks import trajectory_steps
-from ntk_studio.jobs.protocol import decode_request, encode
-from ntk_studio.jobs.tasks import JOBS, WorkerState
+from ntk_studio.jobs.tasks import WorkerState
 
 REL_TOL = 1e-10
 N_ROWS = 40
@@ -28,18 +26,6 @@ def reg():
 def clf():
     return nn.Sequential(nn.Linear(3, 7), nn.Tanh(), nn.Linear(7, 2))
 """
-
-
-def run(state: WorkerState, cmd: str, **args) -> tuple[list, dict]:
-    """Return (events, result) of one job, both through the protocol's JSON encoding."""
-    req = decode_request(json.dumps({"id": "t", "cmd": cmd, "args": args}))
-    gen, events = JOBS[cmd](state, req["args"], CancelToken()), []
-    while True:
-        try:
-            kind, payload = next(gen)
-        except StopIteration as stop:
-            return events, json.loads(encode(stop.value))
-        events.append((kind, payload))
 
 
 @pytest.fixture
