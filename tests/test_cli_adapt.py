@@ -115,3 +115,19 @@ def test_inspect_prints_layers_and_parameter_counts(files, capsys):
 def test_debug_shows_the_traceback(files):
     with pytest.raises(Exception, match="nope"):
         main(["adapt", "--model", str(files["weights"]), "--arch", files["arch"], "--data", str(files["data"]), "--target", "nope", "--debug", "--quiet"])
+
+
+def test_standardize_x_leaves_the_targets_in_their_units(files, capsys):
+    """--standardize-x rescales inputs only: the model predicts y in its own units, so y must stay raw."""
+    preds = files["tmp"] / "std.csv"
+    code = main([
+        "adapt", "--model", str(files["weights"]), "--arch", files["arch"], "--data", str(files["data"]),
+        "--target", "target", "--features", "a", "b", "c", "--n-adapt", "40", "--standardize-x",
+        "--predictions", str(preds), "--quiet",
+    ])
+    assert code == 0, capsys.readouterr().err
+    with files["data"].open() as fh:
+        raw_targets = {round(float(r["target"]), 9) for r in csv.DictReader(fh)}
+    with preds.open() as fh:
+        shown = [round(float(r["y"]), 9) for r in csv.DictReader(fh)]
+    assert len(shown) == 40 and set(shown) <= raw_targets

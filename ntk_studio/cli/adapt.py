@@ -196,7 +196,8 @@ def _run(args: argparse.Namespace, shard) -> int:
     model, dataset, info = load_inputs(args)
     train, test = split_rows(dataset, args)
     if args.standardize_x:
-        stats = Standardizer.fit(train)
+        # Inputs only: the pretrained model predicts y in its own units, so y is left alone.
+        stats = Standardizer.fit(train).inputs_only()
         train, test = stats.transform(train), stats.transform(test)
         info["standardizer"] = stats.to_dict()
     check_model(model, train.X[:2])

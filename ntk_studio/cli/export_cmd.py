@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 from .adapt import add_data_arguments, add_method_arguments, load_inputs, split_rows
@@ -65,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         X_check = test.X
         if args.standardize_x:
-            stats = dataclasses.replace(Standardizer.fit(train), y_mean=None, y_scale=None)
-            train = dataclasses.replace(train, X=stats.transform_x(train.X))
+            stats = Standardizer.fit(train).inputs_only()
+            train = stats.transform(train)
     if dataset.is_classification:
         predictor = LinearizedClassifier(model, params=args.params, prior_var=args.prior_var)
         what = f"Laplace classifier ({len(dataset.class_names or ())} classes)"

@@ -73,6 +73,10 @@ class Standardizer:
             y_scale = np.where(y_std == 0.0, 1.0, y_std)
         return cls(x_mean, np.where(x_std == 0.0, 1.0, x_std), y_mean, y_scale, per_channel, constant)
 
+    def inputs_only(self) -> Standardizer:
+        """Return this standardizer without its target statistics (it then leaves y unchanged)."""
+        return replace(self, y_mean=None, y_scale=None)
+
     def _x_shape(self, ndim: int) -> tuple[int, ...]:
         return (1, -1) + (1,) * (ndim - 2) if self.per_channel else (1, -1)
 
