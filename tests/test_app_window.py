@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -22,14 +25,15 @@ LOAD_TIMEOUT_MS = 30_000  # a cold worker imports torch and gpytorch
 RUN_TIMEOUT_MS = 60_000
 EVENT_TIMEOUT_MS = 20_000
 TICK_MS = 10
-# DESIGN aims at ≤ 50 ms. The stalls are repaints (axis text of the live plots), not compute: 63 ms
-# measured alone, 150–210 ms at load average 4–6 on the two shared cores, one 993 ms outlier in a
-# full suite under that load. The bound catches what the test is for (the GUI waiting on the
+# DESIGN aims at ≤ 50 ms. The stalls are repaints (axis text of the live plots), not compute. With
+# the loss plot's epoch axis and the fit plot's range held during fine-tuning: 51–81 ms measured;
+# before that 150–210 ms at load average 4–6 on the two shared cores (one 993 ms outlier). The bound catches what the test is for (the GUI waiting on the
 # worker's compute or on file I/O: seconds) without flaking on a busy machine; the measured value
 # is printed for the record.
 MAX_STALL_S = 0.5
 LONG_EPOCHS = 1_000_000  # keeps fine-tuning busy until the test stops it
 SHORT_EPOCHS = 30
+MAIN_TIMEOUT_S = 180  # a fresh app process: imports, worker start, load, run, screenshot
 STALL_EPOCHS = 3000  # long enough for a few hundred timer ticks
 
 
@@ -148,12 +152,17 @@ def test_event_loop_never_stalls_during_a_run(qtbot, window):
     assert len(ticks) > 50 and stall <= MAX_STALL_S
 
 
-def test_main_runs_screenshots_and_quits(tmp_path, capsys):
+def test_main_runs_screenshots_and_quits(tmp_path):
+    # In a child process: once QApplication.exec() has returned, Qt ends every later event loop at
+    # once, so running main() in this process would break every window test that comes after it.
     shot = tmp_path / "shot.png"
-    assert main(["--run", "--screenshot", str(shot), "--quit"]) == 0
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    done = subprocess.run([sys.executable, "-m", "ntk_studio.app", "--run", "--screenshot", str(shot), "--quit"],
+                          env=env, capture_output=True, text=True, timeout=MAIN_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-2000:]
     assert shot.stat().st_size > 0
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "screenshot" in capsys.readouterr().out
+    assert "screenshot" in done.stdout
 
 
 def test_main_without_display_exits_2_with_a_hint(monkeypatch, capsys):

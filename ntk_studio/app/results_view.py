@@ -135,6 +135,7 @@ class ResultsView(QWidget):
                     self.fit_plot.set_curve("train", arr(p["train_x"]), arr(p["train_y"]).ravel())
                 if p.get("truth") is not None:
                     self.fit_plot.set_curve("truth", self._grid_x, arr(p["truth"]).ravel())
+                self.fit_plot.hold_range()  # fine-tuning's live curve then repaints without rescaling
             else:
                 self.pred_true.set_gp(self._test_y, arr(p["test_mean"]).ravel(), arr(p["test_std"]).ravel())
                 self.pred_true.set_points("unadapted", self._test_y, arr(p["test_base"]).ravel())
@@ -172,6 +173,7 @@ class ResultsView(QWidget):
                 self._draw_finetuned(0, arr(p["start_pred"]).ravel())
             if p.get("grid_pred") is not None:
                 self._draw_finetuned(max(int(p.get("epochs_run", 1)), 1), arr(p["grid_pred"]).ravel())
+            self.fit_plot.follow_data()
             if p.get("calibration"):
                 self.calibration.set_series("finetuned", p["calibration"]["expected"], p["calibration"]["observed"])
         if p.get("history"):

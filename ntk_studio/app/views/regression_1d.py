@@ -64,6 +64,20 @@ class FitPlot(pg.PlotWidget):
             self.curves[f"upper{k}"].setData(x, mean + k * std)
             self.curves[f"lower{k}"].setData(x, mean - k * std)
 
+    def hold_range(self) -> None:
+        """Fit the view to what is shown now, then keep it: live curves no longer rescale the axes.
+
+        Rescaling redraws every tick label, which was half of each live repaint during fine-tuning.
+        """
+        box = self.getViewBox()
+        box.enableAutoRange()
+        box.autoRange()
+        box.disableAutoRange()
+
+    def follow_data(self) -> None:
+        """Let the view follow the data again (after a run, or for new data)."""
+        self.getViewBox().enableAutoRange()
+
     def set_curve(self, key: str, x: np.ndarray, y: np.ndarray) -> None:
         """Replace one named curve's data in place."""
         self.curves[key].setData(x, y)
@@ -74,6 +88,7 @@ class FitPlot(pg.PlotWidget):
         """Empty every curve (a different data set was loaded; old curves would mislead)."""
         for curve in self.curves.values():
             curve.setData([], [])
+        self.follow_data()
 
     def curve_data(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """Return (x, y) currently shown by a named curve."""
