@@ -139,6 +139,7 @@ class ResultsView(QWidget):
             else:
                 self.pred_true.set_gp(self._test_y, arr(p["test_mean"]).ravel(), arr(p["test_std"]).ravel())
                 self.pred_true.set_points("unadapted", self._test_y, arr(p["test_base"]).ravel())
+                self.pred_true.hold_range()
             self.calibration.set_series("gp", p["calibration"]["expected"], p["calibration"]["observed"])
             base = p.get("base_calibration")
             if base:
@@ -174,6 +175,7 @@ class ResultsView(QWidget):
             if p.get("grid_pred") is not None:
                 self._draw_finetuned(max(int(p.get("epochs_run", 1)), 1), arr(p["grid_pred"]).ravel())
             self.fit_plot.follow_data()
+            self.pred_true.follow_data()
             if p.get("calibration"):
                 self.calibration.set_series("finetuned", p["calibration"]["expected"], p["calibration"]["observed"])
         if p.get("history"):

@@ -7,14 +7,14 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 
 from .style import (BACKGROUND, FINETUNED_COLOR, FOREGROUND, GP_COLOR, PRETRAINED_COLOR, SMALL_POINT,
-                    TRAJECTORY_COLOR, curve_data, legend, pen, style)
+                    RangeHold, TRAJECTORY_COLOR, curve_data, legend, pen, style)
 
 ERROR_BAR_SIGMAS = 2.0  # bars span mean ± 2σ of the predictive distribution (≈ 95%)
 BAR_ALPHA = 110
 LEGEND_OFFSET = (10, 10)  # top-left: points lie along the diagonal, leaving that corner empty
 
 
-class PredTruePlot(pg.PlotWidget):
+class PredTruePlot(RangeHold, pg.PlotWidget):
     """GP mean ± 2σ against the true target; fine-tuned, unadapted and GD-step points; the y = x line."""
 
     def __init__(self, parent=None) -> None:
@@ -55,6 +55,7 @@ class PredTruePlot(pg.PlotWidget):
         for item in (*self.points.values(), self.diagonal):
             item.setData([], [])
         self.bars.setData(x=np.zeros(0), y=np.zeros(0), height=np.zeros(0))
+        self.follow_data()
 
     def curve_data(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """Return (true, predicted) shown for one method."""

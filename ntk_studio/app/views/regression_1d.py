@@ -11,7 +11,8 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 
 from .style import (BACKGROUND, BAND1_ALPHA, BAND2_ALPHA, FINETUNED_COLOR, FOREGROUND, GP_COLOR, POINT_SIZE,
-                    PRETRAINED_COLOR, TRAIN_COLOR, TRAJECTORY_COLOR, TRUTH_COLOR, curve_data, legend, pen, style)
+                    PRETRAINED_COLOR, TRAIN_COLOR, TRAJECTORY_COLOR, TRUTH_COLOR, RangeHold, curve_data, legend, pen,
+                    style)
 
 LEGEND_OFFSET = (-10, -10)  # bottom-right: the sine bands and data leave that corner empty
 LEGEND_COLUMNS = 2  # a wide, short legend stays below the curves
@@ -23,7 +24,7 @@ def _band_proxy(color: tuple[int, int, int], alpha: int) -> pg.PlotDataItem:
     return pg.PlotDataItem([], [], pen=pg.mkPen(color + (alpha,)), fillLevel=0, fillBrush=color + (alpha,))
 
 
-class FitPlot(pg.PlotWidget):
+class FitPlot(RangeHold, pg.PlotWidget):
     """Training points, truth, pretrained, GP mean with ±1σ/±2σ bands, fine-tuned, GD trajectory."""
 
     def __init__(self, parent=None) -> None:
@@ -63,20 +64,6 @@ class FitPlot(pg.PlotWidget):
         for k in (1, 2):
             self.curves[f"upper{k}"].setData(x, mean + k * std)
             self.curves[f"lower{k}"].setData(x, mean - k * std)
-
-    def hold_range(self) -> None:
-        """Fit the view to what is shown now, then keep it: live curves no longer rescale the axes.
-
-        Rescaling redraws every tick label, which was half of each live repaint during fine-tuning.
-        """
-        box = self.getViewBox()
-        box.enableAutoRange()
-        box.autoRange()
-        box.disableAutoRange()
-
-    def follow_data(self) -> None:
-        """Let the view follow the data again (after a run, or for new data)."""
-        self.getViewBox().enableAutoRange()
 
     def set_curve(self, key: str, x: np.ndarray, y: np.ndarray) -> None:
         """Replace one named curve's data in place."""

@@ -53,3 +53,21 @@ def curve_data(item: pg.PlotDataItem) -> tuple[np.ndarray, np.ndarray]:
     """Return (x, y) currently shown by a curve (empty arrays when it has none)."""
     x, y = item.getData()
     return (np.asarray([]) if x is None else x), (np.asarray([]) if y is None else y)
+
+
+class RangeHold:
+    """For plot widgets: hold the view range while live curves change, then follow the data again."""
+
+    def hold_range(self) -> None:
+        """Fit the view to what is shown now, then keep it: live curves no longer rescale the axes.
+
+        Rescaling redraws every tick label, which was half of each live repaint during fine-tuning.
+        """
+        box = self.getViewBox()
+        box.enableAutoRange()
+        box.autoRange()
+        box.disableAutoRange()
+
+    def follow_data(self) -> None:
+        """Let the view follow the data again (after a run, or for new data)."""
+        self.getViewBox().enableAutoRange()
