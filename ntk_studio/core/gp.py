@@ -19,7 +19,7 @@ from .linearized import DEFAULT_CHUNK_SIZE, DEFAULT_MEMORY_BUDGET, LinearizedMod
 from .params import ParamSpec
 from .plan import Plan, make_plan
 from .progress import CancelToken, ProgressEvent, Reporter, iterate
-from .solvers import SolveInfo, cg_solve, cholesky, relative_residual
+from .solvers import SolveInfo, cg_solve, cho_solve, cholesky, relative_residual
 
 OUTPUT_MODES = ("full", "independent")
 
@@ -129,9 +129,9 @@ class LinearizedGP:
         return self.kernels.use_structured
 
     def _system(self) -> torch.Tensor:
-        return self.prior_var * self._state["Kxx"] + self.noise * torch.eye(
-            self._state["Kxx"].shape[0], dtype=self.lm.dtype, device=self.lm.device
-        )
+        A = self._state["Kxx"] * self.prior_var  # one new matrix: no identity, no temporaries
+        A.diagonal().add_(self.noise)
+        return A
 
     def _fit_function_cholesky(self, rep: Reporter) -> None:
         st = self._state
@@ -148,7 +148,7 @@ class LinearizedGP:
         """Return (Cholesky factor of A, A⁻¹ rhs) and record the solve's residual and jitter."""
         rep.emit("factorize", 0.0, force=True)
         L, jitter = cholesky(A)
-        x = torch.cholesky_solve(rhs.unsqueeze(-1), L)[:, 0]
+        x = cho_solve(L, rhs)
         self.solve_info = SolveInfo("cholesky", A.shape[0], relative_residual(lambda v: A @ v, x, rhs), jitter)
         return L, x
 
@@ -217,8 +217,9 @@ class LinearizedGP:
 
     def _weight_system(self) -> torch.Tensor:
         G = self._state["G"]
-        lam = self.noise / self.prior_var
-        return G + lam * torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
+        A = G.clone()
+        A.diagonal().add_(self.noise / self.prior_var)
+        return A
 
     def _fit_weight_cholesky(self, rep: Reporter) -> None:
         st = self._state

@@ -23,7 +23,7 @@ import torch
 
 from .kernels import KernelBuilder
 from .linearized import LinearizedModel
-from .solvers import cholesky
+from .solvers import cho_solve, cholesky
 
 TINY = 1e-300  # guards divisions in CG for columns that have already converged
 
@@ -114,9 +114,9 @@ class WeightRoute(_Route):
 
     def _ggn(self, lam: torch.Tensor) -> torch.Tensor:
         """Return the dense H = JᵀΛJ + I/s² (P, P)."""
-        P = self.lm.num_params
         H = self.lm.ggn_matrix(self.X, lam, jacobian=self.J)  # this rank's rows, all-reduced
-        return H.add_(torch.eye(P, dtype=self.lm.dtype, device=self.lm.device) / self.s2)
+        H.diagonal().add_(1.0 / self.s2)
+        return H
 
     def _hess_mv(self, lam: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda V: self.lm.ggn_matvec(self.X, V.T, weights=lam).T + V / self.s2
@@ -132,7 +132,7 @@ class WeightRoute(_Route):
         """Return (logit change dF (n, C), prior quadratic (q0, q1, q2)) for the Newton direction."""
         if self.dense:
             L, _ = cholesky(self._ggn(lam))
-            d = -torch.cholesky_solve(self.g.unsqueeze(-1), L)[:, 0]
+            d = -cho_solve(L, self.g)
         else:
             d = self._cg(self._hess_mv(lam), -self.g.unsqueeze(-1), forcing)[:, 0]
         self.d = d
@@ -194,7 +194,8 @@ class FunctionRoute(_Route):
         """Return the dense B = I + s² S K S (nC, nC); eigenvalues ≥ 1, so no jitter is needed."""
         SK = block_apply(S, self.K)
         B = self.s2 * block_apply(S, SK.T).T
-        return B + torch.eye(B.shape[0], dtype=B.dtype, device=B.device)
+        B.diagonal().add_(1.0)
+        return B
 
     def _B_mv(self, S: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda V: V + self.s2 * block_apply(S, self._Kmv(block_apply(S, V)))
@@ -218,7 +219,7 @@ class FunctionRoute(_Route):
         rhs = self.s2 * block_apply(S, self.Kr)
         if self.dense:
             L, _ = cholesky(self._B(S))
-            z = torch.cholesky_solve(rhs.unsqueeze(-1), L)[:, 0]
+            z = cho_solve(L, rhs)
         else:
             bound = self.s2 * float(torch.einsum("iab,iba->", lam, self.K_blocks))
             z = self._cg(self._B_mv(S), rhs.unsqueeze(-1), forcing / max(1.0, bound))[:, 0]

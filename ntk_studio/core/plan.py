@@ -12,6 +12,7 @@ SOLVERS = ("auto", "cholesky", "cg")
 WEIGHT_SPACE_RATIO = 1.0
 TYPICAL_CG_ITERATIONS = 100
 KERNEL_COPIES = 3  # n·K × n·K matrices alive at the peak of a function-space Cholesky fit
+WEIGHT_COPIES = 3  # P × P matrices alive at the peak of a weight-space Cholesky fit
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ def cholesky_bytes(space: str, n: int, K: int, P: int, itemsize: int, dense_jaco
         jac = N * P * itemsize if dense_jacobian else 0
         # Kernel, system matrix / factor, and one kernel-sized temporary while it is built.
         return KERNEL_COPIES * N * N * itemsize + jac
-    return 2 * P * P * itemsize + min(N, 1024) * P * itemsize
+    # JᵀJ (kept for refits), the system matrix and its factor.
+    return WEIGHT_COPIES * P * P * itemsize + min(N, 1024) * P * itemsize
 
 
 def cg_bytes(space: str, n: int, K: int, P: int, itemsize: int, rank: int, chunk: int) -> int:

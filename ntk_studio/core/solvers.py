@@ -34,15 +34,31 @@ class SolveInfo:
 def cholesky(A: torch.Tensor) -> tuple[torch.Tensor, float]:
     """Return (lower Cholesky factor of A, relative jitter added); raise SolverError if none works."""
     scale = float(A.diagonal().mean().abs()) or 1.0
-    eye = torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
     for jitter in JITTER_STEPS:
-        L, info = torch.linalg.cholesky_ex(A + (jitter * scale) * eye if jitter else A)
+        # A jittered copy only when it is needed (no identity matrix: it was a system-sized allocation).
+        B = A
+        if jitter:
+            B = A.clone()
+            B.diagonal().add_(jitter * scale)
+        L, info = torch.linalg.cholesky_ex(B)
+        del B
         if int(info) == 0:
             return L, jitter
     raise SolverError(
         "The system matrix is not positive definite even with jitter; increase the noise variance "
         "or use float64."
     )
+
+
+def cho_solve(L: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Return A⁻¹ b from A's lower Cholesky factor L, for b of shape (N,) or (N, c).
+
+    Two triangular solves: torch.cholesky_solve copies a factor from cholesky_ex (column-major)
+    first, one more system-sized matrix at the peak; solve_triangular takes it as it is.
+    """
+    B = b.unsqueeze(-1) if b.dim() == 1 else b
+    x = torch.linalg.solve_triangular(L.mT, torch.linalg.solve_triangular(L, B, upper=False), upper=True)
+    return x[:, 0] if b.dim() == 1 else x
 
 
 def relative_residual(matmul, x: torch.Tensor, b: torch.Tensor) -> float:
