@@ -279,3 +279,13 @@ def test_too_large_posterior_is_refused(tmp_path, monkeypatch):
     gp = LinearizedGP(net, noise=0.1).fit(X, torch.randn(10))
     with pytest.raises(ExportTooLargeError, match="fewer parameters"):
         export_predictor(gp, X, tmp_path / "m.onnx")
+
+
+def test_sampled_probabilities_are_refused(tmp_path):
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 3))
+    X = torch.randn(9, 2)
+    clf = LinearizedClassifier(net).fit(X, torch.tensor([0, 1, 2] * 3))
+    with pytest.raises(UnsupportedExportError, match="closed-form"):
+        export_predictor(clf, X, tmp_path / "m.onnx", method="mc")
+    assert not (tmp_path / "m.onnx").exists()

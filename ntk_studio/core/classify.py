@@ -71,6 +71,18 @@ def pairwise_probit_proba(mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor
     return torch.softmax(-torch.logsumexp(-z, dim=-1), dim=-1)
 
 
+PROBIT_APPROXIMATIONS = {"probit": probit_proba, "pairwise": pairwise_probit_proba}  # closed forms
+
+
+def resolve_proba_method(method: str, classes: int | None) -> str:
+    """Return the predictive method that `method` means for `classes` classes ('auto': see predict_proba)."""
+    if method not in PREDICT_METHODS:
+        raise ShapeError(f"method must be one of {PREDICT_METHODS}, got {method!r}.")
+    if method == "auto":
+        return "pairwise" if classes == 2 else "probit"
+    return method
+
+
 def sample_gaussian(mean: torch.Tensor, cov: torch.Tensor, samples: int, generator=None) -> torch.Tensor:
     """Return `samples` draws of N(μ_i, Σ_i) per point, (samples, m, C).
 
@@ -262,11 +274,9 @@ class LinearizedClassifier:
         ≤ 0.035 by construction; the per-class probit measured 0.046 and up to 0.15 with strongly
         correlated logits) and the per-class 'probit' for more classes.
         """
-        if method not in PREDICT_METHODS:
-            raise ShapeError(f"method must be one of {PREDICT_METHODS}, got {method!r}.")
         if method == "auto":
-            self._require_fit()
-            method = "pairwise" if self.lm.output_dim == 2 else "probit"
+            self._require_fit()  # the class count is known after a fit
+        method = resolve_proba_method(method, self.lm.output_dim if method == "auto" else None)
         if method == "mc":
             mean, cov = self.predict_logits(Xs)
             step = max(1, MC_CHUNK_ELEMENTS // (samples * mean.shape[1]))
@@ -275,8 +285,7 @@ class LinearizedClassifier:
                 for i in range(0, mean.shape[0], step)
             ]
             return torch.cat(parts)
-        approx = probit_proba if method == "probit" else pairwise_probit_proba
-        return approx(*self.predict_logits(Xs))
+        return PROBIT_APPROXIMATIONS[method](*self.predict_logits(Xs))
 
     def uncertainty(self, Xs: torch.Tensor, method: str = "auto", samples: int = 2000, generator=None) -> torch.Tensor:
         """Return the predictive entropy per point (m,), in nats (log C at most)."""

@@ -77,7 +77,8 @@ class Standardizer:
         """Return this standardizer without its target statistics (it then leaves y unchanged)."""
         return replace(self, y_mean=None, y_scale=None)
 
-    def _x_shape(self, ndim: int) -> tuple[int, ...]:
+    def x_shape(self, ndim: int) -> tuple[int, ...]:
+        """Return the shape x_mean and x_scale take to broadcast over inputs with `ndim` dimensions."""
         return (1, -1) + (1,) * (ndim - 2) if self.per_channel else (1, -1)
 
     def transform_x(self, X):
@@ -91,14 +92,14 @@ class Standardizer:
                 f"The standardizer was fitted on {expected} {kind}, but X has shape {arr.shape}. "
                 "Use the standardizer fitted on this kind of data."
             )
-        shape = self._x_shape(arr.ndim)
+        shape = self.x_shape(arr.ndim)
         out = (arr - self.x_mean.reshape(shape)) / self.x_scale.reshape(shape)
         return _like(out, X)
 
     def inverse_x(self, X):
         """Return X · x_scale + x_mean (standardized inputs back in raw units), same kind as X."""
         arr = _as_numpy(X).astype(np.float64)
-        shape = self._x_shape(arr.ndim)
+        shape = self.x_shape(arr.ndim)
         return _like(arr * self.x_scale.reshape(shape) + self.x_mean.reshape(shape), X)
 
     def transform_y(self, y):

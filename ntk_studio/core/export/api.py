@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ... import __version__
-from ..classify import LinearizedClassifier
+from ..classify import PROBIT_APPROXIMATIONS, LinearizedClassifier, resolve_proba_method
 from ..errors import ExportError, ExportVerificationError, ShapeError
 from ..gp import LinearizedGP
 from .files import (
@@ -27,7 +27,6 @@ from .posterior import LinearPosterior, posterior_from_classifier, posterior_fro
 from .program import (
     CLASSIFICATION_OUTPUTS,
     REGRESSION_OUTPUTS,
-    Scaling,
     TracedPredictor,
     example_batch,
     predictor_function,
@@ -92,34 +91,23 @@ def relative_error(name: str, got: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(got - ref).max(initial=0.0) / max(float(np.abs(ref).max(initial=0.0)), 1e-300))
 
 
-def _standardize(X: torch.Tensor, scaling: Scaling) -> torch.Tensor:
-    if scaling.x_mean is None:
-        return X
-    shape = ((1, -1) + (1,) * (X.dim() - 2)) if scaling.per_channel else (1, -1)
-    mean = torch.as_tensor(np.asarray(scaling.x_mean, np.float64)).reshape(shape)
-    scale = torch.as_tensor(np.asarray(scaling.x_scale, np.float64)).reshape(shape)
-    return (X.double() - mean) / scale
-
-
-def reference_outputs(predictor, X_raw: torch.Tensor, scaling: Scaling, method: str) -> dict[str, np.ndarray]:
+def reference_outputs(predictor, X_raw: torch.Tensor, stats, method: str) -> dict[str, np.ndarray]:
     """Return the in-app predictions for raw inputs, named like the exported outputs."""
-    Xs = _standardize(X_raw, scaling)
+    Xs = X_raw if stats is None else stats.transform_x(X_raw)
     if isinstance(predictor, LinearizedClassifier):
         mean, cov = predictor.predict_logits(Xs)
-        if method == "auto":
-            method = "pairwise" if mean.shape[1] == 2 else "probit"
-        proba = predictor.predict_proba(Xs, method=method)
+        # The same closed form predict_proba applies, on the logits already computed.
+        proba = PROBIT_APPROXIMATIONS[resolve_proba_method(method, mean.shape[1])](mean, cov)
         return {"probabilities": proba.numpy(), "logits": mean.numpy(), "logits_covariance": cov.numpy()}
     mean, var = predictor.predict(Xs)
     mean, var = mean.reshape(X_raw.shape[0], -1).numpy(), var.reshape(X_raw.shape[0], -1).numpy()
-    noise = predictor.noise
-    if scaling.y_scale is not None:
-        ys, ym = np.asarray(scaling.y_scale).reshape(1, -1), np.asarray(scaling.y_mean).reshape(1, -1)
-        mean, var, noise = mean * ys + ym, var * ys**2, noise * ys**2
+    noise = np.full_like(var, predictor.noise)
+    if stats is not None:
+        mean, var, noise = stats.inverse_y_mean(mean), stats.inverse_y_var(var), stats.inverse_y_var(noise)
     return {"mean": mean, "variance": var + noise, "f_variance": var}
 
 
-def _metadata(post: LinearPosterior, predictor, scaling: Scaling, outputs, X_check: torch.Tensor, dtype,
+def _metadata(post: LinearPosterior, predictor, stats, outputs, X_check: torch.Tensor, dtype,
               feature_names, class_names, source_sha256, method: str) -> dict[str, str]:
     lm = predictor.lm
 
@@ -137,16 +125,17 @@ def _metadata(post: LinearPosterior, predictor, scaling: Scaling, outputs, X_che
         "hyperparameters": json.dumps({"prior_var": post.prior_var, "noise": post.noise}),
         "parameter_subset": json.dumps({"names": list(lm.subset.names), "num_params": lm.num_params}),
         "posterior": json.dumps({"rank": post.rank, "form": "s2 (I - V V^T) + V diag(scale^2) V^T"}),
-        "input_standardization": json.dumps({"mean": arr(scaling.x_mean), "scale": arr(scaling.x_scale),
-                                             "per_channel": scaling.per_channel}),
-        "output_standardization": json.dumps({"mean": arr(scaling.y_mean), "scale": arr(scaling.y_scale)}),
+        "input_standardization": json.dumps({"mean": arr(getattr(stats, "x_mean", None)),
+                                             "scale": arr(getattr(stats, "x_scale", None)),
+                                             "per_channel": bool(getattr(stats, "per_channel", False))}),
+        "output_standardization": json.dumps({"mean": arr(getattr(stats, "y_mean", None)),
+                                              "scale": arr(getattr(stats, "y_scale", None))}),
         "feature_names": json.dumps(list(feature_names) if feature_names else None),
         "class_names": json.dumps(list(class_names) if class_names else None),
         "source_model_sha256": source_sha256 or "",
     }
     if post.task == "classification":
-        C = lm.output_dim
-        meta["probability_method"] = ("pairwise" if C == 2 else "probit") if method == "auto" else method
+        meta["probability_method"] = resolve_proba_method(method, lm.output_dim)
     return meta
 
 
@@ -209,14 +198,13 @@ def export_predictor(
         post, outputs = posterior_from_gp(predictor), REGRESSION_OUTPUTS
     else:
         raise ExportError(f"Cannot export a {type(predictor).__name__}: pass a fitted LinearizedGP or LinearizedClassifier.")
-    scaling = Scaling.from_standardizer(standardizer)
     example = example_batch(X_check).to(dtype)
 
     programs: dict[torch.dtype, torch.export.ExportedProgram] = {}
 
     def build(network_dtype: torch.dtype) -> torch.export.ExportedProgram:
         if network_dtype not in programs:
-            fn = predictor_function(predictor.lm, post, scaling, X_check.dim(), method, dtype, network_dtype)
+            fn = predictor_function(predictor.lm, post, standardizer, X_check.dim(), method, dtype, network_dtype)
             programs[network_dtype] = export_program(TracedPredictor(trace(fn, example)), example)
         return programs[network_dtype]
 
@@ -224,11 +212,11 @@ def export_predictor(
     has_conv = any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in predictor.lm.model.modules())
     onnx_net = torch.float32 if has_conv else dtype
     report = ExportReport(post.task, outputs, predictor.lm.num_params, post.rank, _precision(dtype, onnx_net))
-    meta = _metadata(post, predictor, scaling, outputs, X_check, dtype, feature_names, class_names,
+    meta = _metadata(post, predictor, standardizer, outputs, X_check, dtype, feature_names, class_names,
                      source_sha256, method)
 
     def ref_fn(X):
-        return reference_outputs(predictor, X, scaling, method)
+        return reference_outputs(predictor, X, standardizer, method)
 
     if onnx_path is not None:
         path = Path(onnx_path)

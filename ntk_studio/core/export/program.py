@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from ..classify import pairwise_probit_proba, probit_proba
+from ..classify import PROBIT_APPROXIMATIONS, resolve_proba_method
+from ..data.prep import Standardizer
 from ..errors import UnsupportedExportError
 from ..linearized import LinearizedModel
 from ..models.torchscript import TorchScriptModule
@@ -30,24 +30,6 @@ from .posterior import LinearPosterior
 REGRESSION_OUTPUTS = ("mean", "variance", "f_variance")
 CLASSIFICATION_OUTPUTS = ("probabilities", "logits", "logits_covariance")
 TRACE_BATCH = 3  # samples in the example input; any size > 1 keeps the batch dimension symbolic
-
-
-@dataclass(frozen=True)
-class Scaling:
-    """Affine maps around the model: x_std = (x − x_mean)/x_scale, y = y_std · y_scale + y_mean."""
-
-    x_mean: np.ndarray | None = None
-    x_scale: np.ndarray | None = None
-    y_mean: np.ndarray | None = None
-    y_scale: np.ndarray | None = None
-    per_channel: bool = False
-
-    @classmethod
-    def from_standardizer(cls, stats) -> Scaling:
-        """Return the scaling of a :class:`~ntk_studio.core.data.Standardizer` (None: identity)."""
-        if stats is None:
-            return cls()
-        return cls(stats.x_mean, stats.x_scale, stats.y_mean, stats.y_scale, stats.per_channel)
 
 
 class _EvalBatchNorm(nn.Module):
@@ -97,11 +79,13 @@ def _constant(a, like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.as_tensor(np.asarray(a, dtype=np.float64)).to(like.device, like.dtype).reshape(shape)
 
 
-def predictor_function(lm: LinearizedModel, post: LinearPosterior, scaling: Scaling, input_ndim: int,
+def predictor_function(lm: LinearizedModel, post: LinearPosterior, stats: Standardizer | None, input_ndim: int,
                        method: str = "auto", dtype: torch.dtype | None = None,
                        network_dtype: torch.dtype | None = None):
     """Return fn(x_raw) -> outputs tuple (see REGRESSION_OUTPUTS / CLASSIFICATION_OUTPUTS) in `dtype`.
 
+    `stats` standardizes the raw inputs inside the graph (and maps the targets back when it has
+    target statistics); None means the model takes raw inputs.
     The network (f and J) runs in `network_dtype` (default: `dtype`); onnxruntime has no float64
     convolution, so CNNs export with a float32 network and float64 posterior algebra.
     """
@@ -117,19 +101,22 @@ def predictor_function(lm: LinearizedModel, post: LinearPosterior, scaling: Scal
     jac = PerSampleJacobian(model, lm.subset.names, lm.subset.sizes)
     K = lm.output_dim
     ref = post.delta_theta.to(lm.device, dt)
-    x_shape = ((1, -1) + (1,) * (input_ndim - 2)) if scaling.per_channel else (1, -1)
-    x_mean = None if scaling.x_mean is None else _constant(scaling.x_mean, ref, x_shape)
-    x_scale = None if scaling.x_scale is None else _constant(scaling.x_scale, ref, x_shape)
-    y_mean = None if scaling.y_mean is None else _constant(scaling.y_mean, ref, (1, -1))
-    y_scale = None if scaling.y_scale is None else _constant(scaling.y_scale, ref, (1, -1))
+    x_mean = x_scale = y_mean = y_scale = None
+    if stats is not None:
+        x_mean = _constant(stats.x_mean, ref, stats.x_shape(input_ndim))
+        x_scale = _constant(stats.x_scale, ref, stats.x_shape(input_ndim))
+        if stats.y_mean is not None:
+            y_mean, y_scale = _constant(stats.y_mean, ref, (1, -1)), _constant(stats.y_scale, ref, (1, -1))
     basis, scale = post.basis.to(lm.device, dt), post.scale.to(lm.device, dt)
     # Scalars as tensors of the program's dtype: a Python float would be stored as a float32 constant.
     s2 = torch.tensor(post.prior_var, dtype=dt, device=lm.device)
     noise = torch.tensor(post.noise if post.noise is not None else 0.0, dtype=dt, device=lm.device)
     post_local = LinearPosterior(post.task, ref, basis, scale, post.prior_var, post.noise)
-    if method == "auto":
-        method = "pairwise" if K == 2 else "probit"
-    proba = pairwise_probit_proba if method == "pairwise" else probit_proba
+    proba = PROBIT_APPROXIMATIONS.get(resolve_proba_method(method, K))
+    if proba is None:
+        raise UnsupportedExportError(
+            f"Export writes closed-form probabilities: use method 'auto', 'probit' or 'pairwise', not {method!r}."
+        )
 
     def fn(x: torch.Tensor):
         x = x.to(dt)
