@@ -35,3 +35,30 @@ def test_exported_file_reproduces_the_fit(tmp_path):
     mean, f_var = session.run(["mean", "f_variance"], {"x": x})
     assert np.abs(mean[:, 0] - np.asarray(fit["mean"])).max() < 1e-8
     assert np.abs(np.sqrt(f_var[:, 0]) - np.asarray(fit["std"])).max() < 1e-8
+
+
+def test_export_of_a_loaded_model_file_records_its_sha256(tmp_path):
+    import hashlib
+
+    import torch
+
+    from models import mlp
+    from ntk_studio.core.export import read_onnx_metadata
+
+    (tmp_path / "arch.py").write_text(
+        "from torch import nn\n\ndef reg():\n"
+        "    return nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 5), nn.GELU(), nn.Linear(5, 1))\n")
+    weights = tmp_path / "reg.pt"
+    torch.save(mlp().state_dict(), weights)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 3))
+    rows = "\n".join(f"{a:.17g},{b:.17g},{c:.17g},{np.sin(a):.17g}" for a, b, c in X)
+    (tmp_path / "rows.csv").write_text("a,b,c,y\n" + rows + "\n")
+    state = WorkerState()
+    run(state, "load_model", path=str(weights), arch=f"{tmp_path / 'arch.py'}:reg")
+    run(state, "load_data", path=str(tmp_path / "rows.csv"), target="y", features=["a", "b", "c"])
+    run(state, "fit_gp", n_adapt=10, seed=0)
+    _, report = run(state, "export", n_adapt=10, seed=0, onnx=str(tmp_path / "m.onnx"))
+    assert report["max_relative_error"] <= 1e-4
+    meta = read_onnx_metadata(tmp_path / "m.onnx")
+    assert meta["source_model_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()

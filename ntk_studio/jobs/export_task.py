@@ -32,7 +32,7 @@ def export_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
     report = export_predictor(
         predictor, X_check, args["onnx"], args["native"], standardizer=stats,
         feature_names=data.feature_names, class_names=data.class_names,
-        source_sha256=getattr(state, "model_sha256", None) or None,
+        source_sha256=state.model_sha256 or None,
         dtype=torch.float32 if args["dtype"] == "float32" else torch.float64,
     )
     cancel.raise_if_cancelled()

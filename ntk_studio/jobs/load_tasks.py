@@ -39,6 +39,7 @@ def load_example_job(state: WorkerState, args: dict, cancel: CancelToken) -> Job
     state.forget_fits()
     state.example, state.model, state.data, state.task = example, example.model, example.target, example.task
     state.truth, state.model_source = example.truth, f"built-in example '{example.name}'"
+    state.model_sha256 = ""
     target = example.target
     x_range = [float(target.X.min()), float(target.X.max())]
     return {"name": example.name, "task": example.task, "description": example.description,
@@ -52,7 +53,7 @@ def load_model_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGe
     loaded = load_model(args["path"], arch=args["arch"], trust_pickle=args["trust_pickle"])
     cancel.raise_if_cancelled()
     state.forget_fits()
-    state.model, state.model_source = loaded.module, str(loaded.path)
+    state.model, state.model_source, state.model_sha256 = loaded.module, str(loaded.path), loaded.sha256
     return {"path": str(loaded.path), "format": loaded.format, "sha256": loaded.sha256,
             "notes": list(loaded.notes), "session": _session(state)}
     yield  # pragma: no cover

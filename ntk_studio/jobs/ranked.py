@@ -14,11 +14,14 @@ The app starts it with :func:`ranked_worker_command`; by hand:
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("ntk_studio.worker")
 
 # Jobs every rank runs (they load inputs into the state, or call collectives through the shard).
 ALL_RANKS = frozenset({"load_example", "load_model", "load_data", "fit_gp", "export"})
@@ -64,10 +67,8 @@ def follow(state, jobs) -> int:
         try:
             for _ in jobs[cmd](state, args, CancelToken()):
                 pass
-        except StopIteration:
-            pass
         except Exception:  # noqa: BLE001 - rank 0 reports the error; this rank waits for the next job
-            pass
+            log.warning("rank job %s failed", cmd, exc_info=True)
 
 
 def init_ranks():

@@ -41,6 +41,7 @@ class WorkerState:
     example: Any = None  # the core Example when one is loaded (its name, truth, notes)
     truth: Any = None  # noise-free target function of a 1-D example, when known
     model_source: str = ""
+    model_sha256: str = ""  # of the model file ("" for built-in examples); exports record it
     gp: Any = None  # the last LinearizedGP or LinearizedClassifier
     finetuned: nn.Module | None = None
     splits: dict[tuple[int | None, int], tuple[Dataset, Dataset]] = field(default_factory=dict)
