@@ -6,6 +6,7 @@ load of a shared machine hits all operations alike and ratios measured in one ru
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -162,3 +163,18 @@ def run_child(args: list[str], timeout_s: float) -> dict:
     result.setdefault("status", "ok")
     result["wall_s"] = wall
     return result
+
+
+def measured_call(fn: Callable[..., object], *args) -> tuple[object, float, int]:
+    """Return (fn(*args), wall seconds, RSS in KiB just before) after a GC and a peak-RSS reset."""
+    gc.collect()
+    base = rss_kib()
+    reset_peak_rss()
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start, base
+
+
+def peak_extra_mib(base_kib: int) -> float:
+    """Return the peak RSS since the last reset above `base_kib`, in MiB (one decimal)."""
+    return round((peak_rss_kib() - base_kib) / 1024, 1)

@@ -14,7 +14,6 @@ Run through ``bench/run.py``; ``python bench/peers.py --child METHOD ...`` is on
 from __future__ import annotations
 
 import argparse
-import gc
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 
 import _problem as prob
 from _limits import GIB, emit, run_limited
-from _measure import peak_rss_kib, reset_peak_rss, rss_kib
+from _measure import measured_call, peak_extra_mib
 
 THREADS = 1
 LAPLACE_BATCH = 100  # DataLoader batch size handed to laplace-torch
@@ -176,19 +175,14 @@ def run_child(key: str, n: int, m: int, width: int, workdir: Path) -> None:
     wfit, wpred = _runner(key, WARMUP_WIDTH)
     wpred(wfit(X[:WARMUP_N], y[:WARMUP_N]), Xs[:WARMUP_N])
     fit, predict = _runner(key, width)
-    gc.collect()
-    base = rss_kib()
-    reset_peak_rss()
-    start = time.perf_counter()
-    state = fit(X, y)
-    fit_s = time.perf_counter() - start
-    emit(fit_s=round(fit_s, 3), fit_peak_extra_mib=round((peak_rss_kib() - base) / 1024, 1))
+    state, fit_s, base = measured_call(fit, X, y)
+    emit(fit_s=round(fit_s, 3), fit_peak_extra_mib=peak_extra_mib(base))
     start = time.perf_counter()
     mean, var = predict(state, Xs)
     predict_s = time.perf_counter() - start
     torch.save({"mean": mean.detach().double(), "var": var.detach().double()}, workdir / f"{key}.pt")
     emit(predict_s=round(predict_s, 3), test_points=int(Xs.shape[0]),
-         peak_extra_mib=round((peak_rss_kib() - base) / 1024, 1), baseline_mib=round(base / 1024, 1))
+         peak_extra_mib=peak_extra_mib(base), baseline_mib=round(base / 1024, 1))
 
 
 # ===================================================================== parent side

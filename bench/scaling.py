@@ -17,7 +17,6 @@ Run through ``bench/run.py``; ``python bench/scaling.py --child ROUTE N WIDTH`` 
 from __future__ import annotations
 
 import argparse
-import gc
 import math
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 
 import _problem as prob
 from _limits import GIB, emit, run_limited
-from _measure import peak_rss_kib, reset_peak_rss, rss_kib
+from _measure import measured_call, peak_extra_mib
 
 THREADS = 1
 M_TEST = 10  # test points per prediction: CG routes solve one system per test point
@@ -93,19 +92,14 @@ def run_child(route: str, n: int, width: int) -> None:
     wfit, wpred = _fit_predict(route, WARMUP_WIDTH)
     wpred(wfit(X[:WARMUP_N], y[:WARMUP_N]), Xs)
     fit, predict = _fit_predict(route, width)
-    gc.collect()
-    base = rss_kib()
-    reset_peak_rss()
-    start = time.perf_counter()
-    state = fit(X, y)
-    fit_s = time.perf_counter() - start
+    state, fit_s, base = measured_call(fit, X, y)
     info = getattr(state, "solve_info", None)
-    emit(fit_s=round(fit_s, 3), fit_peak_extra_mib=round((peak_rss_kib() - base) / 1024, 1),
+    emit(fit_s=round(fit_s, 3), fit_peak_extra_mib=peak_extra_mib(base),
          products=getattr(info, "products", None), residual=getattr(info, "residual", None))
     start = time.perf_counter()
     _, var = predict(state, Xs)
     emit(predict_s=round(time.perf_counter() - start, 3), var_min=float(var.min()),
-         peak_extra_mib=round((peak_rss_kib() - base) / 1024, 1))
+         peak_extra_mib=peak_extra_mib(base))
 
 
 # ===================================================================== parent side
