@@ -72,3 +72,7 @@ class ExportTooLargeError(ExportError, MemoryError):
 
 class ExportVerificationError(ExportError):
     """The exported file's predictions differ from the in-app predictions beyond the tolerance."""
+
+
+class DeviceError(NTKStudioError, ValueError):
+    """The requested device does not exist or cannot be used (unknown spec, no CUDA, bad index)."""
