@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .distributed import SingleProcess
+from .hyper import PRIOR_VAR_GRID
 from .errors import NotFittedError, ShapeError, SolverError
 from .kernels import KernelBuilder
 from .laplace import FunctionRoute, WeightRoute, softmax_stats
@@ -137,6 +138,8 @@ class LinearizedClassifier:
         self.plan: Plan | None = None
         self.map_info: MapInfo | None = None
         self._route: WeightRoute | FunctionRoute | None = None
+        self.hyper_info: dict | None = None
+        self._data: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ fitting
     def fit(self, X: torch.Tensor, y: torch.Tensor) -> LinearizedClassifier:
@@ -178,16 +181,17 @@ class LinearizedClassifier:
             raise ShapeError(f"y holds class index {bad}, but the model has {C} outputs (classes 0…{C - 1}).")
         return X, y.to(self.lm.device, torch.int64), f_X
 
-    def _fit(self, X: torch.Tensor, y, rep: Reporter) -> LinearizedClassifier:
+    def _fit(self, X: torch.Tensor, y, rep: Reporter, solver: str | None = None) -> LinearizedClassifier:
         self.lm.reporter = rep
         try:
             rep.emit("forward", 0.0, force=True, message="evaluating the pretrained model")
             X, y, F0 = self._prepare(X, y)
+            self._data = (X, y)
             n, C = F0.shape
             P, itemsize = self.lm.num_params, torch.finfo(self.lm.dtype).bits // 8
             self.kernels._decide(X)
             self.plan = make_plan(
-                n, C, P, self.space, self.solver, self.memory_budget, itemsize=itemsize,
+                n, C, P, self.space, solver or self.solver, self.memory_budget, itemsize=itemsize,
                 dense_jacobian=not self.kernels.use_structured, rank=0, chunk=self.lm.chunk_size,
             )
             rep.emit("plan", 0.0, force=True, message=self.plan.describe())
@@ -241,6 +245,50 @@ class LinearizedClassifier:
             it += 1
         self.map_info = MapInfo(it, rel, gnorm, g0, obj, converged, route.cg_iterations, absent)
         return F
+
+    def fit_hyperparameters(
+        self, X: torch.Tensor | None = None, y=None, cancel: CancelToken | None = None,
+        grid: tuple[float, ...] = PRIOR_VAR_GRID,
+    ) -> LinearizedClassifier:
+        """Return self refitted at the prior variance with the largest Laplace evidence on `grid`.
+
+        The current prior variance competes too. The evidence needs a log-determinant, so candidates
+        are fitted on the Cholesky route; a classifier whose own route is CG is refitted on it at the
+        winner. :attr:`hyper_info` lists every candidate with its evidence and the chosen value.
+        `cancel` is checked in every Newton step and data chunk; a cancelled search raises Cancelled
+        and leaves the previous fit in place.
+        """
+        rep = Reporter(cancel=cancel)
+        if X is not None:
+            if y is None:
+                raise ShapeError("Pass both X and y, or neither to reuse the fitted data.")
+            self._fit(X, y, rep)
+        self._require_fit()
+        X, y = self._data
+        saved = (self.prior_var, self.plan, self.map_info, self._route)
+        own_solver = self.plan.solver
+        tried: list[float] = []
+        evidence: list[float] = []
+        best = None
+        try:
+            for prior_var in dict.fromkeys((self.prior_var, *grid)):  # ordered, without repeats
+                self.prior_var = float(prior_var)
+                self._fit(X, y, rep, solver="cholesky")
+                tried.append(self.prior_var)
+                evidence.append(self.log_marginal_likelihood())
+                if best is None or evidence[-1] > best[0]:
+                    best = (evidence[-1], self.prior_var, self.plan, self.map_info, self._route)
+            _, self.prior_var, self.plan, self.map_info, self._route = best
+            if own_solver != "cholesky":
+                self._fit(X, y, rep)
+        except BaseException:
+            self.prior_var, self.plan, self.map_info, self._route = saved
+            raise
+        self.hyper_info = {
+            "method": "Laplace evidence on a grid", "prior_var": tried, "evidence": evidence,
+            "chosen": self.prior_var, "chosen_evidence": best[0],
+        }
+        return self
 
     # ---------------------------------------------------------------- prediction
     def _require_fit(self):

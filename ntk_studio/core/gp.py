@@ -70,6 +70,7 @@ class LinearizedGP:
         self.kernels = KernelBuilder(self.lm, independent=outputs == "independent", structured=structured)
         self.plan: Plan | None = None
         self.solve_info: SolveInfo | None = None
+        self.hyper_info: dict | None = None
         self._state: dict = {}
 
     # ------------------------------------------------------------------ fitting
@@ -337,23 +338,44 @@ class LinearizedGP:
         return -0.5 * (quad + logdet + N * math.log(2 * math.pi))
 
     def fit_hyperparameters(
-        self, X: torch.Tensor | None = None, y: torch.Tensor | None = None, iters: int = 60
+        self, X: torch.Tensor | None = None, y: torch.Tensor | None = None, iters: int = 60,
+        cancel: CancelToken | None = None,
     ) -> LinearizedGP:
-        """Return self after maximizing the marginal likelihood over prior_var and noise, then refitting."""
+        """Return self after maximizing the marginal likelihood over prior_var and noise, then refitting.
+
+        `cancel` is checked in every optimizer step (and every data chunk); a cancelled search
+        raises Cancelled and leaves the previous fit and values in place. :attr:`hyper_info` records
+        the start and the result.
+        """
+        rep = Reporter(cancel=cancel)
         if X is not None:
             if y is None:
                 raise ShapeError("Pass both X and y, or neither to reuse the fitted data.")
-            self._fit(X, y, Reporter())
+            self._fit(X, y, rep)
         st = self._require_fit()
-        if self.plan.solver == "cholesky":
-            self.prior_var, self.noise = hyper.fit_exact(self, st)
-        else:
-            with self.lm.shard.same_random_stream():
-                self.prior_var, self.noise = hyper.fit_gpytorch(self, st, iters)
-        rep = Reporter()
+        exact = self.plan.solver == "cholesky"  # the CG route's evidence is a costly stochastic estimate
+        start = {"prior_var": self.prior_var, "noise": self.noise,
+                 "log_marginal_likelihood": self.log_marginal_likelihood() if exact else None}
+        saved = (dict(st), self.solve_info)
         self.lm.reporter = rep
         try:
+            if exact:
+                found = hyper.fit_exact(self, st)
+            else:
+                with self.lm.shard.same_random_stream():
+                    found = hyper.fit_gpytorch(self, st, iters)
+            self.prior_var, self.noise = found
             getattr(self, f"_fit_{self.plan.space}_{self.plan.solver}")(rep)
+        except BaseException:
+            # A cancelled or failed search must not leave a half-updated posterior behind.
+            self.prior_var, self.noise = start["prior_var"], start["noise"]
+            self._state, self.solve_info = saved
+            raise
         finally:
             self.lm.reporter = None
+        self.hyper_info = {
+            "method": "exact evidence, L-BFGS" if exact else "GPyTorch evidence estimate, Adam",
+            "start": start, "prior_var": self.prior_var, "noise": self.noise,
+            "log_marginal_likelihood": self.log_marginal_likelihood() if exact else None,
+        }
         return self

@@ -25,10 +25,20 @@ LOG_VAR_BOUNDS = (-25.0, 15.0)  # natural-log bounds for s² and σ² (≈1e-11 
 GPYTORCH_LR = 0.1
 GPYTORCH_CG_TOL = 0.01
 GPYTORCH_TRACE_SAMPLES = 16
+# Prior variances the classifier's Laplace evidence is compared on (it has no cheap closed-form optimum).
+PRIOR_VAR_GRID = tuple(10.0**k for k in range(-4, 3))
+
+
+def _check(gp: LinearizedGP) -> None:
+    if gp.lm.reporter is not None:
+        gp.lm.reporter.check()
 
 
 def _spectral_nll(gp: LinearizedGP, st: dict):
-    """Return a function (log s², log σ²) -> (negative log marginal likelihood, gradient)."""
+    """Return a function (log s², log σ²) -> (negative log marginal likelihood, gradient).
+
+    Every evaluation checks the cancel token of the GP's reporter (the optimizer's inner loop).
+    """
     r = st["r"]
     N = r.numel()
     if gp.plan.space == "function":
@@ -40,6 +50,7 @@ def _spectral_nll(gp: LinearizedGP, st: dict):
     lam = lam.clamp_min(0.0)
 
     def nll(z: np.ndarray) -> tuple[float, np.ndarray]:
+        _check(gp)
         t = torch.tensor(z, dtype=torch.float64, device=lam.device, requires_grad=True)
         s2, n2 = t[0].exp(), t[1].exp()
         d = s2 * lam + n2
@@ -110,8 +121,7 @@ def fit_gpytorch(gp: LinearizedGP, st: dict, iters: int) -> tuple[float, float]:
     a, b, c, d = _settings(gp)
     with a, b, c, d:
         for _ in range(iters):
-            if gp.lm.reporter is not None:
-                gp.lm.reporter.check()
+            _check(gp)
             opt.zero_grad()
             loss = -mll(model(rows), model.train_targets)
             loss.backward()
