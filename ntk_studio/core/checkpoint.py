@@ -6,7 +6,7 @@ solve and ``"delta_theta"`` for its result), each under a fingerprint of the pro
 and a file from another problem is simply not used. Only the writer rank (rank 0) writes; every rank
 holds the same state, so a run on any number of ranks can resume it.
 
-:func:`resumable_cg` is preconditioned CG whose whole state (x, r, z, p, rᵀz, iteration) goes into
+:func:`resumable_cg` is the engine's CG (:func:`.solvers.cg`) whose whole state (x, r, z, p, rᵀz, iteration) goes into
 the checkpoint every `interval_s` seconds; a resumed run continues the same iteration, so it reaches
 the same answer as an uninterrupted one (bit for bit in the same process layout).
 """
@@ -20,14 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from linear_operator import settings as lo_settings
-
 from .errors import CheckpointError
+from .solvers import cg
 
 CHECKPOINT_VERSION = 1
 DEFAULT_INTERVAL_S = 60.0  # seconds between CG checkpoints: bounds the work lost to a kill
-TINY = 1e-300  # guards divisions for CG columns that have already converged
-CG_STATE_KEYS = ("x", "r", "z", "p", "rz", "iteration")
 MAX_ENTRIES = 8  # oldest states are dropped beyond this (e.g. many refits while fitting hyperparameters)
 
 
@@ -113,15 +110,6 @@ def _cpu(v):
     return v.detach().to("cpu").clone() if torch.is_tensor(v) else v
 
 
-def solve_preconditioner(op, rank: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """Return linear_operator's pivoted-Cholesky preconditioner P⁻¹(·) of rank `rank` for op, or None."""
-    if rank <= 0:
-        return None
-    with lo_settings.max_cholesky_size(0), lo_settings.max_preconditioner_size(rank), \
-            lo_settings.min_preconditioning_size(1):
-        return op._solve_preconditioner()
-
-
 def resumable_cg(
     matmul: Callable[[torch.Tensor], torch.Tensor],
     b: torch.Tensor,
@@ -131,35 +119,23 @@ def resumable_cg(
     checkpoint: Checkpoint | None = None,
     key: str = "",
     name: str = "cg",
+    check: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, bool, int]:
-    """Return (A⁻¹ b by preconditioned CG, converged, total iterations), checkpointing its state.
+    """Return (A⁻¹ b by the engine's CG, converged, total iterations), checkpointing its state.
 
     b is (N, c); every column stops at ‖r‖ ≤ tol·‖b‖. With a checkpoint, a saved state of entry
     `name` whose fingerprint is `key` is continued instead of starting from x = 0.
     """
-    M = precond or (lambda t: t)
     saved = checkpoint.load(name, key) if checkpoint is not None else None
-    if saved is not None:
-        x, r, z, p, rz = (saved[k].to(b.device, b.dtype) for k in CG_STATE_KEYS[:5])
-        it = int(saved["iteration"])
-    else:
-        x, r = torch.zeros_like(b), b.clone()
-        z = M(r)
-        p, rz, it = z.clone(), (r * z).sum(0), 0
-    target = tol * b.norm(dim=0)
-    while it < max_iter and bool((r.norm(dim=0) > target).any()):
-        Ap = matmul(p)
-        pAp = (p * Ap).sum(0)
-        alpha = torch.where(pAp > TINY, rz / pAp.clamp_min(TINY), torch.zeros_like(rz))
-        x = x + alpha * p
-        r = r - alpha * Ap
-        z = M(r)
-        rz_new = (r * z).sum(0)
-        p = z + (rz_new / rz.clamp_min(TINY)) * p
-        rz, it = rz_new, it + 1
-        if checkpoint is not None:
-            checkpoint.save(name, key, dict(zip(CG_STATE_KEYS, (x, r, z, p, rz, it))))
-    converged = not bool((r.norm(dim=0) > target).any())
-    if checkpoint is not None:
-        checkpoint.save(name, key, dict(zip(CG_STATE_KEYS, (x, r, z, p, rz, it))), force=True)
+    hook = (lambda state: checkpoint.save(name, key, state)) if checkpoint is not None else None
+    last: dict = {}
+
+    def on_iteration(state: dict) -> None:
+        last.update(state)
+        if hook is not None:
+            hook(state)
+
+    x, it, converged = cg(matmul, b, tol, max_iter, precond, check, state=saved, on_iteration=on_iteration)
+    if checkpoint is not None and last:
+        checkpoint.save(name, key, last, force=True)
     return x, converged, it

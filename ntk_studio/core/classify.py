@@ -11,6 +11,7 @@ chosen like the regression GP's; the Newton steps and posteriors live in :mod:`.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Generator
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from .distributed import SingleProcess
 from .hyper import PRIOR_VAR_GRID
-from .errors import NotFittedError, ShapeError, SolverError
+from .errors import NotFittedError, ShapeError, SolverError, SolverWarning
 from .kernels import KernelBuilder
 from .laplace import FunctionRoute, WeightRoute, softmax_stats
 from .linearized import DEFAULT_CHUNK_SIZE, DEFAULT_MEMORY_BUDGET, LinearizedModel
@@ -126,6 +127,7 @@ class LinearizedClassifier:
         cg_max_iter: int = 1000,
         structured: bool | None = None,
         shard: SingleProcess | None = None,
+        best_effort: bool = False,
     ) -> None:
         if prior_var <= 0:
             raise ShapeError("prior_var must be a positive variance.")
@@ -139,6 +141,7 @@ class LinearizedClassifier:
         self.map_info: MapInfo | None = None
         self._route: WeightRoute | FunctionRoute | None = None
         self.hyper_info: dict | None = None
+        self.best_effort = bool(best_effort)
         self._data: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ fitting
@@ -197,7 +200,7 @@ class LinearizedClassifier:
             rep.emit("plan", 0.0, force=True, message=self.plan.describe())
             Y = torch.nn.functional.one_hot(y, C).to(self.lm.dtype)
             dense = self.plan.solver == "cholesky"
-            args = (self.lm, X, Y, self.prior_var, dense, self.cg_tol, self.cg_max_iter)
+            args = (self.lm, X, Y, self.prior_var, dense, self.cg_tol, self.cg_max_iter, self.best_effort)
             rep.chunk_stage = ("jacobian" if self.plan.space == "weight" else "kernel") if dense else None
             if self.plan.space == "weight":
                 cache = n * C * P * itemsize + self.plan.est_bytes <= self.memory_budget
@@ -209,6 +212,7 @@ class LinearizedClassifier:
             F = self._newton(route, F0, y, rep, absent)
             route.finalize(softmax_stats(F)[1])
             self._route = route
+            self._require_map_converged()
             done = "posterior ready" if self.map_info.converged else "posterior ready; the MAP did NOT reach grad_tol"
             rep.emit("done", 1.0, force=True, residual=self.map_info.grad_norm, message=done)
             return self
@@ -290,11 +294,32 @@ class LinearizedClassifier:
         }
         return self
 
+    def _require_map_converged(self) -> None:
+        """Raise SolverError (or warn SolverWarning with best_effort) when Newton stopped short of grad_tol."""
+        info = self.map_info
+        if info.converged:
+            return
+        why = "reached max_newton" if info.iterations >= self.max_newton else "stalled (no further decrease)"
+        message = (
+            f"The Newton MAP solve did not converge: ‖g‖/max(1,‖g0‖) = {info.grad_norm:.2e} > grad_tol "
+            f"{self.grad_tol:g} after {info.iterations} steps ({why}). Raise max_newton (now {self.max_newton}), "
+            "loosen grad_tol, lower prior_var, or use float64."
+        )
+        if self.best_effort:
+            warnings.warn(message + " Continuing with the last iterate (best_effort=True).", SolverWarning, stacklevel=4)
+        else:
+            raise SolverError(message)
+
     # ---------------------------------------------------------------- prediction
     def _require_fit(self):
         if self._route is None:
             raise NotFittedError("Call fit(X, y) before predicting.")
         return self._route
+
+    @property
+    def variance_solve_info(self):
+        """Return the last covariance CG solve's SolveInfo (None on Cholesky routes or before one)."""
+        return self._route.variance_solve_info if self._route is not None else None
 
     @property
     def delta_theta(self) -> torch.Tensor:

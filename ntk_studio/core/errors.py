@@ -23,7 +23,15 @@ class MemoryBudgetError(NTKStudioError, MemoryError):
 
 
 class SolverError(NTKStudioError, RuntimeError):
-    """A linear solve failed (not positive definite, or CG did not converge)."""
+    """A linear solve failed (not positive definite, or CG/Newton did not converge); the message says what to change."""
+
+
+class SolverWarning(NTKStudioError, UserWarning):
+    """A solve was inexact but the caller asked for best effort, or jitter/clamping changed the answer."""
+
+
+class SettingsError(NTKStudioError, ValueError):
+    """A constructor setting is not one of its allowed values, or not a finite positive number."""
 
 
 class Cancelled(NTKStudioError):

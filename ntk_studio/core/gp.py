@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import hyper
-from .checkpoint import Checkpoint, fingerprint, resumable_cg, solve_preconditioner
+from .checkpoint import Checkpoint, fingerprint, resumable_cg
 from .distributed import SingleProcess
 from .errors import NotFittedError, ShapeError
 from .gpytorch_bridge import GGNOperator, JacobianKernelOperator, MatvecCounter
@@ -19,7 +19,10 @@ from .linearized import DEFAULT_CHUNK_SIZE, DEFAULT_MEMORY_BUDGET, LinearizedMod
 from .params import ParamSpec
 from .plan import Plan, make_plan
 from .progress import CancelToken, ProgressEvent, Reporter, iterate
-from .solvers import SolveInfo, cg_solve, cho_solve, cholesky, relative_residual
+from .solvers import (
+    SolveInfo, cg, cho_solve, cholesky, clamp_variance, merge_infos, relative_residual, require_converged,
+    solve_cg, solve_preconditioner,
+)
 
 OUTPUT_MODES = ("full", "independent")
 
@@ -32,6 +35,7 @@ class LinearizedGP:
     `solver` are 'auto' or forced; the chosen route is in :attr:`plan` after `fit`.
     `shard` (see :func:`~ntk_studio.core.distributed.init_distributed`) splits every data loop across
     torch.distributed ranks; `checkpoint` (a path or :class:`Checkpoint`) makes CG fits resumable.
+    A CG solve that misses cg_tol raises SolverError; with `best_effort=True` it warns SolverWarning.
     """
 
     def __init__(
@@ -53,6 +57,7 @@ class LinearizedGP:
         structured: bool | None = None,
         shard: SingleProcess | None = None,
         checkpoint: Checkpoint | str | os.PathLike | None = None,
+        best_effort: bool = False,
     ) -> None:
         if outputs not in OUTPUT_MODES:
             raise ShapeError(f"outputs must be one of {OUTPUT_MODES}, got {outputs!r}.")
@@ -71,6 +76,8 @@ class LinearizedGP:
         self.plan: Plan | None = None
         self.solve_info: SolveInfo | None = None
         self.hyper_info: dict | None = None
+        self.variance_solve_info: SolveInfo | None = None
+        self.best_effort = bool(best_effort)
         self._state: dict = {}
 
     # ------------------------------------------------------------------ fitting
@@ -148,7 +155,7 @@ class LinearizedGP:
     def _cholesky_solve(self, A: torch.Tensor, rhs: torch.Tensor, rep: Reporter) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (Cholesky factor of A, A⁻¹ rhs) and record the solve's residual and jitter."""
         rep.emit("factorize", 0.0, force=True)
-        L, jitter = cholesky(A)
+        L, jitter = cholesky(A)  # warns JitterWarning when jitter was needed
         x = cho_solve(L, rhs)
         self.solve_info = SolveInfo("cholesky", A.shape[0], relative_residual(lambda v: A @ v, x, rhs), jitter)
         return L, x
@@ -162,20 +169,31 @@ class LinearizedGP:
         st.update(alpha=alpha, op=op)
         self._finish_function_space(alpha)
 
+    def _check(self) -> None:
+        if self.lm.reporter is not None:
+            self.lm.reporter.check()
+
     def _cg(self, op, rhs: torch.Tensor, counter: MatvecCounter, precond_rank: int) -> torch.Tensor:
-        """Return op⁻¹ rhs by CG and record the solve's products, iterations and true residual."""
+        """Return op⁻¹ rhs by the engine's CG; record products, iterations and true residual; raise if it missed."""
+        precond = solve_preconditioner(op, precond_rank)
+        self._state["precond"] = precond  # the variance solves reuse it
         if self.checkpoint is not None:
-            x, converged, iterations = self._resumable_cg(op, rhs, precond_rank)
+            x, converged, iterations = self._resumable_cg(op, rhs, precond, precond_rank)
         else:
-            x, converged = cg_solve(op, rhs.unsqueeze(-1), self.cg_tol, self.cg_max_iter, precond_rank)
-            iterations = counter.calls - 1  # the first product is the initial residual
+            x, iterations, converged = cg(op._matmul, rhs.unsqueeze(-1), self.cg_tol, self.cg_max_iter, precond, self._check)
         x = x[:, 0]
         products = counter.columns
         res = relative_residual(op.matmul, x, rhs)
         self.solve_info = SolveInfo("cg", products, res, converged=converged, iterations=iterations)
+        require_converged(self.solve_info, "The training solve", self._cg_advice(), self.best_effort, self.cg_tol)
         return x
 
-    def _resumable_cg(self, op, rhs: torch.Tensor, precond_rank: int) -> tuple[torch.Tensor, bool, int]:
+    def _cg_advice(self) -> str:
+        precond = " or raise precond_rank" if self.plan is not None and self.plan.space == "function" else ""
+        return (f"Raise the noise variance (now {self.noise:g}), raise cg_max_iter (now {self.cg_max_iter}), "
+                f"loosen cg_tol{precond}, or pass best_effort=True to accept it.")
+
+    def _resumable_cg(self, op, rhs: torch.Tensor, precond, precond_rank: int) -> tuple[torch.Tensor, bool, int]:
         """Return (x, converged, iterations) from CG that saves its state to, and resumes from, the checkpoint."""
         st = self._state
         # Inputs only, never derived sums: those differ in the last bits between rank layouts, and a
@@ -184,9 +202,9 @@ class LinearizedGP:
             self.plan.space, self.outputs, self.prior_var, self.noise, self.cg_tol, precond_rank,
             self.lm.subset.names, self.lm.dtype, st["X"], st["Y"], *self.lm.theta.values(), *self.lm.frozen.values(),
         )
-        precond = solve_preconditioner(op, precond_rank)
         x, converged, iterations = resumable_cg(
             op._matmul, rhs.unsqueeze(-1), self.cg_tol, self.cg_max_iter, precond, self.checkpoint, key,
+            check=self._check,
         )
         st["checkpoint_key"] = key
         return x, converged, iterations
@@ -273,21 +291,32 @@ class LinearizedGP:
         """Return (posterior mean, posterior variance), each (m,) or (m, K); noise added on request.
 
         With `cancel`, every data chunk (and CG product) checks the token and raises Cancelled.
+        CG variance solves are reported in :attr:`variance_solve_info` and raise like the fit's.
         """
         st = self._require_fit()
         Xs = self.lm.prepare(Xs)
         self.lm.reporter = Reporter(cancel=cancel) if cancel is not None else None
+        self._variance_infos: list[SolveInfo] = []
         try:
             mean = self.predict_mean(Xs)
             parts = [self._variance_chunk(Xs[s]) for s in self.lm.chunks(Xs.shape[0])]
         finally:
             self.lm.reporter = None
-        var = torch.cat(parts).clamp_min(0.0)
+        if self._variance_infos:
+            self.variance_solve_info = merge_infos(self._variance_infos)
+        var = clamp_variance(torch.cat([v for v, _ in parts]), torch.cat([p for _, p in parts]))
         if include_noise:
             var = var + self.noise
         return mean, (var[:, 0] if st["vector"] else var)
 
-    def _variance_chunk(self, Xc: torch.Tensor) -> torch.Tensor:
+    def _variance_cg(self, op, B: torch.Tensor, precond) -> torch.Tensor:
+        W, info = solve_cg(op._matmul, B, self.cg_tol, self.cg_max_iter, precond, self._check)
+        self._variance_infos.append(info)
+        require_converged(info, "A predictive-variance solve", self._cg_advice(), self.best_effort, self.cg_tol)
+        return W
+
+    def _variance_chunk(self, Xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (posterior variance, prior variance) of a chunk of test points, each (m, K)."""
         st, s2, plan = self._state, self.prior_var, self.plan
         K = st["Y"].shape[1]
         m = Xc.shape[0]
@@ -299,17 +328,16 @@ class LinearizedGP:
                 corr = (V * V).sum(0)
             else:
                 Kx = self._cross_kernel(Xc)
-                W, _ = cg_solve(st["op"], Kx, self.cg_tol, self.cg_max_iter, self.precond_rank)
-                corr = (Kx * W).sum(0)
-            return prior - s2 * s2 * corr.reshape(m, K)
+                corr = (Kx * self._variance_cg(st["op"], Kx, st.get("precond"))).sum(0)
+            return prior - s2 * s2 * corr.reshape(m, K), prior
         J = self.lm.jacobian(Xc).reshape(m * K, -1).T  # (P, m·K)
+        prior = s2 * (J * J).sum(0).reshape(m, K)
         if plan.solver == "cholesky":
             V = torch.linalg.solve_triangular(st["Lw"], J, upper=False)
             quad = (V * V).sum(0)
         else:
-            W, _ = cg_solve(st["op_w"], J, self.cg_tol, self.cg_max_iter, 0)
-            quad = (J * W).sum(0)
-        return self.noise * quad.reshape(m, K)
+            quad = (J * self._variance_cg(st["op_w"], J, None)).sum(0)
+        return self.noise * quad.reshape(m, K), prior
 
     def _cross_kernel(self, Xc: torch.Tensor) -> torch.Tensor:
         """Return K(X_train, Xc) of size (N, m·K), matrix-free (vjp on Xc, jvp on the training set)."""

@@ -9,6 +9,7 @@ Jacobian kernel and the network mean (stochastic log-determinant through CG and 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import gpytorch
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 
+from .errors import NTKStudioError, SolverError
 from .gpytorch_bridge import LinearizedExactGP
 
 if TYPE_CHECKING:
@@ -98,6 +100,20 @@ def _settings(gp: LinearizedGP):
     )
 
 
+@contextmanager
+def _typed_errors():
+    """Re-raise GPyTorch's bare RuntimeErrors (NotPSDError, CG tridiagonalization limits) as SolverError."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if isinstance(exc, NTKStudioError):
+            raise
+        raise SolverError(
+            f"GPyTorch's marginal-likelihood estimate failed ({type(exc).__name__}: {exc}). Raise the noise "
+            "variance or precond_rank, or fit on a subset small enough for solver='cholesky'."
+        ) from exc
+
+
 def gpytorch_mll(gp: LinearizedGP, st: dict) -> float:
     """Return GPyTorch's (stochastic) marginal log likelihood per datum at the current values."""
     model, likelihood = _gpytorch_model(gp, st)
@@ -106,7 +122,7 @@ def gpytorch_mll(gp: LinearizedGP, st: dict) -> float:
     mll = gpytorch.mlls.ExactMarginalLogLikelihood(likelihood, model)
     rows = model.train_inputs[0]
     a, b, c, d = _settings(gp)
-    with a, b, c, d, torch.no_grad():
+    with a, b, c, d, torch.no_grad(), _typed_errors():
         return float(mll(model(rows), model.train_targets))
 
 
@@ -119,7 +135,7 @@ def fit_gpytorch(gp: LinearizedGP, st: dict, iters: int) -> tuple[float, float]:
     opt = torch.optim.Adam(model.parameters(), lr=GPYTORCH_LR)
     rows = model.train_inputs[0]
     a, b, c, d = _settings(gp)
-    with a, b, c, d:
+    with a, b, c, d, _typed_errors():
         for _ in range(iters):
             _check(gp)
             opt.zero_grad()

@@ -23,9 +23,9 @@ import torch
 
 from .kernels import KernelBuilder
 from .linearized import LinearizedModel
-from .solvers import cho_solve, cholesky
+from .solvers import SolveInfo, cg, cho_solve, cholesky, require_converged, solve_cg
 
-TINY = 1e-300  # guards divisions in CG for columns that have already converged
+CG_ADVICE = "Raise cg_max_iter, loosen cg_tol, or use solver='cholesky' if the matrix fits the memory budget."
 
 
 def softmax_stats(F: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,57 +53,44 @@ def point_blocks(A: torch.Tensor, B: torch.Tensor, C: int) -> torch.Tensor:
     return torch.einsum("kia,kib->iab", A.reshape(A.shape[0], -1, C), B.reshape(B.shape[0], -1, C))
 
 
-def block_cg(
-    matvec: Callable[[torch.Tensor], torch.Tensor], B: torch.Tensor, tol: float, max_iter: int,
-    check: Callable[[], None] | None = None,
-) -> tuple[torch.Tensor, int]:
-    """Return (A⁻¹ B by CG on every column of B (N, c) to relative residual `tol`, iterations)."""
-    X = torch.zeros_like(B)
-    R = B.clone()
-    D = R.clone()
-    rr = (R * R).sum(0)
-    target = (tol * B.norm(dim=0)) ** 2
-    it = 0
-    while it < max_iter and bool((rr > target).any()):
-        if check is not None:
-            check()
-        AD = matvec(D)
-        dAd = (D * AD).sum(0)
-        alpha = torch.where(dAd > TINY, rr / dAd.clamp_min(TINY), torch.zeros_like(rr))
-        X += alpha * D
-        R -= alpha * AD
-        rr_new = (R * R).sum(0)
-        D = R + (rr_new / rr.clamp_min(TINY)) * D
-        rr = rr_new
-        it += 1
-    return X, it
-
-
 class _Route:
     """Shared plumbing: data, one-hot targets, prior variance, solver choice and cancel checks."""
 
     def __init__(self, lm: LinearizedModel, X: torch.Tensor, Y: torch.Tensor, s2: float, dense: bool,
-                 cg_tol: float, cg_max_iter: int) -> None:
+                 cg_tol: float, cg_max_iter: int, best_effort: bool = False) -> None:
         self.lm, self.X, self.Y, self.s2, self.dense = lm, X, Y, s2, dense
         self.n, self.C = Y.shape
-        self.cg_tol, self.cg_max_iter = cg_tol, cg_max_iter
+        self.cg_tol, self.cg_max_iter, self.best_effort = cg_tol, cg_max_iter, best_effort
         self.cg_iterations = 0  # inner CG iterations over the whole fit
+        self.variance_solve_info: SolveInfo | None = None  # the last covariance solve's report
 
     def _check(self) -> None:
         if self.lm.reporter is not None:
             self.lm.reporter.check()
 
-    def _cg(self, matvec, B: torch.Tensor, tol: float) -> torch.Tensor:
-        x, it = block_cg(matvec, B, tol, self.cg_max_iter, self._check)
+    def _newton_cg(self, matvec, B: torch.Tensor, tol: float) -> torch.Tensor:
+        """Return an inexact-Newton solve: its forcing tolerance may be missed, the outer loop decides.
+
+        No true-residual product here (it would cost one more pass per step): the Newton loop's
+        own gradient test is the convergence check that counts.
+        """
+        x, it, _ = cg(matvec, B, tol, self.cg_max_iter, check=self._check)
         self.cg_iterations += it
+        return x
+
+    def _variance_cg(self, matvec, B: torch.Tensor) -> torch.Tensor:
+        """Return the covariance solve to cg_tol; record it and raise (or warn) when it misses."""
+        x, info = solve_cg(matvec, B, self.cg_tol, self.cg_max_iter, check=self._check)
+        self.variance_solve_info = info
+        require_converged(info, "The Laplace covariance solve", CG_ADVICE, self.best_effort, self.cg_tol)
         return x
 
 
 class WeightRoute(_Route):
     """Newton over Δθ with H = JᵀΛJ + I/s²: dense Cholesky (P small) or CG on GGN products."""
 
-    def __init__(self, lm, X, Y, s2, dense, cg_tol, cg_max_iter, cache_jacobian: bool) -> None:
-        super().__init__(lm, X, Y, s2, dense, cg_tol, cg_max_iter)
+    def __init__(self, lm, X, Y, s2, dense, cg_tol, cg_max_iter, best_effort, cache_jacobian: bool) -> None:
+        super().__init__(lm, X, Y, s2, dense, cg_tol, cg_max_iter, best_effort)
         P = lm.num_params
         self.dtheta = torch.zeros(P, dtype=lm.dtype, device=lm.device)
         # Dense J is reused by every Newton step when it fits the budget; otherwise it is streamed.
@@ -131,10 +118,10 @@ class WeightRoute(_Route):
     def direction(self, p: torch.Tensor, lam: torch.Tensor, forcing: float):
         """Return (logit change dF (n, C), prior quadratic (q0, q1, q2)) for the Newton direction."""
         if self.dense:
-            L, _ = cholesky(self._ggn(lam))
+            L, _ = cholesky(self._ggn(lam), "the Newton Hessian")
             d = -cho_solve(L, self.g)
         else:
-            d = self._cg(self._hess_mv(lam), -self.g.unsqueeze(-1), forcing)[:, 0]
+            d = self._newton_cg(self._hess_mv(lam), -self.g.unsqueeze(-1), forcing)[:, 0]
         self.d = d
         s2 = self.s2
         return self._Jv(d), (float(self.dtheta @ self.dtheta) / s2, float(self.dtheta @ d) / s2, float(d @ d) / s2)
@@ -151,7 +138,7 @@ class WeightRoute(_Route):
         """Freeze the Laplace posterior at the MAP: precision H = JᵀΛJ + I/s² (factored when dense)."""
         self.lam = lam
         if self.dense:
-            self.L, self.jitter = cholesky(self._ggn(lam))
+            self.L, self.jitter = cholesky(self._ggn(lam), "the Laplace precision")
         self.J = None  # the training Jacobian is not needed for predictions
 
     @property
@@ -166,7 +153,7 @@ class WeightRoute(_Route):
         if self.dense:
             V = torch.linalg.solve_triangular(self.L, Jt, upper=False)
             return point_blocks(V, V, self.C)
-        W = self._cg(self._hess_mv(self.lam), Jt, self.cg_tol)
+        W = self._variance_cg(self._hess_mv(self.lam), Jt)
         return point_blocks(Jt, W, self.C)
 
     def log_det(self) -> float:
@@ -177,8 +164,8 @@ class WeightRoute(_Route):
 class FunctionRoute(_Route):
     """Newton over a (Δθ = s² Jᵀ a) in the nC-dimensional span, with dense K or kernel products."""
 
-    def __init__(self, lm, X, Y, s2, dense, cg_tol, cg_max_iter, kernels: KernelBuilder) -> None:
-        super().__init__(lm, X, Y, s2, dense, cg_tol, cg_max_iter)
+    def __init__(self, lm, X, Y, s2, dense, cg_tol, cg_max_iter, best_effort, kernels: KernelBuilder) -> None:
+        super().__init__(lm, X, Y, s2, dense, cg_tol, cg_max_iter, best_effort)
         N = self.n * self.C
         self.a = torch.zeros(N, dtype=lm.dtype, device=lm.device)
         self.h = torch.zeros_like(self.a)  # h = s² K a = F − F0, kept exactly in step with a
@@ -218,11 +205,11 @@ class FunctionRoute(_Route):
         S = sym_sqrt(lam)
         rhs = self.s2 * block_apply(S, self.Kr)
         if self.dense:
-            L, _ = cholesky(self._B(S))
+            L, _ = cholesky(self._B(S), "the Newton system I + s²SKS")
             z = cho_solve(L, rhs)
         else:
             bound = self.s2 * float(torch.einsum("iab,iba->", lam, self.K_blocks))
-            z = self._cg(self._B_mv(S), rhs.unsqueeze(-1), forcing / max(1.0, bound))[:, 0]
+            z = self._newton_cg(self._B_mv(S), rhs.unsqueeze(-1), forcing / max(1.0, bound))[:, 0]
         self.da = block_apply(S, z) - self.r
         self.du = self.s2 * self._Kmv(self.da)
         q = (float(self.a @ self.h), float(self.da @ self.h), float(self.da @ self.du))
@@ -241,7 +228,7 @@ class FunctionRoute(_Route):
         """Freeze the posterior at the MAP: S = Λ^{1/2}, B factored when dense, Δθ = s² Jᵀ a."""
         self.S = sym_sqrt(lam)
         if self.dense:
-            self.L, self.jitter = cholesky(self._B(self.S))
+            self.L, self.jitter = cholesky(self._B(self.S), "the Laplace system I + s²SKS")
         self.dtheta = self.s2 * self.lm.vjp(self.X, self.a.reshape(self.n, self.C))
 
     @property
@@ -262,7 +249,7 @@ class FunctionRoute(_Route):
         if self.dense:
             V = torch.linalg.solve_triangular(self.L, R, upper=False)
             return prior - point_blocks(V, V, self.C)
-        W = self._cg(self._B_mv(self.S), R, self.cg_tol)
+        W = self._variance_cg(self._B_mv(self.S), R)
         return prior - point_blocks(R, W, self.C)
 
     def log_det(self) -> float:

@@ -1,22 +1,36 @@
-"""Linear solves for the GP: dense Cholesky and preconditioned CG through linear_operator."""
+"""The engine's one solver layer: dense Cholesky and one preconditioned block CG, each reporting a SolveInfo.
+
+Every route (GP fits and variance solves, the classifier's Newton steps and Laplace covariances,
+resumable checkpointed fits) solves through :func:`cholesky` or :func:`cg`. A solve that misses its
+tolerance raises :class:`SolverError` naming the settings to change, or, when the caller asked for
+best effort, emits a :class:`SolverWarning` and goes on; jitter added to a factorization is reported
+as a :class:`JitterWarning`. Nothing here fails quietly.
+"""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from linear_operator import settings as lo_settings
-from linear_operator.operators import LinearOperator
-from linear_operator.utils.linear_cg import linear_cg
-from linear_operator.utils.warnings import NumericalWarning
 
-from .errors import SolverError
+from .errors import SolverError, SolverWarning
 
-# linear_cg treats pᵀAp < eps as a breakdown; its default (1e-10) stalls float64 solves near a
-# 1e-6 relative residual, so we pass a tiny eps and stop only on the requested tolerance.
-CG_BREAKDOWN_EPS = 1e-300
+TINY = 1e-300  # guards CG's divisions for columns that have already converged (and zero right-hand sides)
 JITTER_STEPS = (0.0, 1e-10, 1e-8, 1e-6)  # relative to the mean diagonal, tried in order
+CG_STATE_KEYS = ("x", "r", "z", "p", "rz", "iteration")  # what a checkpoint must hold to resume CG
+# Variance = prior − correction: subtracting two accurate numbers errs by about one ulp of the prior,
+# so a value below −NEGATIVE_VARIANCE_ULPS ulps means the solve's own error dominates the answer.
+NEGATIVE_VARIANCE_ULPS = 8
+
+
+class JitterWarning(SolverWarning):
+    """A Cholesky factorization needed jitter on the diagonal: the solve is of a slightly changed matrix."""
+
+
+class NegativeVarianceWarning(SolverWarning):
+    """Predictive variances came out negative beyond rounding and were clamped to 0."""
 
 
 @dataclass(frozen=True)
@@ -31,8 +45,11 @@ class SolveInfo:
     iterations: int = 0
 
 
-def cholesky(A: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Return (lower Cholesky factor of A, relative jitter added); raise SolverError if none works."""
+def cholesky(A: torch.Tensor, what: str = "the system matrix") -> tuple[torch.Tensor, float]:
+    """Return (lower Cholesky factor of A, relative jitter added); warn when jitter was needed.
+
+    Raises SolverError if no jitter in JITTER_STEPS makes A positive definite.
+    """
     scale = float(A.diagonal().mean().abs()) or 1.0
     for jitter in JITTER_STEPS:
         # A jittered copy only when it is needed (no identity matrix: it was a system-sized allocation).
@@ -43,10 +60,16 @@ def cholesky(A: torch.Tensor) -> tuple[torch.Tensor, float]:
         L, info = torch.linalg.cholesky_ex(B)
         del B
         if int(info) == 0:
+            if jitter:
+                warnings.warn(
+                    f"Cholesky of {what} needed jitter {jitter:g} × its mean diagonal: the result solves a "
+                    "slightly perturbed system. Raise the noise variance (or the prior variance's ratio to it) "
+                    "to avoid it.", JitterWarning, stacklevel=2,
+                )
             return L, jitter
     raise SolverError(
-        "The system matrix is not positive definite even with jitter; increase the noise variance "
-        "or use float64."
+        f"{what.capitalize()} is not positive definite even with jitter {JITTER_STEPS[-1]:g}; raise the "
+        "noise variance or use float64."
     )
 
 
@@ -62,26 +85,129 @@ def cho_solve(L: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def relative_residual(matmul, x: torch.Tensor, b: torch.Tensor) -> float:
-    """Return max over columns of ‖A x − b‖ / ‖b‖."""
+    """Return max over columns of ‖A x − b‖ / ‖b‖ (0 for zero columns solved exactly)."""
     r = matmul(x) - b
     bb = b if b.dim() > 1 else b.unsqueeze(-1)
     rr = r if r.dim() > 1 else r.unsqueeze(-1)
-    return float((rr.norm(dim=0) / bb.norm(dim=0).clamp_min(1e-300)).max())
+    return float((rr.norm(dim=0) / bb.norm(dim=0).clamp_min(TINY)).max())
 
 
-def cg_solve(
-    A: LinearOperator, b: torch.Tensor, tol: float, max_iter: int, precond_rank: int
-) -> tuple[torch.Tensor, bool]:
-    """Return (A⁻¹ b by preconditioned CG, converged) with GPyTorch's linear_cg."""
-    with warnings.catch_warnings(record=True) as caught, lo_settings.max_cholesky_size(0), \
-            lo_settings.cg_tolerance(tol), lo_settings.max_cg_iterations(max_iter), \
-            lo_settings.max_preconditioner_size(precond_rank), lo_settings.min_preconditioning_size(1), \
-            lo_settings.terminate_cg_by_size(False):
-        warnings.simplefilter("always", NumericalWarning)
-        precond = A._solve_preconditioner() if precond_rank > 0 else None
-        x = linear_cg(
-            A._matmul, b, tolerance=tol, eps=CG_BREAKDOWN_EPS, stop_updating_after=CG_BREAKDOWN_EPS,
-            max_iter=max_iter, preconditioner=precond,
+def merge_infos(infos: list[SolveInfo]) -> SolveInfo:
+    """Return one SolveInfo for several solves: summed products, worst residual and iterations."""
+    return SolveInfo(
+        infos[0].solver, sum(i.products for i in infos), max(i.residual for i in infos),
+        max(i.jitter for i in infos), all(i.converged for i in infos), max(i.iterations for i in infos),
+    )
+
+
+def clamp_variance(var: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """Return var clamped at 0; warn NegativeVarianceWarning when any value is negative beyond rounding."""
+    bad = var < -NEGATIVE_VARIANCE_ULPS * torch.finfo(var.dtype).eps * prior.abs()
+    if bool(bad.any()):
+        worst = float((var / prior.abs().clamp_min(TINY)).min())
+        warnings.warn(
+            f"{int(bad.sum())} predictive variance(s) were negative beyond rounding (down to {worst:.2e} × the "
+            "prior variance) and were clamped to 0: the solves are too inexact. Tighten cg_tol, raise the "
+            "noise variance, or use solver='cholesky'.", NegativeVarianceWarning, stacklevel=3,
         )
-    converged = not any(issubclass(w.category, NumericalWarning) and "CG terminated" in str(w.message) for w in caught)
-    return x, converged
+    return var.clamp_min(0.0)
+
+
+def cg(
+    matmul: Callable[[torch.Tensor], torch.Tensor],
+    B: torch.Tensor,
+    tol: float,
+    max_iter: int,
+    precond: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    check: Callable[[], None] | None = None,
+    state: dict | None = None,
+    on_iteration: Callable[[dict], None] | None = None,
+) -> tuple[torch.Tensor, int, bool]:
+    """Return (A⁻¹ B, iterations, converged) by preconditioned CG on every column of B (N, c) at once.
+
+    Each column stops updating at ‖r‖ ≤ tol·‖b‖ (its step sizes become 0). `check` runs before
+    every product (cancel); `state` (keys CG_STATE_KEYS) continues an earlier run instead of
+    starting at x = 0, and `on_iteration(state)` receives the state after every step (checkpoints).
+    """
+    M = precond or (lambda t: t)
+    if state is not None:
+        x, r, z, p, rz = (state[k].to(B.device, B.dtype) for k in CG_STATE_KEYS[:5])
+        it = int(state["iteration"])
+    else:
+        x, r = torch.zeros_like(B), B.clone()
+        z = M(r)
+        p, rz, it = z.clone(), (r * z).sum(0), 0
+    target = tol * B.norm(dim=0)
+    while it < max_iter and bool((r.norm(dim=0) > target).any()):
+        if check is not None:
+            check()
+        Ap = matmul(p)
+        pAp = (p * Ap).sum(0)
+        active = (pAp > TINY) & (r.norm(dim=0) > target)
+        alpha = torch.where(active, rz / pAp.clamp_min(TINY), torch.zeros_like(rz))
+        x = x + alpha * p
+        r = r - alpha * Ap
+        z = M(r)
+        rz_new = (r * z).sum(0)
+        p = z + (rz_new / rz.clamp_min(TINY)) * p
+        rz, it = rz_new, it + 1
+        if on_iteration is not None:
+            on_iteration(dict(zip(CG_STATE_KEYS, (x, r, z, p, rz, it))))
+    converged = not bool((r.norm(dim=0) > target).any())
+    return x, it, converged
+
+
+def solve_cg(
+    matmul: Callable[[torch.Tensor], torch.Tensor],
+    B: torch.Tensor,
+    tol: float,
+    max_iter: int,
+    precond: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    check: Callable[[], None] | None = None,
+    **resume,
+) -> tuple[torch.Tensor, SolveInfo]:
+    """Return (A⁻¹ B, SolveInfo with the true relative residual) by :func:`cg`; B is (N,) or (N, c)."""
+    vector = B.dim() == 1
+    B2 = B.unsqueeze(-1) if vector else B
+    x, it, converged = cg(matmul, B2, tol, max_iter, precond, check, **resume)
+    residual = relative_residual(matmul, x, B2)
+    info = SolveInfo("cg", (it + 1) * B2.shape[1], residual, converged=converged, iterations=it)
+    return (x[:, 0] if vector else x), info
+
+
+def require_converged(info: SolveInfo, what: str, advice: str, best_effort: bool, tol: float) -> None:
+    """Raise SolverError (or, with best_effort, warn SolverWarning) unless `info` converged."""
+    if info.converged:
+        return
+    message = (
+        f"{what} did not converge: relative residual {info.residual:.2e} after {info.iterations} CG "
+        f"iterations (tolerance {tol:g}). {advice}"
+    )
+    if best_effort:
+        warnings.warn(message + " Continuing with the unconverged solve (best_effort=True).", SolverWarning, stacklevel=3)
+        return
+    raise SolverError(message)
+
+
+def solve_preconditioner(op, rank: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Return linear_operator's pivoted-Cholesky preconditioner P⁻¹(·) of rank `rank` for op, or None."""
+    if rank <= 0:
+        return None
+    from linear_operator import settings as lo_settings
+    from linear_operator.utils.warnings import NumericalWarning
+
+    with warnings.catch_warnings(record=True) as caught, lo_settings.max_cholesky_size(0), \
+            lo_settings.max_preconditioner_size(rank), lo_settings.min_preconditioning_size(1):
+        warnings.simplefilter("always", NumericalWarning)
+        try:
+            precond = op._solve_preconditioner()
+        except RuntimeError as exc:  # linear_operator's NotPSDError and friends are bare RuntimeErrors
+            raise SolverError(
+                f"The rank-{rank} pivoted-Cholesky preconditioner failed ({exc}); lower precond_rank or raise the noise."
+            ) from exc
+    if precond is None and any(issubclass(w.category, NumericalWarning) for w in caught):
+        warnings.warn(
+            f"The rank-{rank} preconditioner could not be built (NaNs in its pivoted Cholesky); CG runs "
+            "unpreconditioned. Lower precond_rank or raise the noise.", SolverWarning, stacklevel=2,
+        )
+    return precond
