@@ -137,3 +137,69 @@ def test_csv_columns_are_picked_then_loaded(qtbot, sine, tmp_path):
     assert done.args[0] is True and sine.inputs.data["features"] == ["a", "b"]
     # The sine model takes 1 input, the table has 2: said in the model panel, Adapt stays off.
     assert "input features" in sine.model_panel.summary.text() and not sine.adapt_button.isEnabled()
+
+
+# ---------------------------------------------------------------- projects never decide to run code
+
+def _pickle_project(tmp_path):
+    import hashlib
+    import json
+
+    import torch
+    from test_hostile_support import pickle_payload, write_project
+
+    marker = tmp_path / "pwned"
+    evil = pickle_payload(tmp_path / "evil.pt", marker)
+    entry = {"path": str(evil), "relative_path": "evil.pt", "arch": None, "trust_pickle": True,
+             "sha256": hashlib.sha256(evil.read_bytes()).hexdigest()}
+    header = {"format": "ntk-studio-project", "version": 1, "inputs": {"model": entry}, "settings": {}}
+    assert torch is not None and json is not None
+    return write_project(tmp_path / "evil.ntkproj", header), marker
+
+
+def test_project_asking_for_trust_runs_nothing_when_the_answer_is_no(qtbot, tmp_path, monkeypatch):
+    from ntk_studio.app.file_actions import FileActions
+
+    proj, marker = _pickle_project(tmp_path)
+    asked: list = []
+    monkeypatch.setattr(FileActions, "code_prompt", staticmethod(lambda code: asked.append(code) or False))
+    win = _window(qtbot, tmp_path, example=None, project=str(proj))
+    qtbot.waitUntil(lambda: bool(asked), timeout=LOAD_TIMEOUT_MS)
+    (code,) = asked[0]
+    assert code.kind == "pickle" and code.path.name == "evil.pt" and "io.open" in code.first_lines
+    qtbot.waitUntil(lambda: win._project_reader is None, timeout=LOAD_TIMEOUT_MS)
+    assert win.job is None and win.inputs.model is None and win.project_path is None
+    assert not marker.exists()
+    win.close()
+
+
+def test_code_dialog_defaults_to_no(qtbot, tmp_path, monkeypatch):
+    proj, marker = _pickle_project(tmp_path)
+    shown: list = []
+
+    def answer(box):
+        default_is_no = box.defaultButton() is box.button(QMessageBox.StandardButton.No)
+        shown.append((box.text(), box.informativeText(), default_is_no))
+        return QMessageBox.StandardButton.No  # what Enter (the default button) answers
+
+    monkeypatch.setattr(QMessageBox, "exec", answer)
+    win = _window(qtbot, tmp_path, example=None)
+    win.interactive_errors = True
+    win.open_project(str(proj))
+    qtbot.waitUntil(lambda: bool(shown), timeout=LOAD_TIMEOUT_MS)
+    text, detail, default = shown[0]
+    assert default is True
+    assert "evil.pt" in detail and "SHA-256" in detail and "io.open" in detail
+    qtbot.waitUntil(lambda: win._project_reader is None, timeout=LOAD_TIMEOUT_MS)
+    assert not marker.exists() and win.job is None
+    win.close()
+
+
+def test_damaged_project_shows_a_dialog(qtbot, tmp_path):
+    from test_hostile_support import write_project
+
+    proj = write_project(tmp_path / "deep.ntkproj", "[" * 50_000)
+    win = _window(qtbot, tmp_path, example=None, project=str(proj))
+    qtbot.waitUntil(lambda: bool(win.errors), timeout=LOAD_TIMEOUT_MS)
+    assert "deep.ntkproj" in win.errors[0][0] and "nested" in win.errors[0][0]
+    win.close()

@@ -6,20 +6,49 @@ inputs and job chains, and keeps the window module to its layout, job chains and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtWidgets import QFileDialog
+from PySide6.QtCore import QThread, Signal
+from PySide6.QtWidgets import QFileDialog, QMessageBox
 
-from .project import Project, ProjectError, load_project, save_project
+from .project import CodeToRun, Project, ProjectError, load_project, save_project
 from .recent import forget, recent_files, remember
 from .session import DATA_SUFFIXES, MODEL_SUFFIXES, PROJECT_SUFFIX, Inputs, file_kind
 
 STATUS_MS = 0  # status messages stay until replaced
+PROGRESS_STEPS = 1000  # the progress bar's range (as in the window)
+
+
+class ProjectReader(QThread):
+    """Reads and checks a project off the GUI thread (hashing a large model takes seconds)."""
+
+    progressed = Signal(float, str)
+    finished_reading = Signal(object)  # a Project, or the ProjectError that stopped it
+
+    def __init__(self, path: str | Path, parent=None) -> None:
+        super().__init__(parent)
+        self.path = path
+
+    def run(self) -> None:  # noqa: D102 - QThread override
+        try:
+            result: Project | ProjectError = load_project(self.path, progress=self.progressed.emit)
+        except ProjectError as exc:
+            result = exc
+        except Exception as exc:  # noqa: BLE001 - never a silent dead thread: the window shows it
+            result = ProjectError(f"{Path(self.path).name} could not be read ({type(exc).__name__}: {exc}).")
+        self.finished_reading.emit(result)
 
 
 class FileActions:
     """Projects, file dialogs, recent files and drops for the main window."""
+
+    # Decides whether a project may run code (a pickle, an architecture .py): called with the list of
+    # CodeToRun, returns True to allow. None: ask with a dialog whose default is "No" (and refuse
+    # without asking when the window shows no dialogs). Tests set it to answer for the person.
+    code_prompt: Callable[[list[CodeToRun]], bool] | None = None
+    _project_reader: ProjectReader | None = None
 
     # ------------------------------------------------------------------ settings and projects
     def settings(self) -> dict[str, Any]:
@@ -56,14 +85,39 @@ class FileActions:
         return written
 
     def open_project(self, path: str | Path) -> None:
-        """Open a project: reload its inputs in the worker, then restore settings and results."""
-        if self.running:
+        """Open a project: read and check it off the GUI thread, ask before any code runs, then reload its
+        inputs in the worker and restore settings and results."""
+        if self.running or self._project_reader is not None:
             return
-        try:
-            project = load_project(path)
-        except ProjectError as exc:
-            self.show_error("Project not opened", str(exc))
+        reader = self._project_reader = ProjectReader(path, self)
+        reader.progressed.connect(self._project_progress)
+        reader.finished_reading.connect(lambda result: self._project_read(path, result))
+        self._set_busy(True)
+        self.statusBar().showMessage(f"Reading {Path(path).name}…", STATUS_MS)
+        reader.start()
+
+    def _project_progress(self, fraction: float, text: str) -> None:
+        self.progress_bar.setValue(int(fraction * PROGRESS_STEPS))
+        self.statusBar().showMessage(f"Opening project: {text}…", STATUS_MS)
+
+    def _project_read(self, path: str | Path, result: Project | ProjectError) -> None:
+        reader, self._project_reader = self._project_reader, None
+        if reader is not None:
+            reader.wait()
+            reader.deleteLater()
+        self._set_busy(False)
+        if isinstance(result, ProjectError):
+            self.statusBar().showMessage("Project not opened.", STATUS_MS)
+            self.show_error("Project not opened", str(result))
             return
+        project = result
+        if project.code_to_run:
+            if not self.allow_code(project.code_to_run):
+                self._log(f"not opened: running the code {path} needs was not allowed")
+                self.statusBar().showMessage("Project not opened: its model needs code you did not allow.", STATUS_MS)
+                return
+            if any(c.kind == "pickle" for c in project.code_to_run):
+                project.inputs.model["trust_pickle"] = True  # the person's answer, for this session only
         for warning in project.warnings:
             self._log(f"warning: {warning}")
         self._pending_project = project
@@ -72,6 +126,22 @@ class FileActions:
         self.inputs = Inputs()
         steps = [{"cmd": cmd, "args": args, "project": True} for cmd, args in project.inputs.load_steps()]
         self._start("load", steps)
+
+    def allow_code(self, code: list[CodeToRun]) -> bool:
+        """Return whether the person allows ``code`` to run; asks with "No" as the default."""
+        if self.code_prompt is not None:
+            return bool(self.code_prompt(code))
+        if not self.interactive_errors:
+            self._log("refused to run a project's code: no one was asked (dialogs are off)")
+            return False
+        box = QMessageBox(QMessageBox.Icon.Warning, "Run code from this project?",
+                          "Opening this project runs code on this computer. Only allow it if you trust "
+                          "where these files came from.", parent=self)
+        box.setInformativeText("\n\n".join(c.describe() for c in code))
+        box.setStandardButtons(QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No)
+        box.setDefaultButton(QMessageBox.StandardButton.No)
+        box.setEscapeButton(QMessageBox.StandardButton.No)
+        return box.exec() == QMessageBox.StandardButton.Yes
 
     def _finish_project(self, project: Project) -> None:
         self.apply_settings(project.settings)

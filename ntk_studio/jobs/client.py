@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-from .protocol import TERMINAL_TYPES, ProtocolError, decode_event, encode, request
+from .protocol import MAX_EVENT_CHARS, TERMINAL_TYPES, ProtocolError, decode_event, encode, read_line, request
 
 CANCEL_GRACE_S = 2.0  # cooperative cancel gets this long before the process is killed
 CLOSE_TIMEOUT_S = 5.0  # shutdown gets this long before the process is killed
@@ -128,7 +128,13 @@ class WorkerClient:
 
     # ------------------------------------------------------------------ receiving
     def _read(self, proc: _Process) -> None:
-        for line in proc.popen.stdout:
+        while True:
+            line, cut = read_line(proc.popen.stdout, MAX_EVENT_CHARS)  # bounded while reading
+            if not line:
+                break
+            if cut:
+                log.warning("ignoring a worker line longer than %d characters", MAX_EVENT_CHARS)
+                continue
             try:
                 event = decode_event(line)
             except ProtocolError as exc:

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import sys
 import traceback
 from typing import Any
-
-import sys
 
 import numpy as np
 
@@ -39,6 +39,10 @@ TERMINAL_TYPES = frozenset({"result", "error", "cancelled"})
 # Commands answered by the reading loop itself, never queued behind a running job.
 IMMEDIATE_COMMANDS = frozenset({"ping", "cancel", "shutdown"})
 MAX_LINE_CHARS = 1_000_000  # a request is a few hundred bytes; a huge line is a bug, not data
+MAX_EVENT_CHARS = 512 * 1024 * 1024  # events carry plot data and predictions: bounded, but generously
+MAX_JSON_DEPTH = 64  # protocol messages nest a few levels; Python's json recurses (and dies) near 1,000
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
 
 _REQUIRED = object()
 # The adaptation split every job that fits or plans shares: labelled rows and the permutation seed.
@@ -84,6 +88,15 @@ COMMANDS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     },
 }
 
+# arg -> (lowest, highest) accepted value; a job must not start with a value no run can use.
+MAX_GRID_POINTS = 100_000
+MAX_EPOCHS = 1_000_000
+RANGES: dict[str, tuple[float, float]] = {
+    "prior_var": (math.ulp(0.0), math.inf), "noise": (math.ulp(0.0), math.inf), "lr": (math.ulp(0.0), math.inf),
+    "epochs": (1, MAX_EPOCHS), "batch_size": (1, 2**31 - 1), "grid_points": (2, MAX_GRID_POINTS),
+    "n_adapt": (1, 2**63 - 1), "seed": (0, 2**32 - 1),
+}
+
 
 class ProtocolError(NTKStudioError, ValueError):
     """A line is not a valid protocol message (bad JSON, unknown command, wrong argument)."""
@@ -91,6 +104,44 @@ class ProtocolError(NTKStudioError, ValueError):
     def __init__(self, message: str, request_id: str | None = None) -> None:
         super().__init__(message)
         self.request_id = request_id
+
+
+def json_depth(text: str, limit: int = MAX_JSON_DEPTH) -> int:
+    """Return how deeply ``text``'s arrays/objects nest, stopping early once it passes ``limit``."""
+    depth = deepest = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub("", text)):
+        if bracket in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                break
+        else:
+            depth -= 1
+    return deepest
+
+
+def loads_bounded(text: str, what: str, error: type[Exception], max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Return ``json.loads(text)``; ``error`` (one line naming ``what``) for bad or too deeply nested JSON."""
+    if json_depth(text, max_depth) > max_depth:
+        raise error(f"{what} is nested more than {max_depth} levels deep; it is not a valid message or file.")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise error(f"Not valid JSON: {what} cannot be parsed ({str(exc).splitlines()[0][:200]}).") from None
+
+
+def read_line(stream, limit: int) -> tuple[str, bool]:
+    """Return (one line of ``stream``, whether it was cut at ``limit`` characters); reads at most ``limit`` + 1.
+
+    A cut line's rest is read and discarded in bounded pieces, so a 300 MB line never sits in memory.
+    """
+    line = stream.readline(limit + 1)
+    if len(line) <= limit or line.endswith("\n"):
+        return line, False
+    while True:  # skip the rest of the oversized line
+        rest = stream.readline(limit)
+        if not rest or rest.endswith("\n"):
+            return line[:limit], True
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -115,13 +166,10 @@ def encode(message: dict[str, Any]) -> str:
     return json.dumps(to_jsonable(message), allow_nan=True, separators=(",", ":")) + "\n"
 
 
-def _parse(line: str) -> dict[str, Any]:
-    if len(line) > MAX_LINE_CHARS:
-        raise ProtocolError(f"Message of {len(line)} characters exceeds the {MAX_LINE_CHARS} limit.")
-    try:
-        msg = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(f"Not valid JSON: {exc}.") from None
+def _parse(line: str, limit: int = MAX_LINE_CHARS) -> dict[str, Any]:
+    if len(line) > limit:
+        raise ProtocolError(f"Message of {len(line)} characters exceeds the {limit} limit.")
+    msg = loads_bounded(line, "The message", ProtocolError)
     if not isinstance(msg, dict):
         raise ProtocolError(f"A message must be a JSON object, got {type(msg).__name__}.")
     if not isinstance(msg.get("id"), str) or not msg["id"]:
@@ -159,13 +207,16 @@ def decode_request(line: str) -> dict[str, Any]:
             raise ProtocolError(f"{cmd} argument {name!r} must be {names}, got {value!r}.", rid)
         if isinstance(value, float) and not math.isfinite(value):
             raise ProtocolError(f"{cmd} argument {name!r} must be finite, got {value!r}.", rid)
+        low, high = RANGES.get(name, (-math.inf, math.inf))
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not low <= value <= high:
+            raise ProtocolError(f"{cmd} argument {name!r} must be from {low:g} to {high:g}, got {value!r}.", rid)
         full[name] = float(value) if float in types and value is not None else value
     return {"id": rid, "cmd": cmd, "args": full}
 
 
 def decode_event(line: str) -> dict[str, Any]:
     """Return the event dict of a worker line; raise ProtocolError when it is not a valid event."""
-    msg = _parse(line)
+    msg = _parse(line, MAX_EVENT_CHARS)
     if msg.get("type") not in EVENT_TYPES:
         raise ProtocolError(f"Unknown event type {msg.get('type')!r}.", msg["id"])
     return msg

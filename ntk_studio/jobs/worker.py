@@ -18,7 +18,15 @@ from typing import IO, Any
 from ntk_studio.core import CancelToken
 from ntk_studio.core.errors import Cancelled
 
-from .protocol import IMMEDIATE_COMMANDS, ProtocolError, decode_request, encode, error_event
+from .protocol import (
+    IMMEDIATE_COMMANDS,
+    MAX_LINE_CHARS,
+    ProtocolError,
+    decode_request,
+    encode,
+    error_event,
+    read_line,
+)
 from .ranked import ALL_RANKS, STOP, RankBroadcaster, follow, init_ranks
 from .tasks import JOBS, WorkerState
 
@@ -59,7 +67,8 @@ class Worker:
         """Handle one request line; return False when the worker should stop."""
         try:
             req = decode_request(line)
-        except ProtocolError as exc:
+        except (ProtocolError, RecursionError, MemoryError) as exc:  # a bad line never ends the worker
+            exc = exc if isinstance(exc, ProtocolError) else ProtocolError(f"Unreadable message ({type(exc).__name__}).")
             self.send(error_event(exc.request_id or UNKNOWN_ID, exc, "ProtocolError"))
             return True
         rid, cmd, args = req["id"], req["cmd"], req["args"]
@@ -137,10 +146,17 @@ def serve(stdin: IO[str], stdout: IO[str], worker: Worker | None = None) -> int:
     """Serve requests from ``stdin`` until shutdown or EOF; return the exit code (0)."""
     worker = worker or Worker(stdout)
     while True:
-        line = stdin.readline()  # readline, not iteration: iteration may read ahead and delay cancel
+        # readline, not iteration: iteration may read ahead and delay cancel. Bounded while reading:
+        # a 300 MB line is skipped in pieces, never held whole.
+        line, cut = read_line(stdin, MAX_LINE_CHARS)
         if not line:
             worker.stop()  # client went away: stop the job instead of computing for nobody
             break
+        if cut:
+            exc = ProtocolError(f"A message longer than {MAX_LINE_CHARS} characters was skipped; "
+                                "requests are a few hundred bytes.")
+            worker.send(error_event(UNKNOWN_ID, exc, "ProtocolError"))
+            continue
         if line.strip() and not worker.handle(line):
             break
     if worker.broadcaster is not None:
