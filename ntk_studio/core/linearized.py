@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
+from . import prefix as _prefix
 from .distributed import SINGLE_PROCESS, SingleProcess
 from .errors import ShapeError
 from .params import ParamSpec, ParamSubset
@@ -44,6 +45,7 @@ class LinearizedModel:
         device: torch.device | str | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         shard: SingleProcess | None = None,
+        prefix: bool | None = None,
     ) -> None:
         self.model = model
         # Which rows of each data set this process works on; the default owns them all.
@@ -81,6 +83,78 @@ class LinearizedModel:
             for module in model.modules():
                 for store in (module._parameters, module._buffers):
                     self._slots.extend((store, key, t) for key, t in store.items())
+        self._init_prefix(_prefix.is_enabled() if prefix is None else prefix)
+
+    # ------------------------------------------------------------ frozen prefix (see .prefix)
+    def _init_prefix(self, enabled: bool) -> None:
+        self.prefix: _prefix.Split | None = None
+        self._prefix_features: int | None = None
+        if not enabled:
+            self._prefix_reason = "turned off"
+        elif len(self.theta) == sum(1 for _ in self.model.parameters()):
+            self._prefix_reason = "every parameter is linearized"
+        else:
+            self.prefix, self._prefix_reason = _prefix.find_split(self.model, self.subset.names)
+        if self.prefix is not None:
+            self._prefix_state = [(t, t._version) for t in self.prefix.state]
+            self._prefix_checked = False
+            if self._aliases:
+                seen = {id(m) for m in self.model.modules()}
+                for part in (self.prefix.prefix, self.prefix.suffix):
+                    for module in part.modules():
+                        if id(module) not in seen:
+                            for store in (module._parameters, module._buffers):
+                                self._slots.extend((store, key, t) for key, t in store.items())
+
+    @property
+    def prefix_note(self) -> str:
+        """Return one line for the plan: the frozen prefix that is cached, or why there is none."""
+        if self.prefix is None:
+            return f"no frozen prefix: {self._prefix_reason}"
+        size = f"{self._prefix_features:,}" if self._prefix_features is not None else "(after the first data)"
+        return (
+            f"frozen prefix cached: {size} features per input ({self.prefix.route} split "
+            f"{self.prefix.boundary}; {self.prefix.frozen_numel:,} frozen parameters run once per input)"
+        )
+
+    def _drop_prefix(self, reason: str) -> None:
+        self.prefix, self._prefix_reason = None, reason
+
+    def _inputs(self, X: torch.Tensor, store: bool = True) -> torch.Tensor:
+        """Return what the linearized part reads for prepared X: X, or its frozen-prefix features (cached)."""
+        split = self.prefix
+        if split is None:
+            return X
+        key = (split.route, split.boundary, self.dtype, self.device)
+        Z = _prefix.CACHE.lookup(self.model, key, self._prefix_state, X)
+        if Z is not None:
+            return Z
+        try:
+            with torch.no_grad():
+                parts = [self._call(split.prefix, self.theta, X[s]) for s in self.chunks(X.shape[0])]
+                Z = torch.cat(parts) if parts else self._call(split.prefix, self.theta, X)
+        except (ShapeError, RuntimeError, TypeError) as exc:
+            self._drop_prefix(f"the prefix failed on the data ({type(exc).__name__}: {str(exc)[:100]})")
+            return X
+        if Z.dim() == 0 or Z.shape[0] != X.shape[0]:
+            self._drop_prefix(f"the value at the boundary has shape {tuple(Z.shape)}, not one row per input")
+            return X
+        if not self._prefix_checked and X.shape[0]:
+            m = min(_prefix.PROBE_SAMPLES, X.shape[0])
+            with torch.no_grad():
+                whole = self._call(self.model, self.theta, X[:m]).reshape(m, -1)
+                split_out = self._g(self.theta, Z[:m])
+            rtol = _prefix.PROBE_RTOL.get(self.dtype, 1e-3)
+            if whole.shape != split_out.shape or not torch.allclose(
+                split_out, whole, rtol=rtol, atol=rtol * float(whole.abs().max())
+            ):
+                self._drop_prefix("the split model disagreed with the whole model on a probe")
+                return X
+            self._prefix_checked = True
+        self._prefix_features = int(Z[0].numel()) if Z.shape[0] else self._prefix_features
+        if store:
+            _prefix.CACHE.store(self.model, key, self._prefix_state, X, Z)
+        return Z
 
     # ------------------------------------------------------------------ basics
     def to(self, device: torch.device | str) -> LinearizedModel:
@@ -111,14 +185,26 @@ class LinearizedModel:
         return X.to(device=self.device, dtype=self.dtype if X.is_floating_point() else X.dtype)
 
     def _f(self, theta: dict[str, torch.Tensor], X: torch.Tensor) -> torch.Tensor:
+        """Return f(X; θ) of shape (n, K) for prepared inputs X (the whole network)."""
+        return self._g(theta, self._inputs(X, store=False))
+
+    def _g(self, theta: dict[str, torch.Tensor], Z: torch.Tensor) -> torch.Tensor:
+        """Return f of shape (n, K) from Z = :meth:`_inputs` (X, or the frozen prefix's features)."""
+        module = self.model if self.prefix is None else self.prefix.suffix
+        return self._call(module, theta, Z).reshape(Z.shape[0], -1)
+
+    def _call(self, module: nn.Module, theta: dict[str, torch.Tensor], X: torch.Tensor) -> torch.Tensor:
         values = {**self.frozen, **theta}
         for alias, name in self._aliases.items():
             values[alias] = values[name]
+        if module is not self.model:  # a prefix or suffix holds only some of the names
+            own = self.prefix.names(module)
+            values = {k: t for k, t in values.items() if k in own}
         training = [m for m in self.model.modules() if m.training]
         for m in training:
             m.training = False
         try:
-            out = functional_call(self.model, values, (X,), tie_weights=False)
+            out = functional_call(module, values, (X,), tie_weights=False)
         finally:
             for m in training:
                 m.training = True
@@ -126,7 +212,7 @@ class LinearizedModel:
                 store[key] = t
         if not torch.is_tensor(out):
             raise ShapeError(f"The model must return one tensor; it returned {type(out).__name__}.")
-        return out.reshape(X.shape[0], -1)
+        return out
 
     def chunks(self, n: int, chunk_size: int | None = None) -> Iterator[slice]:
         """Yield slices over n samples; each step checks the cancel token."""
@@ -149,8 +235,9 @@ class LinearizedModel:
         """Return f(X; θ*) with shape (n, K)."""
         X = self.prepare(X)
         n = X.shape[0]
+        Z = self._inputs(X)
         with torch.no_grad():
-            outs = [self._f(self.theta, X[s]) for s in self.local_chunks(n)]
+            outs = [self._g(self.theta, Z[s]) for s in self.local_chunks(n)]
         if not outs:
             K = self._ensure_output_dim(X) if n else 0
             outs = [torch.empty(0, K, dtype=self.dtype, device=self.device)]
@@ -171,11 +258,12 @@ class LinearizedModel:
         batched = v.dim() == 2
         tangents = self.subset.unflatten(v.to(self.device, self.dtype))
         outs = []
+        Z = self._inputs(X)
         for s in self.local_chunks(X.shape[0]):
-            Xc = X[s]
+            Xc = Z[s]
 
             def push(t: dict[str, torch.Tensor], Xc: torch.Tensor = Xc) -> torch.Tensor:
-                return jvp(lambda th: self._f(th, Xc), (self.theta,), (t,))[1]
+                return jvp(lambda th: self._g(th, Xc), (self.theta,), (t,))[1]
 
             outs.append(vmap(push)(tangents) if batched else push(tangents))
         dim = 1 if batched else 0
@@ -193,8 +281,9 @@ class LinearizedModel:
         if u.shape[-2:] != (X.shape[0], K):
             raise ShapeError(f"u must end in shape ({X.shape[0]}, {K}); got {tuple(u.shape)}.")
         total = torch.zeros(*u.shape[:-2], self.num_params, dtype=self.dtype, device=self.device)
+        Z = self._inputs(X)
         for s in self.local_chunks(X.shape[0]):
-            _, pull = vjp(lambda th, Xc=X[s]: self._f(th, Xc), self.theta)
+            _, pull = vjp(lambda th, Xc=Z[s]: self._g(th, Xc), self.theta)
             if batched:
                 grads = vmap(pull)(u[:, s])[0]
                 total += self.subset.flatten(grads, batch_dims=1)
@@ -217,12 +306,13 @@ class LinearizedModel:
         K = self._ensure_output_dim(X)
 
         def single(th: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-            return self._f(th, x.unsqueeze(0)).squeeze(0)
+            return self._g(th, x.unsqueeze(0)).squeeze(0)
 
         per_sample = vmap(jacrev(single), in_dims=(None, 0))
         loop = self.local_chunks if local else self.chunks
+        Z = self._inputs(X)
         for s in loop(X.shape[0], self.jacobian_chunk_size(K)):
-            yield s, self.subset.flatten(per_sample(self.theta, X[s]), batch_dims=2)
+            yield s, self.subset.flatten(per_sample(self.theta, Z[s]), batch_dims=2)
 
     def jacobian(self, X: torch.Tensor) -> torch.Tensor:
         """Return the dense Jacobian of shape (n, K, P)."""
@@ -277,10 +367,11 @@ class LinearizedModel:
         vv = v if batched else v.unsqueeze(0)
         tangents = self.subset.unflatten(vv.to(self.device, self.dtype))
         total = torch.zeros(vv.shape[0], self.num_params, dtype=self.dtype, device=self.device)
+        Z = self._inputs(X)
         for s in self.local_chunks(X.shape[0]):
-            Xc = X[s]
-            _, pull = vjp(lambda th: self._f(th, Xc), self.theta)
-            Jv = vmap(lambda t: jvp(lambda th: self._f(th, Xc), (self.theta,), (t,))[1])(tangents)
+            Xc = Z[s]
+            _, pull = vjp(lambda th: self._g(th, Xc), self.theta)
+            Jv = vmap(lambda t: jvp(lambda th: self._g(th, Xc), (self.theta,), (t,))[1])(tangents)
             if weights is not None:
                 Jv = torch.einsum("nab,cnb->cna", weights[s].to(self.device, self.dtype), Jv)
             total += self.subset.flatten(vmap(pull)(Jv)[0], batch_dims=1)
@@ -324,19 +415,20 @@ class LinearizedModel:
 
         def shifted(h: float, Xc: torch.Tensor) -> torch.Tensor:
             theta = {n: p + h * tangent[n] for n, p in self.theta.items()}
-            return self._f(theta, Xc)
+            return self._g(theta, Xc)
 
         total = torch.zeros(self.num_params, dtype=self.dtype, device=self.device)
         err_num = 0.0
         err_den = 0.0
+        Z = self._inputs(X)
         for s in self.local_chunks(X.shape[0]):
-            Xc = X[s]
+            Xc = Z[s]
             with torch.no_grad():
                 d1 = (shifted(scale, Xc) - shifted(-scale, Xc)) / (2 * scale)
                 d2 = (shifted(2 * scale, Xc) - shifted(-2 * scale, Xc)) / (4 * scale)
             err_num += float(((d1 - d2) ** 2).sum()) / 9.0
             err_den += float((d1**2).sum())
-            _, pull = vjp(lambda th: self._f(th, Xc), self.theta)
+            _, pull = vjp(lambda th: self._g(th, Xc), self.theta)
             total += self.subset.flatten(pull(d1)[0])
         errs = torch.tensor([err_num, err_den], dtype=torch.float64, device=self.device)
         total, errs = self.shard.all_reduce(total), self.shard.all_reduce(errs)
