@@ -1,0 +1,273 @@
+"""Frozen-prefix caching (core/prefix.py): split detection, the feature cache, and exactness.
+
+Every product with the cached prefix is compared with the same LinearizedModel built with
+prefix=False (which runs the whole network for every product) in float64, and the head-only kernel
+with a dense reference built by hand from the prefix's features.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ntk_studio.core import LinearizedClassifier, LinearizedGP
+from ntk_studio.core import prefix as prefix_mod
+from ntk_studio.core.linearized import LinearizedModel
+
+TOL = 1e-12
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    prefix_mod.clear_cache()
+    yield
+    prefix_mod.clear_cache()
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 3)).double()
+
+
+class SmallCNN(nn.Module):
+    """Not a Sequential: traced by torch.fx; BatchNorm and dropout in the frozen body."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 5, 3, padding=1)
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Linear(5 * 4 * 4, 3)
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.conv1(x)))
+        h = F.avg_pool2d(F.relu(self.conv2(h)), 2)
+        return self.head(self.drop(torch.flatten(h, 1)))
+
+
+def cnn() -> nn.Module:
+    torch.manual_seed(1)
+    m = SmallCNN().double()
+    with torch.no_grad():  # non-trivial running statistics, so eval mode matters
+        m.bn.running_mean.uniform_(-0.5, 0.5)
+        m.bn.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+class SkipAroundBoundary(nn.Module):
+    """The input skips past the linearized layer: no single tensor separates frozen from linearized."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(3, 3)
+        self.head = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.body(x))) + x
+
+
+class UsedEarly(nn.Module):
+    """The head's parameters are read before the body: the subset is not a suffix."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3, 3)
+        self.body = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.body(self.head(x))))
+
+
+class Branchy(nn.Module):
+    """Python control flow on a shape: torch.fx cannot trace it (vmap can run it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 6)
+
+    def forward(self, x):
+        h = self.lin(x)
+        return torch.tanh(h) if h.shape[-1] == 6 else h
+
+
+def pair(model: nn.Module, params: str) -> tuple[LinearizedModel, LinearizedModel]:
+    return LinearizedModel(model, params, chunk_size=7), LinearizedModel(model, params, chunk_size=7, prefix=False)
+
+
+def assert_products_equal(a: LinearizedModel, b: LinearizedModel, X: torch.Tensor, X2: torch.Tensor) -> None:
+    g = torch.Generator().manual_seed(3)
+    P = a.num_params
+    assert rel(a.forward(X), b.forward(X)) < TOL
+    K = a.output_dim
+    v = torch.randn(P, generator=g, dtype=torch.float64)
+    V = torch.randn(4, P, generator=g, dtype=torch.float64)
+    u = torch.randn(X.shape[0], K, generator=g, dtype=torch.float64)
+    U = torch.randn(2, X.shape[0], K, generator=g, dtype=torch.float64)
+    assert rel(a.jvp(X, v), b.jvp(X, v)) < TOL
+    assert rel(a.jvp(X, V), b.jvp(X, V)) < TOL
+    assert rel(a.vjp(X, u), b.vjp(X, u)) < TOL
+    assert rel(a.vjp(X, U), b.vjp(X, U)) < TOL
+    assert rel(a.jacobian(X), b.jacobian(X)) < TOL
+    assert rel(a.ntk_diag(X2, block=True), b.ntk_diag(X2, block=True)) < TOL
+    W = torch.randn(X2.shape[0] * K, 3, generator=g, dtype=torch.float64)
+    assert rel(a.kernel_matmul(X, X2, W), b.kernel_matmul(X, X2, W)) < TOL
+    assert rel(a.kernel_matmul(X, X2, W, independent=True), b.kernel_matmul(X, X2, W, independent=True)) < TOL
+    lam = torch.randn(X.shape[0], K, K, generator=g, dtype=torch.float64)
+    lam = lam @ lam.transpose(1, 2)
+    assert rel(a.ggn_matvec(X, V, weights=lam), b.ggn_matvec(X, V, weights=lam)) < TOL
+    assert rel(a.ggn_matrix(X, weights=lam), b.ggn_matrix(X, weights=lam)) < TOL
+    fa, ea = a.fd_ggn_matvec(X, v)
+    fb, eb = b.fd_ggn_matvec(X, v)
+    assert rel(fa, fb) < 1e-9  # finite differences: the same arithmetic, rounded in a different order
+
+
+@pytest.mark.parametrize("params", ["last:1", "last:2", "4"])
+def test_mlp_prefix_products_equal_uncached(params):
+    model = mlp()
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(23, 4, generator=g, dtype=torch.float64)
+    X2 = torch.randn(9, 4, generator=g, dtype=torch.float64)
+    a, b = pair(model, params)
+    assert a.prefix is not None and b.prefix is None
+    assert b.prefix_note == "no frozen prefix: turned off"
+    assert_products_equal(a, b, X, X2)
+    width = 12 if params in ("last:1", "4") else 16
+    assert a.prefix_note.startswith(f"frozen prefix cached: {width} features per input")
+
+
+def test_head_kernel_matches_dense_reference():
+    """Head-only NTK = (h hᵀ + 1) ⊗ I_K from the penultimate features h, built by hand."""
+    model = mlp()
+    X = torch.randn(11, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    lm = LinearizedModel(model, "last:1")
+    with torch.no_grad():
+        h = model[:4](X)
+    K = 3
+    ref = torch.kron(h @ h.T + 1.0, torch.eye(K, dtype=torch.float64))
+    J = lm.jacobian(X).reshape(-1, lm.num_params)
+    assert rel(J @ J.T, ref) < TOL
+    eye = torch.eye(X.shape[0] * K, dtype=torch.float64)
+    assert rel(lm.kernel_matmul(X, X, eye), ref) < TOL
+
+
+@pytest.mark.parametrize("params", ["head", "last:2"])
+def test_cnn_fx_prefix_products_equal_uncached(params):
+    model = cnn().train()  # the engine evaluates in eval mode and restores the user's flags
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(13, 2, 8, 8, generator=g, dtype=torch.float64)
+    X2 = torch.randn(5, 2, 8, 8, generator=g, dtype=torch.float64)
+    a, b = pair(model, params)
+    assert a.prefix is not None and a.prefix.route == "torch.fx"
+    assert_products_equal(a, b, X, X2)
+    assert all(m.training for m in model.modules())
+    expected = "80 features per input" if params == "head" else "features per input"
+    assert expected in a.prefix_note
+    if params == "last:2":
+        assert "split before conv2" in a.prefix_note
+
+
+def test_refused_splits_state_their_reason_and_stay_exact():
+    torch.manual_seed(2)
+    skip = SkipAroundBoundary().double()
+    lm = LinearizedModel(skip, "head")
+    assert lm.prefix is None
+    assert "skip connection" in lm.prefix_note and lm.prefix_note.startswith("no frozen prefix:")
+    early = UsedEarly().double()
+    lm2 = LinearizedModel(early, "head")
+    assert lm2.prefix is None and "first operation" in lm2.prefix_note
+    assert LinearizedModel(mlp(), "all").prefix_note == "no frozen prefix: every parameter is linearized"
+    assert "first operation" in LinearizedModel(mlp(), "0").prefix_note
+    # The uncached path is the whole network: check it against a hand-made head-only kernel.
+    X = torch.randn(6, 3, dtype=torch.float64)
+    with torch.no_grad():
+        h = torch.tanh(skip.body(X))
+    J = lm.jacobian(X).reshape(-1, lm.num_params)
+    assert rel(J @ J.T, torch.kron(h @ h.T + 1.0, torch.eye(3, dtype=torch.float64))) < TOL
+
+
+def test_untraceable_sequential_uses_children():
+    torch.manual_seed(4)
+    model = nn.Sequential(Branchy(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    X = torch.randn(10, 4, dtype=torch.float64)
+    a, b = pair(model, "last:1")
+    assert a.prefix is not None and a.prefix.route == "nn.Sequential"
+    assert "split before 3" in a.prefix_note
+    assert_products_equal(a, b, X, X[:4])
+    outer = nn.Module()
+    outer.body, outer.head = Branchy(), nn.Linear(6, 2)
+    outer.forward = lambda x: outer.head(outer.body(x))  # neither traceable nor a Sequential
+    lm = LinearizedModel(outer.double(), "head")
+    assert lm.prefix is None and "cannot be traced" in lm.prefix_note
+
+
+def test_classifier_logits_covariance_and_evidence_equal_uncached():
+    model = cnn().eval()
+    g = torch.Generator().manual_seed(6)
+    X = torch.randn(24, 2, 8, 8, generator=g, dtype=torch.float64)
+    y = torch.arange(24) % 3
+    Xs = torch.randn(10, 2, 8, 8, generator=g, dtype=torch.float64)
+    for space in ("function", "weight"):
+        a = LinearizedClassifier(model, params="head", prior_var=0.5, space=space, chunk_size=5).fit(X, y)
+        with prefix_mod.disabled():
+            b = LinearizedClassifier(model, params="head", prior_var=0.5, space=space, chunk_size=5).fit(X, y)
+        assert a.lm.prefix is not None and b.lm.prefix is None
+        ma, ca = a.predict_logits(Xs)
+        mb, cb = b.predict_logits(Xs)
+        assert rel(ma, mb) < TOL and rel(ca, cb) < TOL
+        assert abs(a.log_marginal_likelihood() - b.log_marginal_likelihood()) < TOL * abs(b.log_marginal_likelihood())
+
+
+def test_gp_predictions_equal_uncached():
+    model = mlp()
+    g = torch.Generator().manual_seed(7)
+    X = torch.randn(30, 4, generator=g, dtype=torch.float64)
+    Y = torch.randn(30, 3, generator=g, dtype=torch.float64)
+    Xs = torch.randn(12, 4, generator=g, dtype=torch.float64)
+    for space in ("function", "weight"):
+        a = LinearizedGP(model, params="last:1", prior_var=0.7, noise=0.05, space=space).fit(X, Y)
+        with prefix_mod.disabled():
+            b = LinearizedGP(model, params="last:1", prior_var=0.7, noise=0.05, space=space).fit(X, Y)
+        (ma, va), (mb, vb) = a.predict(Xs), b.predict(Xs)
+        assert rel(ma, mb) < TOL and rel(va, vb) < TOL
+
+
+def test_cache_reuse_and_invalidation():
+    model = mlp()
+    X = torch.randn(15, 4, dtype=torch.float64)
+    a = LinearizedModel(model, "last:1")
+    f1 = a.forward(X)
+    assert prefix_mod.CACHE.misses == 1
+    a.jvp(X, torch.ones(a.num_params, dtype=torch.float64))
+    a.forward(X[3:9])  # a row slice of a cached input
+    LinearizedModel(model, "last:1").forward(X.clone())  # a fresh model and an equal copy
+    assert prefix_mod.CACHE.misses == 1 and prefix_mod.CACHE.hits == 3
+    # An in-place change of the input is seen (identity and _version), and so is an equal-looking slice.
+    X[0].mul_(2.0)
+    f2 = a.forward(X)
+    ref = LinearizedModel(model, "last:1", prefix=False).forward(X)
+    assert rel(f2, ref) < TOL and not torch.equal(f1[0], f2[0])
+    assert rel(a.forward(X[:5]), ref[:5]) < TOL
+    # Changed weights (e.g. after fine-tuning in place) never reuse the old features...
+    with torch.no_grad():
+        model[0].weight.add_(0.1)
+    c = LinearizedModel(model, "last:1")
+    assert rel(c.forward(X), LinearizedModel(model, "last:1", prefix=False).forward(X)) < TOL
+    # ...while a model built before the change keeps evaluating the weights it copied.
+    assert rel(a.forward(X), ref) < TOL
+
+
+def test_float32_engine_prefix_matches_uncached():
+    model = mlp().float()
+    X = torch.randn(9, 4)
+    a = LinearizedModel(model, "last:1", dtype=torch.float32)
+    b = LinearizedModel(model, "last:1", dtype=torch.float32, prefix=False)
+    v = torch.randn(a.num_params)
+    assert rel(a.forward(X), b.forward(X)) < 1e-6
+    assert rel(a.jvp(X, v), b.jvp(X, v)) < 1e-6
