@@ -12,7 +12,7 @@ from torch import nn
 from torch.func import functional_call, jacrev
 
 from models import cnn, inputs, two_output
-from ntk_studio.core import CancelToken, Cancelled, NotFittedError, ShapeError, SolverError
+from ntk_studio.core import CancelToken, Cancelled, NotFittedError, SettingsError, ShapeError, SolverError
 from ntk_studio.core.classify import LinearizedClassifier, pairwise_probit_proba, probit_proba
 
 ROUTES = [("weight", "cholesky"), ("weight", "cg"), ("function", "cholesky"), ("function", "cg")]
@@ -285,7 +285,7 @@ def test_single_output_model_nan_inputs_and_absent_classes():
     # A class with no examples is allowed (the prior keeps its logit) and reported.
     clf = LinearizedClassifier(mlp3()).fit(X, torch.tensor([0, 1, 0, 1, 0, 1]))
     assert clf.map_info.absent_classes == (2,) and clf.map_info.converged
-    with pytest.raises(ShapeError, match="method"):
+    with pytest.raises(SettingsError, match="method must be one of 'auto', 'probit', 'pairwise', 'mc'"):
         clf.predict_proba(X, method="laplace-bridge")
 
 

@@ -13,6 +13,7 @@ from ntk_studio.core import (
     LinearizedModel,
     MemoryBudgetError,
     NotFittedError,
+    SettingsError,
     ShapeError,
 )
 
@@ -180,7 +181,8 @@ def test_errors_are_typed():
     bad[2] = float("nan")
     with pytest.raises(ShapeError, match="finite"):
         gp.fit(X, bad)
-    with pytest.raises(ShapeError):
+    # A bad setting is a SettingsError (not a ShapeError) that names the setting and its value.
+    with pytest.raises(SettingsError, match=r"noise .*-1\.0"):
         LinearizedGP(MODELS["mlp"](), noise=-1.0)
 
 

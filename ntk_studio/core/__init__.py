@@ -15,8 +15,10 @@ from .errors import (
     NotFittedError,
     NTKStudioError,
     ParameterSelectionError,
+    SettingsError,
     ShapeError,
     SolverError,
+    SolverWarning,
 )
 from .finetune import FineTuneResult, FineTuneSettings, finetune, finetune_ensemble, finetune_iter
 from .gp import LinearizedGP
@@ -53,8 +55,10 @@ __all__ = [
     "Plan",
     "ProgressEvent",
     "Reporter",
+    "SettingsError",
     "ShapeError",
     "SolverError",
+    "SolverWarning",
     "make_plan",
     "parameter_layers",
 ]

@@ -12,21 +12,21 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Generator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .distributed import SingleProcess
+from .errors import ShapeError, SolverError, SolverWarning
 from .hyper import PRIOR_VAR_GRID
-from .errors import NotFittedError, ShapeError, SolverError, SolverWarning
-from .kernels import KernelBuilder
 from .laplace import FunctionRoute, WeightRoute, softmax_stats
-from .linearized import DEFAULT_CHUNK_SIZE, DEFAULT_MEMORY_BUDGET, LinearizedModel
+from .linearized import DEFAULT_CHUNK_SIZE, DEFAULT_MEMORY_BUDGET
+from .options import ProbaMethod, choice, count, positive
 from .params import ParamSpec
-from .plan import Plan, make_plan
-from .progress import CancelToken, ProgressEvent, Reporter, iterate
+from .predictor import LinearizedPredictor
+from .progress import CancelToken, Reporter
+from .solvers import SolveInfo
 
 PROBIT_SCALE = math.pi / 8  # MacKay's probit approximation: E[σ(z)] ≈ σ(μ / √(1 + π/8 · v))
 ARMIJO_C = 1e-4
@@ -36,7 +36,7 @@ MAX_HALVINGS = 40
 ROUNDOFF = 1e-14
 STALL_ITERATIONS = 3  # stop after this many steps whose objective change is below rounding
 MAX_FORCING = 0.5  # inner CG tolerance: min(0.5, √(‖g‖/‖g0‖)) gives superlinear inexact Newton
-PREDICT_METHODS = ("auto", "probit", "pairwise", "mc")
+PREDICT_METHODS = tuple(m.value for m in ProbaMethod)  # kept for callers that list the choices
 MC_CHUNK_ELEMENTS = 2**22  # Monte Carlo draws are made for this many samples × points × classes at a time
 
 
@@ -78,11 +78,10 @@ PROBIT_APPROXIMATIONS = {"probit": probit_proba, "pairwise": pairwise_probit_pro
 
 def resolve_proba_method(method: str, classes: int | None) -> str:
     """Return the predictive method that `method` means for `classes` classes ('auto': see predict_proba)."""
-    if method not in PREDICT_METHODS:
-        raise ShapeError(f"method must be one of {PREDICT_METHODS}, got {method!r}.")
-    if method == "auto":
+    method = choice(ProbaMethod, method, "method")
+    if method == ProbaMethod.AUTO:
         return "pairwise" if classes == 2 else "probit"
-    return method
+    return method.value
 
 
 def sample_gaussian(mean: torch.Tensor, cov: torch.Tensor, samples: int, generator=None) -> torch.Tensor:
@@ -102,7 +101,7 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p.clamp_min(1e-300))).sum(-1)
 
 
-class LinearizedClassifier:
+class LinearizedClassifier(LinearizedPredictor):
     """Linearized-network classification: convex MAP over Δθ, Laplace posterior, probit/MC predictive.
 
     prior_var is s², the prior variance of θ − θ*. `y` holds class indices 0…C−1 where C is the
@@ -129,38 +128,20 @@ class LinearizedClassifier:
         shard: SingleProcess | None = None,
         best_effort: bool = False,
     ) -> None:
-        if prior_var <= 0:
-            raise ShapeError("prior_var must be a positive variance.")
-        self.lm = LinearizedModel(model, params, dtype=dtype, device=device, chunk_size=chunk_size, shard=shard)
-        self._follow_inputs = device is None
-        self.prior_var, self.space, self.solver = float(prior_var), space, solver
-        self.grad_tol, self.max_newton = float(grad_tol), int(max_newton)
-        self.memory_budget, self.cg_tol, self.cg_max_iter = int(memory_budget), cg_tol, cg_max_iter
-        self.kernels = KernelBuilder(self.lm, structured=structured)
-        self.plan: Plan | None = None
+        self.grad_tol = positive(grad_tol, "grad_tol")
+        self.max_newton = count(max_newton, "max_newton")
+        super().__init__(
+            model, params=params, prior_var=prior_var, space=space, solver=solver, dtype=dtype, device=device,
+            memory_budget=memory_budget, chunk_size=chunk_size, cg_tol=cg_tol, cg_max_iter=cg_max_iter,
+            structured=structured, shard=shard, best_effort=best_effort,
+        )
         self.map_info: MapInfo | None = None
         self._route: WeightRoute | FunctionRoute | None = None
-        self.hyper_info: dict | None = None
-        self.best_effort = bool(best_effort)
         self._data: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X: torch.Tensor, y: torch.Tensor) -> LinearizedClassifier:
-        """Return self after finding the MAP Δθ and the Laplace posterior for (X, y)."""
-        self._fit(X, y, Reporter())
-        return self
-
-    def fit_iter(
-        self, X: torch.Tensor, y: torch.Tensor, cancel: CancelToken | None = None
-    ) -> Generator[ProgressEvent, None, LinearizedClassifier]:
-        """Yield progress events (stage 'newton': residual = relative gradient norm); return self."""
-        yield from iterate(lambda rep: self._fit(X, y, rep), cancel)
-        return self
-
     def _prepare(self, X: torch.Tensor, y) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self._follow_inputs and torch.is_tensor(X) and X.device != self.lm.device:
-            self.lm.to(X.device)
-        X = self.lm.prepare(X).clone()
+        X = self._inputs(X)
         y = torch.as_tensor(y)
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
             raise ShapeError(
@@ -184,40 +165,32 @@ class LinearizedClassifier:
             raise ShapeError(f"y holds class index {bad}, but the model has {C} outputs (classes 0…{C - 1}).")
         return X, y.to(self.lm.device, torch.int64), f_X
 
-    def _fit(self, X: torch.Tensor, y, rep: Reporter, solver: str | None = None) -> LinearizedClassifier:
-        self.lm.reporter = rep
-        try:
-            rep.emit("forward", 0.0, force=True, message="evaluating the pretrained model")
-            X, y, F0 = self._prepare(X, y)
-            self._data = (X, y)
-            n, C = F0.shape
-            P, itemsize = self.lm.num_params, torch.finfo(self.lm.dtype).bits // 8
-            self.kernels._decide(X)
-            self.plan = make_plan(
-                n, C, P, self.space, solver or self.solver, self.memory_budget, itemsize=itemsize,
-                dense_jacobian=not self.kernels.use_structured, rank=0, chunk=self.lm.chunk_size,
-            )
-            rep.emit("plan", 0.0, force=True, message=self.plan.describe())
-            Y = torch.nn.functional.one_hot(y, C).to(self.lm.dtype)
-            dense = self.plan.solver == "cholesky"
-            args = (self.lm, X, Y, self.prior_var, dense, self.cg_tol, self.cg_max_iter, self.best_effort)
-            rep.chunk_stage = ("jacobian" if self.plan.space == "weight" else "kernel") if dense else None
-            if self.plan.space == "weight":
-                cache = n * C * P * itemsize + self.plan.est_bytes <= self.memory_budget
-                route = WeightRoute(*args, cache_jacobian=cache)
-            else:
-                route = FunctionRoute(*args, kernels=self.kernels)
-            rep.chunk_stage = None
-            absent = tuple(sorted(set(range(C)) - set(y.tolist())))
-            F = self._newton(route, F0, y, rep, absent)
-            route.finalize(softmax_stats(F)[1])
-            self._route = route
-            self._require_map_converged()
-            done = "posterior ready" if self.map_info.converged else "posterior ready; the MAP did NOT reach grad_tol"
-            rep.emit("done", 1.0, force=True, residual=self.map_info.grad_norm, message=done)
-            return self
-        finally:
-            self.lm.reporter = None
+    def _fit_data(self, X: torch.Tensor, y, rep: Reporter, solver: str | None = None) -> LinearizedClassifier:
+        rep.emit("forward", 0.0, force=True, message="evaluating the pretrained model")
+        X, y, F0 = self._prepare(X, y)
+        self._data = (X, y)
+        n, C = F0.shape
+        itemsize = torch.finfo(self.lm.dtype).bits // 8
+        self._make_plan(X, n, C, rank=0, solver=solver)
+        rep.emit("plan", 0.0, force=True, message=self.plan.describe())
+        Y = torch.nn.functional.one_hot(y, C).to(self.lm.dtype)
+        dense = self.plan.solver == "cholesky"
+        args = (self.lm, X, Y, self.prior_var, dense, self.cg_tol, self.cg_max_iter, self.best_effort)
+        rep.chunk_stage = ("jacobian" if self.plan.space == "weight" else "kernel") if dense else None
+        if self.plan.space == "weight":
+            cache = n * C * self.lm.num_params * itemsize + self.plan.est_bytes <= self.memory_budget
+            route = WeightRoute(*args, cache_jacobian=cache)
+        else:
+            route = FunctionRoute(*args, kernels=self.kernels)
+        rep.chunk_stage = None
+        absent = tuple(sorted(set(range(C)) - set(y.tolist())))
+        F = self._newton(route, F0, y, rep, absent)
+        route.finalize(softmax_stats(F)[1])
+        self._route = route
+        self._require_map_converged()
+        done = "posterior ready" if self.map_info.converged else "posterior ready; the MAP did NOT reach grad_tol"
+        rep.emit("done", 1.0, force=True, residual=self.map_info.grad_norm, message=done)
+        return self
 
     def _newton(self, route, F0: torch.Tensor, y: torch.Tensor, rep: Reporter, absent) -> torch.Tensor:
         """Return the MAP logits; record :attr:`map_info`. Damped Newton, stopping on ‖g‖."""
@@ -262,12 +235,12 @@ class LinearizedClassifier:
         `cancel` is checked in every Newton step and data chunk; a cancelled search raises Cancelled
         and leaves the previous fit in place.
         """
-        rep = Reporter(cancel=cancel)
+        rep = self._reporter(cancel)
         if X is not None:
             if y is None:
                 raise ShapeError("Pass both X and y, or neither to reuse the fitted data.")
             self._fit(X, y, rep)
-        self._require_fit()
+        self._require_fitted()
         X, y = self._data
         saved = (self.prior_var, self.plan, self.map_info, self._route)
         own_solver = self.plan.solver
@@ -311,13 +284,24 @@ class LinearizedClassifier:
             raise SolverError(message)
 
     # ---------------------------------------------------------------- prediction
+    def _is_fitted(self) -> bool:
+        return self._route is not None
+
     def _require_fit(self):
-        if self._route is None:
-            raise NotFittedError("Call fit(X, y) before predicting.")
+        self._require_fitted()
         return self._route
 
     @property
-    def variance_solve_info(self):
+    def solve_info(self) -> SolveInfo | None:
+        """Return the MAP solve as a SolveInfo: Newton steps, final relative gradient norm, inner CG products."""
+        if self.map_info is None:
+            return None
+        info = self.map_info
+        return SolveInfo(f"newton/{self.plan.solver}", info.cg_iterations, info.grad_norm,
+                         getattr(self._route, "jitter", 0.0), info.converged, info.iterations)
+
+    @property
+    def variance_solve_info(self) -> SolveInfo | None:
         """Return the last covariance CG solve's SolveInfo (None on Cholesky routes or before one)."""
         return self._route.variance_solve_info if self._route is not None else None
 
@@ -326,43 +310,53 @@ class LinearizedClassifier:
         """Return the MAP offset Δθ (P,): logits(x) = f(x) + J(x) Δθ."""
         return self._require_fit().delta_theta
 
-    def predict_logits(self, Xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (mean (m, C), covariance (m, C, C)) of the linearized logits under the posterior."""
+    def predict_logits(self, Xs: torch.Tensor, cancel: CancelToken | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (mean (m, C), covariance (m, C, C)) of the linearized logits; `cancel` stops it per chunk."""
         route = self._require_fit()
         Xs = self.lm.prepare(Xs)
-        mean = self.lm.forward(Xs) + self.lm.jvp(Xs, route.delta_theta)
-        step = min(self.lm.chunk_size, self.lm.jacobian_chunk_size(mean.shape[1]))
-        cov = torch.cat([route.covariance(Xs[s]) for s in self.lm.chunks(Xs.shape[0], step)])
+        with self._reporting(self._reporter(cancel)):
+            mean = self.lm.forward(Xs) + self.lm.jvp(Xs, route.delta_theta)
+            step = min(self.lm.chunk_size, self.lm.jacobian_chunk_size(mean.shape[1]))
+            cov = torch.cat([route.covariance(Xs[s]) for s in self.lm.chunks(Xs.shape[0], step)])
         return mean, 0.5 * (cov + cov.transpose(-1, -2))
 
-    def sample_logits(self, Xs: torch.Tensor, samples: int = 2000, generator=None) -> torch.Tensor:
+    def sample_logits(self, Xs: torch.Tensor, samples: int = 2000, generator=None,
+                      cancel: CancelToken | None = None) -> torch.Tensor:
         """Return posterior logit samples, (samples, m, C)."""
-        mean, cov = self.predict_logits(Xs)
+        mean, cov = self.predict_logits(Xs, cancel)
         return sample_gaussian(mean, cov, samples, generator)
 
-    def predict_proba(self, Xs: torch.Tensor, method: str = "auto", samples: int = 2000, generator=None) -> torch.Tensor:
+    def predict_proba(self, Xs: torch.Tensor, method: str = "auto", samples: int = 2000, generator=None,
+                      cancel: CancelToken | None = None) -> torch.Tensor:
         """Return predictive class probabilities (m, C): 'probit', 'pairwise' (probit) or 'mc' sampling.
 
         'auto' is 'pairwise' for two classes (MacKay's binary probit on the logit difference, error
         ≤ 0.035 by construction; the per-class probit measured 0.046 and up to 0.15 with strongly
-        correlated logits) and the per-class 'probit' for more classes.
+        correlated logits) and the per-class 'probit' for more classes. `cancel` stops it per chunk.
         """
         if method == "auto":
             self._require_fit()  # the class count is known after a fit
         method = resolve_proba_method(method, self.lm.output_dim if method == "auto" else None)
+        mean, cov = self.predict_logits(Xs, cancel)
         if method == "mc":
-            mean, cov = self.predict_logits(Xs)
             step = max(1, MC_CHUNK_ELEMENTS // (samples * mean.shape[1]))
-            parts = [
-                torch.softmax(sample_gaussian(mean[i:i + step], cov[i:i + step], samples, generator), -1).mean(0)
-                for i in range(0, mean.shape[0], step)
-            ]
+            parts = []
+            for i in range(0, mean.shape[0], step):
+                if cancel is not None:
+                    cancel.raise_if_cancelled()
+                draws = sample_gaussian(mean[i:i + step], cov[i:i + step], samples, generator)
+                parts.append(torch.softmax(draws, -1).mean(0))
             return torch.cat(parts)
-        return PROBIT_APPROXIMATIONS[method](*self.predict_logits(Xs))
+        return PROBIT_APPROXIMATIONS[method](mean, cov)
 
-    def uncertainty(self, Xs: torch.Tensor, method: str = "auto", samples: int = 2000, generator=None) -> torch.Tensor:
+    def predict(self, Xs: torch.Tensor, method: str = "auto", cancel: CancelToken | None = None) -> torch.Tensor:
+        """Return the most probable class per point under the predictive (m,) int64."""
+        return self.predict_proba(Xs, method, cancel=cancel).argmax(-1)
+
+    def uncertainty(self, Xs: torch.Tensor, method: str = "auto", samples: int = 2000, generator=None,
+                    cancel: CancelToken | None = None) -> torch.Tensor:
         """Return the predictive entropy per point (m,), in nats (log C at most)."""
-        return entropy(self.predict_proba(Xs, method, samples, generator))
+        return entropy(self.predict_proba(Xs, method, samples, generator, cancel))
 
     def log_marginal_likelihood(self) -> float:
         """Return the Laplace evidence −L(Δθ*) − ½ log det(I + s² JᵀΛJ) (Cholesky routes)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Generator
 
 import torch
 from torch import nn
@@ -12,22 +11,22 @@ from torch import nn
 from . import hyper
 from .checkpoint import Checkpoint, fingerprint, resumable_cg
 from .distributed import SingleProcess
-from .errors import NotFittedError, ShapeError
+from .errors import ShapeError
 from .gpytorch_bridge import GGNOperator, JacobianKernelOperator, MatvecCounter
-from .kernels import KernelBuilder
-from .linearized import DEFAULT_CHUNK_SIZE, DEFAULT_MEMORY_BUDGET, LinearizedModel
+from .linearized import DEFAULT_CHUNK_SIZE, DEFAULT_MEMORY_BUDGET
+from .options import Outputs, choice, count, positive
 from .params import ParamSpec
-from .plan import Plan, make_plan
-from .progress import CancelToken, ProgressEvent, Reporter, iterate
+from .predictor import LinearizedPredictor
+from .progress import CancelToken, Reporter
 from .solvers import (
     SolveInfo, cg, cho_solve, cholesky, clamp_variance, merge_infos, relative_residual, require_converged,
     solve_cg, solve_preconditioner,
 )
 
-OUTPUT_MODES = ("full", "independent")
+OUTPUT_MODES = tuple(Outputs)  # kept for callers that list the choices
 
 
-class LinearizedGP:
+class LinearizedGP(LinearizedPredictor):
     """Exact GP regression on a pretrained model's linearization, scikit-learn shaped.
 
     prior_var is s² (the prior variance of θ − θ*), noise is the Gaussian noise *variance* σ².
@@ -59,45 +58,23 @@ class LinearizedGP:
         checkpoint: Checkpoint | str | os.PathLike | None = None,
         best_effort: bool = False,
     ) -> None:
-        if outputs not in OUTPUT_MODES:
-            raise ShapeError(f"outputs must be one of {OUTPUT_MODES}, got {outputs!r}.")
-        if prior_var <= 0 or noise <= 0:
-            raise ShapeError("prior_var and noise must be positive variances.")
-        self.lm = LinearizedModel(model, params, dtype=dtype, device=device, chunk_size=chunk_size, shard=shard)
-        self._follow_inputs = device is None  # then the data's device wins (e.g. CUDA inputs)
+        self.outputs: Outputs = choice(Outputs, outputs, "outputs")
+        self.noise = positive(noise, "noise")
+        self.precond_rank = count(precond_rank, "precond_rank", minimum=0)
+        super().__init__(
+            model, params=params, prior_var=prior_var, space=space, solver=solver, dtype=dtype, device=device,
+            memory_budget=memory_budget, chunk_size=chunk_size, cg_tol=cg_tol, cg_max_iter=cg_max_iter,
+            structured=structured, shard=shard, best_effort=best_effort, independent=self.outputs == Outputs.INDEPENDENT,
+        )
         if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
             checkpoint = Checkpoint(checkpoint, writer=self.lm.shard.is_writer)
         self.checkpoint = checkpoint
-        self.prior_var, self.noise = float(prior_var), float(noise)
-        self.space, self.solver, self.outputs = space, solver, outputs
-        self.memory_budget = int(memory_budget)
-        self.cg_tol, self.cg_max_iter, self.precond_rank = cg_tol, cg_max_iter, precond_rank
-        self.kernels = KernelBuilder(self.lm, independent=outputs == "independent", structured=structured)
-        self.plan: Plan | None = None
-        self.solve_info: SolveInfo | None = None
-        self.hyper_info: dict | None = None
         self.variance_solve_info: SolveInfo | None = None
-        self.best_effort = bool(best_effort)
         self._state: dict = {}
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X: torch.Tensor, y: torch.Tensor) -> LinearizedGP:
-        """Return self after computing the exact posterior for data (X, y)."""
-        self._fit(X, y, Reporter())
-        return self
-
-    def fit_iter(
-        self, X: torch.Tensor, y: torch.Tensor, cancel: CancelToken | None = None
-    ) -> Generator[ProgressEvent, None, LinearizedGP]:
-        """Yield progress events while fitting; return self. Cancel through `cancel`."""
-        yield from iterate(lambda rep: self._fit(X, y, rep), cancel)
-        return self
-
     def _prepare_data(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        if self._follow_inputs and torch.is_tensor(X) and X.device != self.lm.device:
-            self.lm.to(X.device)
-        # Own copies: caches are keyed on these tensors, and the caller may modify theirs in place.
-        X = self.lm.prepare(X).clone()
+        X = self._inputs(X)
         y = torch.as_tensor(y).to(self.lm.device, self.lm.dtype).clone()
         vector = y.dim() == 1
         Y = y.unsqueeze(-1) if vector else y
@@ -107,34 +84,28 @@ class LinearizedGP:
             raise ShapeError("X and y must be finite: remove or impute NaN/inf rows first.")
         return X, Y, vector
 
-    def _fit(self, X: torch.Tensor, y: torch.Tensor, rep: Reporter) -> LinearizedGP:
-        self.lm.reporter = rep
-        try:
-            X, Y, vector = self._prepare_data(X, y)
-            rep.emit("forward", 0.0, force=True, message="evaluating the pretrained model")
-            f_X = self.lm.forward(X)
-            if f_X.shape != Y.shape:
-                raise ShapeError(f"The model has {f_X.shape[1]} outputs but y has {Y.shape[1]} columns.")
-            n, K = Y.shape
-            self.plan = make_plan(
-                n, K, self.lm.num_params, self.space, self.solver, self.memory_budget,
-                itemsize=torch.finfo(self.lm.dtype).bits // 8, dense_jacobian=not self._structured_ok(X),
-                rank=self.precond_rank, chunk=self.lm.chunk_size,
-            )
-            if self.outputs == "independent" and self.plan.space == "weight":
-                raise ShapeError("Independent outputs are solved in function space: pass space='function'.")
-            self._state = {"X": X, "Y": Y, "f_X": f_X, "r": (Y - f_X).reshape(-1), "vector": vector}
-            rep.emit("plan", 0.0, force=True, message=self.plan.describe())
-            getattr(self, f"_fit_{self.plan.space}_{self.plan.solver}")(rep)
-            self._save_delta_theta()
-            rep.emit("done", 1.0, force=True, residual=self.solve_info.residual, message="posterior ready")
-            return self
-        finally:
-            self.lm.reporter = None
+    def _fit_data(self, X: torch.Tensor, y: torch.Tensor, rep: Reporter) -> LinearizedGP:
+        X, Y, vector = self._prepare_data(X, y)
+        rep.emit("forward", 0.0, force=True, message="evaluating the pretrained model")
+        f_X = self.lm.forward(X)
+        if f_X.shape != Y.shape:
+            raise ShapeError(f"The model has {f_X.shape[1]} outputs but y has {Y.shape[1]} columns.")
+        n, K = Y.shape
+        self._make_plan(X, n, K, rank=self.precond_rank)
+        if self.outputs == Outputs.INDEPENDENT and self.plan.space == "weight":
+            raise ShapeError("Independent outputs are solved in function space: pass space='function'.")
+        self._state = {"X": X, "Y": Y, "f_X": f_X, "r": (Y - f_X).reshape(-1), "vector": vector}
+        rep.emit("plan", 0.0, force=True, message=self.plan.describe())
+        self._solve(rep)
+        self._save_delta_theta()
+        rep.emit("done", 1.0, force=True, residual=self.solve_info.residual, message="posterior ready")
+        return self
 
-    def _structured_ok(self, X: torch.Tensor) -> bool:
-        self.kernels._decide(X)
-        return self.kernels.use_structured
+    def _solve(self, rep: Reporter) -> None:
+        getattr(self, f"_fit_{self.plan.space}_{self.plan.solver}")(rep)
+
+    def _is_fitted(self) -> bool:
+        return "delta_theta" in self._state
 
     def _system(self) -> torch.Tensor:
         A = self._state["Kxx"] * self.prior_var  # one new matrix: no identity, no temporaries
@@ -168,10 +139,6 @@ class LinearizedGP:
         alpha = self._cg(op, st["r"], counter, self.precond_rank)
         st.update(alpha=alpha, op=op)
         self._finish_function_space(alpha)
-
-    def _check(self) -> None:
-        if self.lm.reporter is not None:
-            self.lm.reporter.check()
 
     def _cg(self, op, rhs: torch.Tensor, counter: MatvecCounter, precond_rank: int) -> torch.Tensor:
         """Return op⁻¹ rhs by the engine's CG; record products, iterations and true residual; raise if it missed."""
@@ -264,8 +231,7 @@ class LinearizedGP:
 
     # ---------------------------------------------------------------- prediction
     def _require_fit(self) -> dict:
-        if "delta_theta" not in self._state:
-            raise NotFittedError("Call fit(X, y) before predicting.")
+        self._require_fitted()
         return self._state
 
     @property
@@ -295,13 +261,10 @@ class LinearizedGP:
         """
         st = self._require_fit()
         Xs = self.lm.prepare(Xs)
-        self.lm.reporter = Reporter(cancel=cancel) if cancel is not None else None
         self._variance_infos: list[SolveInfo] = []
-        try:
+        with self._reporting(self._reporter(cancel)):
             mean = self.predict_mean(Xs)
             parts = [self._variance_chunk(Xs[s]) for s in self.lm.chunks(Xs.shape[0])]
-        finally:
-            self.lm.reporter = None
         if self._variance_infos:
             self.variance_solve_info = merge_infos(self._variance_infos)
         var = clamp_variance(torch.cat([v for v, _ in parts]), torch.cat([p for _, p in parts]))
@@ -375,7 +338,7 @@ class LinearizedGP:
         raises Cancelled and leaves the previous fit and values in place. :attr:`hyper_info` records
         the start and the result.
         """
-        rep = Reporter(cancel=cancel)
+        rep = self._reporter(cancel)
         if X is not None:
             if y is None:
                 raise ShapeError("Pass both X and y, or neither to reuse the fitted data.")
@@ -385,7 +348,7 @@ class LinearizedGP:
         start = {"prior_var": self.prior_var, "noise": self.noise,
                  "log_marginal_likelihood": self.log_marginal_likelihood() if exact else None}
         saved = (dict(st), self.solve_info)
-        self.lm.reporter = rep
+        self.lm.reporter = rep  # every optimizer step and data chunk checks the token
         try:
             if exact:
                 found = hyper.fit_exact(self, st)
@@ -393,7 +356,7 @@ class LinearizedGP:
                 with self.lm.shard.same_random_stream():
                     found = hyper.fit_gpytorch(self, st, iters)
             self.prior_var, self.noise = found
-            getattr(self, f"_fit_{self.plan.space}_{self.plan.solver}")(rep)
+            self._solve(rep)
         except BaseException:
             # A cancelled or failed search must not leave a half-updated posterior behind.
             self.prior_var, self.noise = start["prior_var"], start["noise"]

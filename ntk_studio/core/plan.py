@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import MemoryBudgetError, ShapeError
+from .errors import MemoryBudgetError
+from .options import Solver, Space, choice
 
-SPACES = ("auto", "function", "weight")
-SOLVERS = ("auto", "cholesky", "cg")
+SPACES = tuple(m.value for m in Space)  # kept for callers that list the choices
+SOLVERS = tuple(m.value for m in Solver)
 # Solving in weight space costs P×P work; prefer function space until n·K exceeds P by this factor.
 WEIGHT_SPACE_RATIO = 1.0
 TYPICAL_CG_ITERATIONS = 100
@@ -83,10 +84,7 @@ def make_plan(
     chunk: int = 1024,
 ) -> Plan:
     """Return the route for n samples, K outputs, P parameters under a memory budget."""
-    if space not in SPACES:
-        raise ShapeError(f"space must be one of {SPACES}, got {space!r}.")
-    if solver not in SOLVERS:
-        raise ShapeError(f"solver must be one of {SOLVERS}, got {solver!r}.")
+    space, solver = choice(Space, space, "space").value, choice(Solver, solver, "solver").value
     N = n * K
     reasons = []
     if space == "auto":
