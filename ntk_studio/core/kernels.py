@@ -26,6 +26,12 @@ class KernelBuilder:
             self.use_structured = self._structured is not None and self._structured.check(X)
             self._checked = True
 
+    def clear_cache(self) -> None:
+        """Forget the cached right-hand Jacobian and structured features (benchmarks time uncached calls)."""
+        self._jacobian_cached.clear()
+        if self._structured is not None:
+            self._structured._features_cached.clear()
+
     @property
     def path(self) -> str:
         """Return 'structured' or 'jacobian': the path dense kernels take."""
