@@ -63,9 +63,15 @@ def read_regular(path: str | Path, error: type[NTKStudioError], what: str = "fil
     """Return the bytes of a regular file of at most ``limit`` bytes (a file growing past it is refused too)."""
     with open_regular(path, error, what, limit, follow_symlinks) as fh:
         try:
-            data = fh.read() if limit is None else fh.read(limit + 1)
+            size = os.fstat(fh.fileno()).st_size
+            parts = [fh.read(size + 1)]  # sized by the file, not the limit; one more byte shows growth
+            total = len(parts[0])
+            while total > size and (limit is None or total <= limit) and (chunk := fh.read(CHUNK_BYTES)):
+                parts.append(chunk)
+                total += len(chunk)
         except OSError as exc:
             raise error(f"Cannot read the {what} {path} ({exc.strerror or exc}).") from None
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
     if limit is not None and len(data) > limit:
         raise error(f"{path} grew past the {limit:,}-byte limit for a {what} while being read.")
     return data

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ntk_studio.safe_io import read_regular
+
 from ..errors import DataLoadError
 
 # A dataset needs at least two rows: one row cannot be split, standardized or fitted.
@@ -17,6 +19,9 @@ MIN_ROWS = 2
 MAX_LISTED = 5
 # How many close matches a "did you mean" hint offers.
 MAX_SUGGESTIONS = 3
+# The largest data file read into memory at once (tables stream; arrays and images are read whole).
+MAX_DATA_FILE_BYTES = 8 * 1024**3
+MAX_IMAGE_FILE_BYTES = 256 * 1024**2
 
 
 def read_file(path: str | Path, extensions: Sequence[str], kind: str) -> tuple[Path, bytes, str]:
@@ -33,15 +38,8 @@ def read_file(path: str | Path, extensions: Sequence[str], kind: str) -> tuple[P
         )
     if not p.exists():
         raise DataLoadError(f"No such file: {str(p)!r}. Check the path and try again.")
-    if not p.is_file():
-        raise DataLoadError(f"{str(p)!r} is not a regular file. Choose a {kind} file.")
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise DataLoadError(
-            f"Could not read {str(p)!r} ({exc.strerror or exc}). Check that the file exists "
-            "and that you have permission to read it."
-        ) from exc
+    # Regular files only (a FIFO would block, /dev/zero never ends), and at most the size limit.
+    data = read_regular(p, DataLoadError, f"{kind} file", MAX_DATA_FILE_BYTES)
     if not data or data.isspace():
         raise DataLoadError(f"{p.name!r} is empty. Choose a {kind} file that contains data.")
     return p, data, hashlib.sha256(data).hexdigest()

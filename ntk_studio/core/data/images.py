@@ -13,8 +13,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ntk_studio.safe_io import read_regular
+
 from ..errors import DataLoadError
-from ._common import MIN_ROWS, listing
+from ._common import MAX_IMAGE_FILE_BYTES, MIN_ROWS, listing
 from .dataset import Dataset
 
 SUPPORTED_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -116,6 +118,12 @@ def _class_folders(root: Path) -> list[str]:
         entries = sorted(root.iterdir())
     except OSError as exc:
         raise DataLoadError(f"Could not list {str(root)!r} ({exc.strerror or exc}). Check permissions.") from exc
+    links = [e.name for e in entries if e.is_symlink() and not _hidden(e.name)]
+    if links:
+        raise DataLoadError(
+            f"{str(root)!r} holds symbolic link(s) {listing(repr(n) for n in links)}; an image folder must hold "
+            "its class folders and images themselves (a link may point anywhere). Copy them in instead."
+        )
     classes = [e.name for e in entries if e.is_dir() and not _hidden(e.name)]
     loose = [e.name for e in entries if e.is_file() and e.suffix.lower() in SUPPORTED_EXTENSIONS]
     if not classes:
@@ -139,9 +147,17 @@ def _class_folders(root: Path) -> list[str]:
 def _images_in(folder: Path) -> tuple[list[Path], int]:
     """Return (sorted image files under folder, recursively; count of other files skipped)."""
     images, skipped = [], 0
-    # followlinks=False: a symlink loop must not hang the loader.
+    # followlinks=False: a symlink loop must not hang the loader; links are refused outright below,
+    # so nothing outside the folder is ever read.
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        for name in sorted(filenames + dirnames):
+            entry = Path(dirpath) / name
+            if not name.startswith(".") and entry.is_symlink():
+                raise DataLoadError(
+                    f"{str(entry)!r} is a symbolic link; an image folder must hold the images themselves "
+                    "(a link may point outside it). Copy the file in instead."
+                )
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
@@ -153,10 +169,8 @@ def _images_in(folder: Path) -> tuple[list[Path], int]:
 
 
 def _read(f: Path, rel: str) -> bytes:
-    try:
-        return f.read_bytes()
-    except OSError as exc:
-        raise DataLoadError(f"Could not read image {rel!r} ({exc.strerror or exc}). Check permissions.") from exc
+    # Regular files only, no links, bounded: a FIFO named x.png must not hang, /dev/zero must not fill memory.
+    return read_regular(f, DataLoadError, "image", MAX_IMAGE_FILE_BYTES, follow_symlinks=False)
 
 
 def _decode(data: bytes, rel: str, mode: str, hw: tuple[int, int] | None) -> tuple[np.ndarray, bool]:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
-import csv
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,15 +9,11 @@ import numpy as np
 import torch
 
 from ..errors import DataLoadError
-from ._columns import parse_column, parse_labels
-from ._common import MIN_ROWS, listing, missing_name_error, read_file
+from ._columns import ParsedColumn, parse_column, parse_labels
+from ._common import MIN_ROWS, listing, missing_name_error
+from ._stream import SNIFF_CANDIDATES, SUPPORTED_EXTENSIONS, TableScan, scan_table
 from .dataset import Dataset
 
-SUPPORTED_EXTENSIONS = (".csv", ".tsv", ".txt")
-# Delimiters the sniffer may choose from; anything else in a header is more likely data.
-SNIFF_CANDIDATES = ",\t;| "
-# The sniffer only needs a sample; the whole file would make its regexes slow.
-SNIFF_CHARS = 64 * 1024
 ROW_HINT = "lines are counted from 1, with the header on line 1"
 
 
@@ -38,35 +31,39 @@ def load_table(
     A single target name gives y of shape (n,); a list of names gives (n, K). With
     `classification`, the one target becomes int64 class indices and `class_names` is set.
     """
-    p, data, digest = read_file(path, SUPPORTED_EXTENSIONS, "table (CSV/TSV)")
-    text = _decode(data, p.name)
-    delim = _pick_delimiter(text, p.suffix.lower(), delimiter)
-    header, rows, lines, notes = _read_rows(text, delim, p.name)
-    targets, feats = _resolve_columns(header, target, features, group_column, p.name, delim)
-    if classification and len(targets) != 1:
+    p = Path(path)
+    if classification and not isinstance(target, str) and len(_names(target, "target")) != 1:
+        targets = _names(target, "target")
         raise DataLoadError(
             f"classification=True needs exactly one target column, got {len(targets)}: "
             f"{listing(repr(t) for t in targets)}. Pick the column that holds the class labels."
         )
 
-    column = {name: i for i, name in enumerate(header)}
-    cells = {name: [r[column[name]] for r in rows] for name in (*targets, *feats)}
+    def plan(header: list[str], delim: str) -> tuple[list[str], list[str]]:
+        targets, feats = _resolve_columns(header, target, features, group_column, p.name, delim)
+        text = ([targets[0]] if classification else []) + ([group_column] if group_column is not None else [])
+        return [*targets, *feats], text
+
+    table = scan_table(p, delimiter, plan, MIN_ROWS)
+    targets, feats = _resolve_columns(table.header, target, features, group_column, p.name, table.delimiter)
+    notes, lines = table.notes, table.lines
+    cells = _ColumnCells(table)
     problems: list[str] = []
     blocks, names = [], []
     for name in feats:
-        parsed = parse_column(name, cells[name], lines, one_hot=one_hot, role="feature")
+        parsed = cells.parse(name, one_hot=one_hot, role="feature")
         problems += parsed.problems
         blocks.append(parsed.values)
         names += parsed.names
         notes += parsed.notes
     class_names = None
     if classification:
-        y, class_names, target_problems = parse_labels(targets[0], cells[targets[0]], lines)
+        y, class_names, target_problems = parse_labels(targets[0], table.text[targets[0]], lines)
         problems += target_problems
     else:
         ys = []
         for name in targets:
-            parsed = parse_column(name, cells[name], lines, one_hot=False, role="target")
+            parsed = cells.parse(name, one_hot=False, role="target")
             problems += parsed.problems
             ys.append(parsed.values[:, 0])
         y = ys[0] if isinstance(target, str) else np.column_stack(ys)
@@ -77,7 +74,7 @@ def load_table(
     X = np.column_stack(blocks).astype(np.float64, copy=False)
     groups = None
     if group_column is not None:
-        groups = np.array([r[column[group_column]].strip() for r in rows], dtype=str)
+        groups = np.array([c.strip() for c in table.text[group_column]], dtype=str)
     return Dataset(
         X=torch.from_numpy(np.ascontiguousarray(X)),
         y=torch.from_numpy(np.ascontiguousarray(y)),
@@ -86,119 +83,9 @@ def load_table(
         class_names=class_names,
         groups=groups,
         source=str(p),
-        sha256=digest,
+        sha256=table.sha256,
         notes=tuple(notes),
     )
-
-
-def _decode(data: bytes, name: str) -> str:
-    """Return the file's text; UTF-8 (with or without BOM), or UTF-16 when it has a BOM."""
-    # Excel's "Unicode text" export is UTF-16 with a BOM; it is text, not binary garbage.
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        try:
-            return data.decode("utf-16")
-        except UnicodeDecodeError as exc:
-            raise DataLoadError(f"{name!r} starts like UTF-16 text but is not valid UTF-16. "
-                                "Re-save it as 'CSV UTF-8'.") from exc
-    if b"\x00" in data:
-        raise DataLoadError(
-            f"{name!r} contains NUL bytes, so it is a binary file, not delimited text. "
-            "Export the data as CSV (UTF-8), or save arrays as .npz/.npy."
-        )
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataLoadError(
-            f"{name!r} is not UTF-8 text (undecodable byte at offset {exc.start}). If it came "
-            "from a spreadsheet, save it as 'CSV UTF-8'; if it is binary data, use .npz/.npy."
-        ) from exc
-
-
-def _pick_delimiter(text: str, suffix: str, delimiter: str | None) -> str:
-    """Return the delimiter: the one given, tab for .tsv, else a comma or the sniffed one."""
-    if delimiter is not None:
-        if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\"\r\n":
-            raise DataLoadError(
-                f"delimiter must be a single character such as ',' or '\\t', got {delimiter!r}."
-            )
-        return delimiter
-    if suffix == ".tsv":
-        return "\t"
-    header = next((line for line in text[:SNIFF_CHARS].splitlines() if line.strip()), "")
-    if suffix == ".csv" and "," in header:
-        return ","
-    try:
-        sniffed = csv.Sniffer().sniff(text[:SNIFF_CHARS], delimiters=SNIFF_CANDIDATES).delimiter
-    except csv.Error:
-        sniffed = ""
-    if sniffed and sniffed in SNIFF_CANDIDATES:
-        return sniffed
-    # The sniffer gives up on one-column or irregular files; fall back to what the header shows.
-    return next((c for c in SNIFF_CANDIDATES if c in header), ",")
-
-
-def _read_rows(
-    text: str, delim: str, name: str, min_rows: int = MIN_ROWS
-) -> tuple[list[str], list[list[str]], list[int], list[str]]:
-    """Return (header, data rows, file line of each row, notes); the header is stripped, rows are checked."""
-    # Space-delimited files (numpy.savetxt) often align columns with runs of spaces.
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim, skipinitialspace=delim == " ")
-    rows: list[list[str]] = []
-    lines: list[int] = []
-    blank = 0
-    try:
-        for row in reader:
-            # Cells stay unstripped here (stripping millions of numbers is slow); the column
-            # parsers strip whatever they do not parse directly.
-            if not any(c.strip() for c in row):
-                blank += 1
-                continue
-            rows.append(row)
-            lines.append(reader.line_num)
-    except csv.Error as exc:
-        raise DataLoadError(
-            f"{name!r} could not be parsed as delimited text near line {reader.line_num}: {exc}. "
-            "Check for unbalanced quotes, or that this really is a CSV/TSV file."
-        ) from exc
-    if not rows:
-        raise DataLoadError(f"{name!r} has no rows. Choose a file with a header row and data.")
-    header, body, lines = [h.strip() for h in rows[0]], rows[1:], lines[1:]
-    notes = [f"delimiter {delim!r}"]
-    if blank:
-        notes.append(f"skipped {blank} blank line(s)")
-    # A trailing delimiter on every line (some exporters do this) adds an empty last column.
-    if len(header) > 1 and header[-1] == "" and all(len(r) == len(header) and not r[-1].strip() for r in body):
-        header = header[:-1]
-        body = [r[:-1] for r in body]
-        notes.append("dropped an empty trailing column")
-    unnamed = [i + 1 for i, h in enumerate(header) if not h]
-    if unnamed:
-        raise DataLoadError(
-            f"{name!r}: column(s) {listing(unnamed)} have no name in the header row. Give every "
-            "column a name (a pandas index saved with index=True looks like this; save with "
-            "index=False or name the column)."
-        )
-    duplicated = sorted({h for h in header if header.count(h) > 1})
-    if duplicated:
-        raise DataLoadError(
-            f"{name!r}: the header names {listing(repr(d) for d in duplicated)} more than once. "
-            "Rename the columns so that every name is unique."
-        )
-    ragged = [(ln, len(r)) for ln, r in zip(lines, body) if len(r) != len(header)]
-    if ragged:
-        shown = listing(f"line {ln} has {k}" for ln, k in ragged)
-        raise DataLoadError(
-            f"{name!r}: the header has {len(header)} fields (delimiter {delim!r}) but {shown}. "
-            "Fix those rows, or pass the right delimiter."
-        )
-    if len(body) < min_rows:
-        what = "a header but no data rows" if not body else "only one data row"
-        raise DataLoadError(
-            f"{name!r} has {what}; at least {min_rows} row{'s are' if min_rows > 1 else ' is'} needed. "
-            "Add data below the header."
-        )
-    notes.insert(0, f"read {len(body)} rows x {len(header)} columns")
-    return header, body, lines, notes
 
 
 def _names(value: str | Sequence[str] | None, what: str) -> list[str]:
@@ -268,21 +155,37 @@ def _header_hint(header: list[str], delim: str) -> str:
             "naming the columns.")
 
 
+class _ColumnCells:
+    """Parses a scanned column: clean numbers as they are, other columns through parse_column."""
+
+    def __init__(self, table: TableScan) -> None:
+        self.table = table
+
+    def parse(self, name: str, one_hot: bool, role: str):
+        numbers = self.table.numbers.get(name)
+        if numbers is not None:
+            return ParsedColumn(numbers.reshape(-1, 1), [name])
+        return parse_column(name, self.table.text[name], self.table.lines, one_hot=one_hot, role=role)
+
+
 def load_feature_columns(path: str | Path, features: Sequence[str], delimiter: str | None = None) -> np.ndarray:
     """Return the named numeric columns of a table as float64 (n, d), in the order given (no target needed)."""
-    p, data, _ = read_file(path, SUPPORTED_EXTENSIONS, "table (CSV/TSV)")
-    text = _decode(data, p.name)
-    # Predictions need one row, not the two that fitting needs.
-    header, rows, lines, _ = _read_rows(text, _pick_delimiter(text, p.suffix.lower(), delimiter), p.name, 1)
+    p = Path(path)
     names = _names(list(features), "features")
-    column = {name: i for i, name in enumerate(header)}
-    for name in names:
-        if name not in column:
-            raise missing_name_error("Feature column", name, header, f"the header of {p.name!r}")
+
+    def plan(header: list[str], delim: str) -> tuple[list[str], list[str]]:
+        for name in names:
+            if name not in header:
+                raise missing_name_error("Feature column", name, header, f"the header of {p.name!r}")
+        return names, []
+
+    # Predictions need one row, not the two that fitting needs.
+    table = scan_table(p, delimiter, plan, 1)
+    cells = _ColumnCells(table)
     problems: list[str] = []
     blocks = []
     for name in names:
-        parsed = parse_column(name, [r[column[name]] for r in rows], lines, one_hot=False, role="feature")
+        parsed = cells.parse(name, one_hot=False, role="feature")
         problems += parsed.problems
         blocks.append(parsed.values)
     if problems:

@@ -12,10 +12,13 @@ from pathlib import Path
 
 import torch
 
+from ntk_studio.safe_io import read_regular
+
 from ..errors import ExportError, UnsupportedExportError
 from .program import TracedPredictor, _first_line
 
 ONNX_OPSET = 18
+MAX_ONNX_BYTES = 2 * 1024**3  # protobuf's own limit for one ONNX file
 METADATA_PREFIX = "ntk_studio."
 NATIVE_METADATA_FILE = "ntk_studio.json"
 _NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "torch.fx.experimental.symbolic_shapes")
@@ -115,8 +118,9 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     """Return the NTK Studio metadata of an exported ONNX file (keys without the prefix)."""
     import onnx
 
+    data = read_regular(path, ExportError, "ONNX file", MAX_ONNX_BYTES)  # a FIFO or /dev/zero is refused
     try:
-        proto = onnx.load_model(str(path), load_external_data=False)
+        proto = onnx.load_model_from_string(data)
     except Exception as exc:  # noqa: BLE001 - protobuf decode errors
         raise ExportError(f"{path} is not a readable ONNX file: {_first_line(exc)}") from exc
     return {p.key[len(METADATA_PREFIX):]: p.value for p in proto.metadata_props if p.key.startswith(METADATA_PREFIX)}
@@ -130,8 +134,9 @@ def onnx_session(path: str | Path, threads: int = 1):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    data = read_regular(path, ExportError, "ONNX file", MAX_ONNX_BYTES)
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
         if "NOT_IMPLEMENTED" in str(exc):
             raise MissingKernelError(f"onnxruntime has no kernel for a node of {path}: {_first_line(exc)}") from exc

@@ -5,12 +5,16 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import itertools
+import os
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ntk_studio.safe_io import read_regular
 
 from ..errors import ModelLoadError
 
@@ -20,6 +24,26 @@ USER_MODULE_PREFIX = "ntk_studio_user_arch"
 CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
 DATA_PARALLEL_PREFIX = "module."  # what nn.DataParallel / DDP put in front of every key
 MAX_LISTED = 8  # names listed in a message before it says "and N more"
+
+MAX_ARCH_FILE_BYTES = 16 * 1024 * 1024  # a Python source file; more is not an architecture
+# Seconds the isolated first run of 'file.py:factory' may take (import + factory()). Read from this
+# environment variable when load_architecture is not given a timeout; unset: run in-process only
+# (the worker process is already isolated; the CLI sets it for the length of its run).
+ARCH_TIMEOUT_ENV = "NTK_STUDIO_ARCH_TIMEOUT_S"
+PROBE_OK = "NTK_STUDIO_ARCH_PROBE_OK"
+PROBE_TAIL_CHARS = 400
+# The probe imports the file and calls the factory in a fresh interpreter, then says what it got.
+PROBE_CODE = f"""
+import importlib.util, sys
+path, factory = sys.argv[1], sys.argv[2]
+sys.path.insert(0, sys.argv[3])
+spec = importlib.util.spec_from_file_location("ntk_studio_arch_probe", path)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+import torch
+model = getattr(module, factory)()
+print("{PROBE_OK}", isinstance(model, torch.nn.Module), flush=True)
+"""
 
 _import_counter = itertools.count()
 
@@ -76,13 +100,58 @@ def _import_file(path: Path):
     return module
 
 
-def load_architecture(spec: str) -> nn.Module:
-    """Return the nn.Module that factory() in 'file.py:factory' builds (the file is imported by path)."""
+def _timeout_from_env() -> float | None:
+    text = os.environ.get(ARCH_TIMEOUT_ENV, "").strip()
+    try:
+        value = float(text) if text else 0.0
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def probe_architecture(path: Path, factory_name: str, timeout: float) -> None:
+    """Run ``factory()`` of ``path`` once in a child process; ModelLoadError if it hangs, dies or fails.
+
+    User code may loop forever or call ``os._exit``; in a child that becomes a clear error instead
+    of a frozen or silently ended program. The in-process load that follows runs the same code.
+    """
+    try:
+        done = subprocess.run([sys.executable, "-c", PROBE_CODE, str(path), factory_name, str(path.parent)],
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                              env={**os.environ, ARCH_TIMEOUT_ENV: ""})
+    except subprocess.TimeoutExpired:
+        raise ModelLoadError(
+            f"Building the model with {factory_name}() from {path.name} did not finish within {timeout:g} s "
+            "(it may loop forever or wait for input). Fix the file, or allow more time with --arch-timeout."
+        ) from None
+    if f"{PROBE_OK} True" in done.stdout:
+        return
+    if f"{PROBE_OK} False" in done.stdout:
+        return  # not a module: the in-process load below says so with the full message
+    tail = (done.stderr.strip().splitlines() or [""])[-1][-PROBE_TAIL_CHARS:]
+    if done.returncode != 0 and tail:
+        return  # an exception: the in-process load below raises it with its usual message and hint
+    raise ModelLoadError(
+        f"Running {path.name} ended its process (exit code {done.returncode}) before {factory_name}() returned "
+        "a model — the file calls exit or os._exit, or crashed. Remove that from the file."
+    )
+
+
+def load_architecture(spec: str, timeout: float | None = None) -> nn.Module:
+    """Return the nn.Module that factory() in 'file.py:factory' builds (the file is imported by path).
+
+    With ``timeout`` (or the NTK_STUDIO_ARCH_TIMEOUT_S environment variable), the file is first run
+    in a child process under that time limit, so a hang or an exit becomes a ModelLoadError.
+    """
     path, factory_name = parse_arch_spec(spec)
     if not path.exists():
         raise ModelLoadError(f"No architecture file at {path}. Check the path in {spec!r}. {ARCH_SPEC_HELP}")
     if not path.is_file() or path.suffix != ".py":
         raise ModelLoadError(f"The architecture must be a Python file ending in .py; got {path}. {ARCH_SPEC_HELP}")
+    read_regular(path, ModelLoadError, "architecture file", MAX_ARCH_FILE_BYTES)  # no FIFO, no 1 GB "source"
+    timeout = timeout if timeout is not None else _timeout_from_env()
+    if timeout is not None:
+        probe_architecture(path.resolve(), factory_name, timeout)
     module = _import_file(path.resolve())
     factory = getattr(module, factory_name, None)
     if factory is None:

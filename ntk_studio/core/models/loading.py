@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ntk_studio.safe_io import read_regular
+
 from ..errors import ModelLoadError, NTKStudioError, UntrustedPickleError
 from .architecture import load_architecture, load_state_dict_strict, unwrap_checkpoint
 from .exported import load_exported
@@ -41,6 +43,7 @@ OTHER_FORMAT_HINTS = {
     ".npz": "this looks like data; load it as the dataset, not as the model",
     ".npy": "this looks like data; load it as the dataset, not as the model",
 }
+MAX_MODEL_BYTES = 32 * 1024**3  # read whole into memory; a bigger "model" is a mistake (or /dev/zero)
 SAFETENSORS_HEADER_BYTES = 8  # little-endian u64 length of the JSON header that follows
 PICKLE_PROTO = 0x80  # first byte of a binary pickle (torch.save's legacy, non-zip format)
 ZIP_MAGIC = b"PK"
@@ -87,10 +90,7 @@ def _read(path: Path) -> bytes:
             f"Cannot load {path.name} as a model: {why}. NTK Studio reads TorchScript and torch.save files "
             "(.pt, .pth, .ts), torch.export programs (.pt2) and safetensors weights (.safetensors)."
         )
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelLoadError(f"Cannot read {path}: {exc.strerror or exc}. Check that the file is readable.") from exc
+    data = read_regular(path, ModelLoadError, "model file", MAX_MODEL_BYTES)  # regular files only, bounded
     if not data:
         raise ModelLoadError(f"{path.name} is empty (0 bytes); the save probably failed. Save the model again.")
     return data
