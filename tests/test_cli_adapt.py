@@ -60,7 +60,8 @@ def test_adapt_writes_metrics_and_predictions(files, capsys):
     assert code == 0, capsys.readouterr().err
     result = json.loads(out.read_text())
     gp, base = result["metrics"]["gp"], result["metrics"]["unadapted"]
-    assert result["gp"]["n_train"] == 40 and result["gp"]["n_test"] == 40
+    assert result["n_adapt"] == 40 and result["n_test"] == 40 and result["task"] == "regression"
+    assert result["hyper"]["fitted"] and result["hyper"]["initial_noise"] == 0.01
     assert gp["rmse"] < 0.6 * base["rmse"]
     assert gp["nll"] < base["nll"]
     assert result["inputs"]["model_format"] == "state_dict" and len(result["inputs"]["model_sha256"]) == 64
@@ -77,7 +78,7 @@ def test_adapt_on_one_group_value(files, capsys):
         "--target", "target", "--group-column", "year", "--target-value", "1981", "--n-adapt", "20", "--quiet",
     ])
     assert code == 0
-    assert "adaptation on 20 rows, scored on 20 held-out rows" in capsys.readouterr().out
+    assert "adapting on 20 rows, scoring on 20 held-out rows" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -86,8 +87,8 @@ def test_adapt_on_one_group_value(files, capsys):
         (["--target", "nope"], "nope"),
         (["--target", "target", "--features", "a", "b"], "expects 3"),
         (["--target", "target", "--features", "a", "b", "c", "--params", "last:9"], "last:9"),
-        (["--target", "target", "--n-adapt", "500"], "--n-adapt"),
-        (["--target", "target", "--features", "a", "b", "c", "--noise", "-1"], "positive"),
+        (["--target", "target", "--features", "a", "b", "c", "--n-adapt", "500"], "--n-adapt"),
+        (["--target", "target", "--features", "a", "b", "c", "--task", "classification"], "one logit per class"),
     ],
 )
 def test_bad_input_exits_2_with_a_message_and_no_traceback(files, capsys, extra, phrase):
@@ -96,6 +97,12 @@ def test_bad_input_exits_2_with_a_message_and_no_traceback(files, capsys, extra,
     assert code == 2
     assert err.startswith("error: ") and phrase in err
     assert "Traceback" not in err
+
+
+def test_invalid_numbers_are_refused_by_the_parser(files, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["adapt", "--model", str(files["weights"]), "--data", str(files["data"]), "--noise", "-1"])
+    assert exc.value.code == 2 and "greater than 0" in capsys.readouterr().err
 
 
 def test_pickled_module_is_refused_unless_trusted(files, capsys):

@@ -22,6 +22,7 @@ def test_compare_on_the_sine_example(tmp_path, capsys):
     assert "linearized GP" in table and "fine-tuned" in table
 
 
-def test_per_class_needs_class_labels(capsys):
-    assert main(["compare", "--example", "sine", "--per-class", "3", "--quiet"]) == 2
-    assert "--per-class" in capsys.readouterr().err
+def test_classification_of_real_targets_is_a_one_line_error(capsys):
+    assert main(["compare", "--example", "sine", "--task", "classification", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "integer labels" in err and len(err.strip().splitlines()) == 1

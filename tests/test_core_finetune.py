@@ -107,8 +107,9 @@ def test_the_users_model_is_untouched():
     result = finetune(model, (X, y), None, FineTuneSettings(epochs=3, lr=1e-2, dtype=torch.float64))
     assert model.training and not model.conv.weight.requires_grad and model.head.weight.requires_grad
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    assert model.head.weight.dtype == torch.float32 and result.model.head.weight.dtype == torch.float64
-    assert result.model is not model and not result.model.conv.weight.requires_grad
+    tuned = result.model.state()
+    assert model.head.weight.dtype == torch.float32 and tuned["head.weight"].dtype == torch.float64
+    assert result.model is not model and not tuned["conv.weight"].requires_grad
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])

@@ -87,7 +87,8 @@ def test_plan_matches_the_route_the_fit_takes_and_multi_input_views(files):
     run(state, "load_model", path=str(files["reg"]), arch=files["reg_arch"])
     run(state, "load_data", path=str(files["table"]), target="y", features=["a", "b", "c"])
     _, plan = run(state, "plan", params="last:2", n_adapt=N_ADAPT, seed=1)
-    _, fit = run(state, "fit_gp", params="last:2", n_adapt=N_ADAPT, seed=1, prior_var=0.7, noise=0.02)
+    _, fit = run(state, "fit_gp", params="last:2", n_adapt=N_ADAPT, seed=1, prior_var=0.7, noise=0.02,
+                 fit_hyper=False)
     assert plan["describe"].split(":")[0] == fit["plan"].split(":")[0] and fit["route"] == "function/cholesky"
     assert plan["n"] == N_ADAPT and plan["params"] == fit["num_params"] == 6 * 5 + 5 + 5 + 1
     # Three inputs: no grid; the held-out rows carry predicted vs true with the GP's predictive std.
@@ -110,7 +111,7 @@ def test_classification_fit_matches_the_in_process_classifier(files):
     _, loaded = run(state, "load_data", path=str(files["table"]), target="label", features=["a", "b", "c"],
                     classification=True)
     assert loaded["session"]["task"] == "classification" and loaded["session"]["data"]["class_names"] == ["0", "1"]
-    _, fit = run(state, "fit_gp", n_adapt=20, seed=2, prior_var=2.0)
+    _, fit = run(state, "fit_gp", n_adapt=20, seed=2, prior_var=2.0, fit_hyper=False)
     adapt, test = state.split(20, 2)
     clf = LinearizedClassifier(state.model, prior_var=2.0).fit(adapt.X, adapt.y)
     probs = clf.predict_proba(test.X)

@@ -1,19 +1,20 @@
-"""Settings each built-in example opens with (chosen so one click on Adapt gives a meaningful run)."""
+"""Settings each built-in example opens with: read from the one shared set in ntk_studio.pipeline_defaults.
+
+``method.noise`` is None when σ² starts from NOISE_FRACTION × the variance of the adaptation targets
+(the worker resolves it; it is never a number in the target's raw units).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-_TABULAR = {"params": "all", "data": {"n_adapt": 40, "seed": 0},
-            "method": {"prior_var": 1.0, "noise": 0.1, "fit_hyper": True, "epochs": 300, "lr": 3e-3, "batch_size": 32}}
-EXAMPLE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sine": {"params": "all", "data": {"n_adapt": 10, "seed": 0},
-             "method": {"prior_var": 1.0, "noise": 0.01, "fit_hyper": False, "epochs": 300, "lr": 1e-2,
-                        "batch_size": 32}},
-    "hprice3": _TABULAR,
-    "diabetes": _TABULAR,
-    # Only the new head: the 2.2M-parameter body stays at its ImageNet weights (see docs/benchmarks.md).
-    "faces": {"params": "head", "data": {"n_adapt": 40, "seed": 0},
-              "method": {"prior_var": 0.01, "noise": 0.01, "fit_hyper": False, "epochs": 40, "lr": 3e-3,
-                         "batch_size": 16}},
-}
+from ntk_studio.pipeline_defaults import EXAMPLE_SETTINGS, NOISE_FRACTION, RunSettings
+
+
+def _app_form(s: RunSettings) -> dict[str, Any]:
+    return {"params": s.params, "data": {"n_adapt": s.n_adapt, "seed": s.seed},
+            "method": {"prior_var": s.prior_var, "noise": s.noise, "noise_fraction": NOISE_FRACTION,
+                       "fit_hyper": s.fit_hyper, "epochs": s.epochs, "lr": s.lr, "batch_size": s.batch_size}}
+
+
+EXAMPLE_DEFAULTS: dict[str, dict[str, Any]] = {name: _app_form(s) for name, s in EXAMPLE_SETTINGS.items()}

@@ -1,10 +1,15 @@
-"""`ntk-studio-cli adapt`: load a model and data (or a built-in example), adapt with the GP, score it."""
+"""`ntk-studio-cli adapt`: load a model and data (or a built-in example), adapt with the linearized
+GP or classifier through core.pipeline, score it with the one rule; also the argument helpers
+`compare` and `export` share."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from ntk_studio.pipeline_defaults import TASK_CHOICES
+
+from .arg_types import bounded_int, nonnegative_int, positive_float, positive_int
 from .output import write_csv, write_json
 from .progress import progress_bar
 
@@ -13,6 +18,8 @@ from .progress import progress_bar
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 DEFAULT_DIST_TIMEOUT_S = 300.0
 DEFAULT_CHECKPOINT_INTERVAL_S = 60.0
+MAX_CHANNELS = 4
+MAX_IMAGE_SIDE = 8192
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,7 +33,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_data_arguments(p: argparse.ArgumentParser):
-    """Add the model/data/example arguments shared by adapt and compare; return the group."""
+    """Add the model/data/example and input-shaping arguments shared by adapt, compare and export."""
     src = p.add_argument_group("model and data")
     src.add_argument("--example", help="a built-in example instead of --model/--data (see `examples`)")
     add_model_arguments(src)
@@ -36,36 +43,48 @@ def add_data_arguments(p: argparse.ArgumentParser):
     src.add_argument("--one-hot", action="store_true", help="one-hot encode categorical feature columns")
     src.add_argument("--group-column", help="column whose value selects the target rows (e.g. year)")
     src.add_argument("--target-value", help="adapt to the rows whose group column has this value")
+    src.add_argument("--task", choices=TASK_CHOICES, default="auto",
+                     help="auto: class labels, or integer labels 0…K−1 with a K-output model, are classification "
+                          "(the output says what it decided)")
+    src.add_argument("--channels", type=bounded_int(1, MAX_CHANNELS),
+                     help="image channels to read (default: the model's first convolution; 1 grayscale, 3 RGB)")
+    src.add_argument("--image-size", type=bounded_int(1, MAX_IMAGE_SIDE), nargs=2, metavar=("H", "W"),
+                     help="resize images to this (height, width) (default: their own size)")
+    split = p.add_argument_group("split (one rule everywhere: the first n-adapt rows of a seeded permutation)")
+    split.add_argument("--n-adapt", type=positive_int,
+                       help="labelled rows to adapt on (default: the example's setting, else 70%% of the rows)")
+    split.add_argument("--seed", type=nonnegative_int, help="split seed (default 0)")
     return src
 
 
 def add_method_arguments(p: argparse.ArgumentParser, title: str):
-    """Add --params, --prior-var, --noise and --fit-hyper (shared with export); return the group."""
+    """Add --params, --prior-var, --noise and --fit-hyper/--no-fit-hyper (shared); return the group."""
     g = p.add_argument_group(title)
-    g.add_argument("--params", default="all", help="linearized parameters: all, last:K, or module names")
-    g.add_argument("--prior-var", type=float, default=1.0, help="prior variance s² of θ − θ* (default 1)")
-    g.add_argument("--noise", type=float, default=0.1, help="noise variance σ² (default 0.1; regression)")
-    g.add_argument("--fit-hyper", action="store_true", help="fit s² and σ² by marginal likelihood (regression)")
+    g.add_argument("--params", help="linearized (and fine-tuned) parameters: all, last:K, head, or module names "
+                                    "(default: the example's subset, else all)")
+    g.add_argument("--prior-var", type=positive_float, help="prior variance s² of θ − θ* (start value; default 1)")
+    g.add_argument("--noise", type=positive_float,
+                   help="noise variance σ² (start value; default 0.1 × variance of the adaptation targets)")
+    g.add_argument("--fit-hyper", action=argparse.BooleanOptionalAction, default=None,
+                   help="fit s² and σ² by marginal likelihood / s² by Laplace evidence (default: on)")
     return g
 
 
 def add_parser(sub) -> None:
     """Register the adapt subcommand."""
-    p = sub.add_parser("adapt", help="adapt a pretrained model to new data with the linearized GP")
-    src = add_data_arguments(p)
-    src.add_argument(
+    p = sub.add_parser("adapt", help="adapt a pretrained model to new data with the linearized GP or classifier")
+    add_data_arguments(p)
+    p.add_argument(
         "--standardize-x", action="store_true",
         help="standardize inputs with statistics of the adaptation split (only if the model expects that)",
     )
-    split = p.add_argument_group("split")
-    split.add_argument("--n-adapt", type=int, help="labelled rows to adapt on (default: 70%% of the rows)")
-    split.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
-    gp = add_method_arguments(p, "GP")
+    gp = add_method_arguments(p, "linearized model")
     gp.add_argument("--space", default="auto", choices=["auto", "function", "weight"])
     gp.add_argument("--solver", default="auto", choices=["auto", "cholesky", "cg"])
     out = p.add_argument_group("output")
-    out.add_argument("--json", type=Path, help="write metrics to this JSON file")
-    out.add_argument("--predictions", type=Path, help="write per-point mean and std to this CSV file")
+    out.add_argument("--json", type=Path, help="write metrics and records to this JSON file")
+    out.add_argument("--predictions", type=Path,
+                     help="write per-row predictions to this CSV (mean and std, or class probabilities)")
     add_distributed_arguments(p)
     p.set_defaults(run=run)
 
@@ -91,84 +110,116 @@ def add_distributed_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def load_inputs(args: argparse.Namespace):
-    """Return (model, dataset, provenance dict) from --example or --model/--data."""
+    """Return (model, PreparedData, provenance dict, default RunSettings, the example's Standardizer or None)."""
     from ntk_studio.core.errors import DataLoadError
+    from ntk_studio.core.pipeline import load_data_for, prepare, settings_for
 
+    size = tuple(args.image_size) if args.image_size else None
     if args.example:
         if args.model or args.data:
             raise DataLoadError("Use either --example or --model/--data, not both.")
         from ntk_studio.core.examples.registry import load_example
 
         ex = load_example(args.example)
-        return ex.model, ex.target, {"example": ex.name, "notes": list(ex.notes)}
+        task = args.task if args.task != "auto" else ex.task
+        data = prepare(ex.model, ex.target, task, args.channels, size)
+        return ex.model, data, {"example": ex.name, "notes": list(ex.notes)}, settings_for(ex.name), ex.standardizer
     if not args.model or not args.data:
         raise DataLoadError("Give --model and --data (or --example NAME). See `ntk-studio-cli adapt --help`.")
-    from ntk_studio.core.data import load_dataset
     from ntk_studio.core.models import load_model
 
     loaded = load_model(args.model, arch=args.arch, trust_pickle=args.trust_pickle)
-    kwargs = {}
+    options = {}
     is_table = not args.data.is_dir() and args.data.suffix.lower() not in (".npz", ".npy")
     if is_table:
         if args.target is None:
             raise DataLoadError("Tables need --target COLUMN (the column to predict).")
-        kwargs = {"target": args.target, "features": args.features, "one_hot": args.one_hot,
-                  "group_column": args.group_column}
-    dataset = load_dataset(args.data, **kwargs)
+        options = {"target": args.target, "features": args.features, "one_hot": args.one_hot,
+                   "group_column": args.group_column}
+    data = load_data_for(loaded.module, args.data, args.task, args.channels, size, **options)
+    if args.target_value is not None:
+        data = _select_group(loaded.module, data, args)
     info = {"model": str(args.model), "model_sha256": loaded.sha256, "model_format": loaded.format,
-            "data": str(args.data), "data_sha256": dataset.sha256, "notes": list(loaded.notes) + list(dataset.notes)}
-    return loaded.module, dataset, info
+            "data": str(args.data), "data_sha256": data.dataset.sha256,
+            "notes": list(loaded.notes) + list(data.notes)}
+    return loaded.module, data, info, settings_for(None), None
 
 
-def split_rows(dataset, args):
-    """Return (adaptation rows, test rows) per --target-value, --per-class, --n-adapt and --seed."""
+def _select_group(model, data, args):
+    """Return the data restricted to the rows whose group column equals --target-value."""
+    import dataclasses
+
     import numpy as np
 
-    from ntk_studio.core.data import adaptation_split
     from ntk_studio.core.errors import DataLoadError
 
-    if args.target_value is not None:
-        if dataset.groups is None:
-            raise DataLoadError("--target-value needs --group-column (the column holding the values).")
-        rows = np.flatnonzero(np.array([str(g) for g in dataset.groups]) == str(args.target_value))
-        if rows.size < 2:
-            values = sorted({str(g) for g in dataset.groups})[:10]
-            raise DataLoadError(f"{rows.size} rows have {args.group_column} = {args.target_value!r}; values: {', '.join(values)}.")
-        dataset = dataset.subset(rows)
-    n = len(dataset)
-    per_class = getattr(args, "per_class", None)
-    if per_class is not None:
-        if not dataset.is_classification:
-            raise DataLoadError("--per-class applies to classification data (class labels).")
-        rng = np.random.default_rng(args.seed)
-        labels = dataset.y.numpy()
-        picked = []
-        for c in range(len(dataset.class_names)):
-            rows_c = np.flatnonzero(labels == c)
-            if rows_c.size <= per_class:
-                raise DataLoadError(f"Class {dataset.class_names[c]!r} has {rows_c.size} rows; --per-class must be smaller.")
-            picked.extend(rng.choice(rows_c, per_class, replace=False))
-        chosen = np.zeros(n, dtype=bool)
-        chosen[picked] = True
-        return dataset.subset(np.flatnonzero(chosen)), dataset.subset(np.flatnonzero(~chosen))
-    if args.n_adapt is not None and not 1 <= args.n_adapt < n:
-        raise DataLoadError(f"--n-adapt must be between 1 and {n - 1} (the data has {n} rows).")
-    train_rows, test_rows = adaptation_split(n, args.n_adapt, args.seed)
-    return dataset.subset(train_rows), dataset.subset(test_rows)
+    ds = data.dataset
+    if ds.groups is None:
+        raise DataLoadError("--target-value needs --group-column (the column holding the values).")
+    rows = np.flatnonzero(np.array([str(g) for g in ds.groups]) == str(args.target_value))
+    if rows.size < 2:
+        values = sorted({str(g) for g in ds.groups})[:10]
+        raise DataLoadError(f"{rows.size} rows have {args.group_column} = {args.target_value!r}; values: {', '.join(values)}.")
+    return dataclasses.replace(data, dataset=ds.subset(rows))
 
 
-def _print(result, info) -> None:
-    m = result.metrics
-    g = result.gp_info
-    print(f"adaptation on {g['n_train']} rows, scored on {g['n_test']} held-out rows")
-    print(f"{'method':<20}{'RMSE':>10}{'NLL':>10}{'cover95':>9}{'time (s)':>10}")
-    for name, key in (("unadapted model", "unadapted"), ("linearized GP", "gp")):
-        r = m[key]
-        print(f"{name:<20}{r['rmse']:>10.4g}{r['nll']:>10.4g}{r['coverage95']:>9.2f}{r['wall_time_s']:>10.3f}")
-    print(f"GP: {g['plan']}")
-    print(f"    s² = {g['prior_var']:.3g}, σ² = {g['noise']:.3g}, residual {g['residual']:.1e}")
-    for note in info.get("notes", []) + result.notes:
-        print(f"note: {note}")
+def run_settings(args: argparse.Namespace, defaults):
+    """Return the RunSettings: the example's (or the user default) with the options given on the command line."""
+    return defaults.replace(
+        task=args.task, params=getattr(args, "params", None), n_adapt=args.n_adapt, seed=args.seed,
+        prior_var=getattr(args, "prior_var", None), noise=getattr(args, "noise", None),
+        fit_hyper=getattr(args, "fit_hyper", None), space=getattr(args, "space", None),
+        solver=getattr(args, "solver", None), epochs=getattr(args, "epochs", None), lr=getattr(args, "lr", None),
+        batch_size=getattr(args, "batch_size", None), ensemble=getattr(args, "ensemble", None),
+    )
+
+
+def print_header(data, plan, n_adapt: int, n_test: int) -> None:
+    """Print what was decided before any fitting: the task (and why), the split and the route."""
+    print(f"task: {data.task} ({data.task_reason})")
+    print(f"adapting on {n_adapt} rows, scoring on {n_test} held-out rows")
+    print(f"plan: {plan.describe()}", flush=True)
+
+
+def print_hyper(result) -> None:
+    """Print the hyperparameters used and whether they were fitted."""
+    h = result.hyper
+    if not h:
+        return
+    how = ("fitted by Laplace evidence" if result.task == "classification" else "fitted by marginal likelihood") \
+        if h["fitted"] else "as given"
+    noise = "" if h["noise"] is None else f", σ² = {h['noise']:.4g} (started at {h['initial_noise']:.4g})"
+    lml = "" if h["log_evidence"] is None else f"; log evidence {h['log_evidence']:.4g}"
+    print(f"hyperparameters {how}: s² = {h['prior_var']:.4g} (started at {h['initial_prior_var']:.4g}){noise}{lml}")
+
+
+def print_per_class(result, class_names) -> None:
+    """Print each class's rows and accuracy for every method that has class probabilities."""
+    y = result.y_test
+    methods = [(k, v["probs"].argmax(1)) for k, v in result.predictions.items() if "probs" in v]
+    print("per class: " + "  ".join(["class", "n", *(k for k, _ in methods)]))
+    for c, name in enumerate(class_names or ()):
+        rows = y == c
+        n = int(rows.sum())
+        accs = [f"{float((pred[rows] == c).double().mean()):.3f}" if n else "–" for _, pred in methods]
+        print(f"  {name}  {n}  " + "  ".join(accs))
+
+
+def write_predictions(path: Path, result, class_names) -> None:
+    """Write per-row predictions: mean/std (regression) or class probabilities (classification)."""
+    y = result.y_test.tolist()
+    p = result.predictions
+    if result.task == "classification":
+        probs = p["linearized"]["probs"]
+        names = list(class_names or range(probs.shape[1]))
+        header = ["row", "y", "predicted", *(f"p_{c}" for c in names), "unadapted_predicted"]
+        base = p["unadapted"]["probs"].argmax(1).tolist()
+        rows = [[i, y[i], int(probs[i].argmax()), *probs[i].tolist(), base[i]] for i in range(len(y))]
+    else:
+        mean, std = p["linearized"]["mean"], p["linearized"]["var"].clamp_min(0).sqrt()
+        header = ["row", "y", "mean", "std", "unadapted"]
+        rows = zip(range(len(y)), y, mean.tolist(), std.tolist(), p["unadapted"]["mean"].tolist())
+    write_csv(path, header, rows)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -186,43 +237,49 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, shard) -> int:
-    from ntk_studio.core.adapt import AdaptSettings, adapt
+    import dataclasses
+
     from ntk_studio.core.checkpoint import Checkpoint
+    from ntk_studio.core.comparison import format_table
     from ntk_studio.core.data import Standardizer
-    from ntk_studio.core.models import check_model
+    from ntk_studio.core.pipeline import SCORING_RULE, plan_run, run, split
 
     # Every rank loads the same data and runs the same program; only rank 0 talks and writes.
     writer = shard.is_writer
-    model, dataset, info = load_inputs(args)
-    train, test = split_rows(dataset, args)
+    model, data, info, defaults, _ = load_inputs(args)
+    settings = run_settings(args, defaults)
     if args.standardize_x:
-        # Inputs only: the pretrained model predicts y in its own units, so y is left alone.
+        # Inputs only, with the adaptation rows' statistics: the model predicts y in its own units.
+        train, _ = split(data.dataset, settings)
         stats = Standardizer.fit(train).inputs_only()
-        train, test = stats.transform(train), stats.transform(test)
+        data = dataclasses.replace(data, dataset=stats.transform(data.dataset))
         info["standardizer"] = stats.to_dict()
-    check_model(model, train.X[:2])
-    settings = AdaptSettings(
-        params=args.params, prior_var=args.prior_var, noise=args.noise,
-        space=args.space, solver=args.solver, fit_hyper=args.fit_hyper,
-    )
+    plan = plan_run(model, data, settings)
+    train, test = split(data.dataset, settings)
+    if writer:
+        print_header(data, plan, len(train), len(test))
     checkpoint = None
     if args.checkpoint:
         checkpoint = Checkpoint(args.checkpoint, interval_s=args.checkpoint_interval, writer=writer)
     with progress_bar(writer and not args.quiet) as on_event:
-        result = adapt(model, train, test, settings, on_event=on_event, shard=shard, checkpoint=checkpoint)
+        result = run(model, data, settings, ("linearized",), on_event=on_event, shard=shard, checkpoint=checkpoint)
     if not writer:
         return 0
     if shard.world_size > 1:
         print(f"distributed: {shard.world_size} ranks ({shard.backend})")
     if checkpoint is not None and checkpoint.resumed.get("cg"):
         print(f"resumed the solve from {args.checkpoint} at CG iteration {checkpoint.resumed['cg']}")
-    _print(result, info)
+    print(format_table(result.records))
+    print_hyper(result)
+    if result.task == "classification":
+        print_per_class(result, data.dataset.class_names)
+    print(f"scoring: {SCORING_RULE}")
+    for note in info.get("notes", []):
+        print(f"note: {note}")
     if args.json:
         write_json(args.json, {**result.to_json(), "inputs": info})
         print(f"metrics written to {args.json}")
     if args.predictions:
-        std = result.var.clamp_min(0).sqrt()
-        rows = zip(range(len(test)), result.y_test.tolist(), result.mean.tolist(), std.tolist(), result.base_mean.tolist())
-        write_csv(args.predictions, ["row", "y", "mean", "std", "unadapted"], rows)
+        write_predictions(args.predictions, result, data.dataset.class_names)
         print(f"predictions written to {args.predictions}")
     return 0

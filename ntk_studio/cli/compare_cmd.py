@@ -1,51 +1,45 @@
-"""`ntk-studio-cli compare`: the GP and fine-tuning of the same parameters on the same split."""
+"""`ntk-studio-cli compare`: the linearized GP (or classifier) and fine-tuning of the same parameters on
+the same split, through core.pipeline, scored with the one rule."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .adapt import add_data_arguments, load_inputs, split_rows
+from .adapt import add_data_arguments, add_method_arguments, load_inputs, print_header, print_hyper, run_settings
+from .arg_types import nonnegative_int, positive_float, positive_int
 from .output import write_json
 
 
 def add_parser(sub) -> None:
     """Register the compare subcommand."""
-    p = sub.add_parser("compare", help="compare the linearized GP with fine-tuning on the same split")
+    p = sub.add_parser("compare", help="compare the linearized GP/classifier with fine-tuning on the same split")
     add_data_arguments(p)
-    p.add_argument("--n-adapt", type=int, help="labelled rows to adapt on (default: 70%% of the rows)")
-    p.add_argument("--per-class", type=int, help="classification: labelled rows per class to adapt on")
-    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
-    p.add_argument("--params", default="all", help="parameters linearized and fine-tuned")
-    p.add_argument("--prior-var", type=float, default=1.0, help="prior variance s² (default 1)")
-    p.add_argument("--noise", type=float, default=0.1, help="noise variance σ² (default 0.1)")
-    p.add_argument("--no-fit-hyper", action="store_true", help="keep s² and σ² as given")
-    p.add_argument("--epochs", type=int, default=300, help="fine-tuning epochs (default 300)")
-    p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (default 1e-3)")
-    p.add_argument("--batch-size", type=int, default=32, help="fine-tuning batch size (default 32)")
-    p.add_argument("--ensemble", type=int, default=0, help="also fine-tune an ensemble of this many copies")
+    add_method_arguments(p, "linearized model")
+    ft = p.add_argument_group("fine-tuning (the same parameters; defaults: the example's, else 300 / 1e-3 / 32)")
+    ft.add_argument("--epochs", type=positive_int, help="fine-tuning epochs")
+    ft.add_argument("--lr", type=positive_float, help="fine-tuning learning rate (Adam)")
+    ft.add_argument("--batch-size", type=positive_int, help="fine-tuning batch size")
+    ft.add_argument("--ensemble", type=nonnegative_int, help="also fine-tune an ensemble of this many copies")
     p.add_argument("--json", type=Path, help="write the comparison records to this JSON file")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, space=None, solver=None)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the comparison and print the table; return the exit code."""
-    from ntk_studio.core.compare import CompareSettings, compare
     from ntk_studio.core.comparison import format_table
-    from ntk_studio.core.finetune import FineTuneSettings
+    from ntk_studio.core.pipeline import SCORING_RULE, plan_run, run, split
 
-    model, dataset, info = load_inputs(args)
-    train, test = split_rows(dataset, args)
-    settings = CompareSettings(
-        params=args.params, prior_var=args.prior_var, noise=args.noise, fit_hyper=not args.no_fit_hyper,
-        finetune=FineTuneSettings(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, patience=None, seed=args.seed),
-        ensemble_members=args.ensemble,
-    )
-    records = compare(model, train, test, settings)
-    print(f"{len(train)} labelled rows, {len(test)} test rows")
-    print(format_table(records))
+    model, data, info, defaults, _ = load_inputs(args)
+    settings = run_settings(args, defaults)
+    plan = plan_run(model, data, settings)
+    train, test = split(data.dataset, settings)
+    print_header(data, plan, len(train), len(test))
+    result = run(model, data, settings, ("linearized", "fine-tuned", "ensemble"))
+    print(format_table(result.records))
+    print_hyper(result)
+    print(f"scoring: {SCORING_RULE}")
     if args.json:
-        write_json(args.json, {"inputs": info, "n_train": len(train), "n_test": len(test),
-                               "records": [r.to_dict() for r in records]})
+        write_json(args.json, {**result.to_json(), "inputs": info, "n_train": len(train)})
         print(f"records written to {args.json}")
     return 0

@@ -16,7 +16,8 @@ def add_parser(sub) -> None:
     demo.add_argument("--n-train", type=int, default=10, help="labelled points of the new task (default 10)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the target-task sample (default 0)")
     demo.add_argument("--params", default="all", help="linearized parameters: all, last:K, or module names")
-    demo.add_argument("--no-fit-hyper", action="store_true", help="keep s² = 1 and σ² = true noise")
+    demo.add_argument("--no-fit-hyper", action="store_true",
+                      help="keep s² = 1 and σ² = 0.1 × variance of the labelled targets (no evidence fit)")
     demo.set_defaults(run=run)
 
 
@@ -31,7 +32,7 @@ def _print_table(result: dict) -> None:
         f"GP: route {gp['route']} ({gp['kernel_path']} kernel), P = {gp['num_params']:,}, "
         f"s² = {gp['prior_var']:.3g}, σ² = {gp['noise']:.3g}, residual {gp['residual']:.1e}"
     )
-    print("(the unadapted network is scored with the true noise variance as its predictive variance)")
+    print(f"scoring: {result['scoring_rule']}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .adapt import add_data_arguments, add_method_arguments, load_inputs, split_rows
+from .adapt import add_data_arguments, add_method_arguments, load_inputs, print_header, run_settings
 from .output import write_json
 
 DTYPES = ("float64", "float32")
@@ -17,10 +17,6 @@ def add_parser(sub) -> None:
     src = add_data_arguments(p)
     src.add_argument("--standardize-x", action="store_true",
                      help="standardize inputs with the adaptation split's statistics (applied inside the file)")
-    split = p.add_argument_group("split")
-    split.add_argument("--n-adapt", type=int, help="labelled rows to adapt on (default: 70%% of the rows)")
-    split.add_argument("--per-class", type=int, help="classification: labelled rows per class")
-    split.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     add_method_arguments(p, "method")
     out = p.add_argument_group("output")
     out.add_argument("--onnx", type=Path, help="write the ONNX file here")
@@ -28,60 +24,39 @@ def add_parser(sub) -> None:
     out.add_argument("--dtype", choices=DTYPES, default="float64",
                      help="precision of the exported graph (default float64; float32 halves the size)")
     out.add_argument("--json", type=Path, help="write the export report (sizes, verification errors) here")
-    p.set_defaults(run=run)
-
-
-def _inputs(args):
-    """Return (model, dataset, standardizer or None, datasets-are-standardized, provenance)."""
-    if args.example:
-        from ntk_studio.core.errors import DataLoadError
-        from ntk_studio.core.examples.registry import load_example
-
-        if args.model or args.data:
-            raise DataLoadError("Use either --example or --model/--data, not both.")
-        ex = load_example(args.example)
-        return ex.model, ex.target, ex.standardizer, ex.standardizer is not None, {"example": ex.name}
-    model, dataset, info = load_inputs(args)
-    return model, dataset, None, False, info
+    p.set_defaults(run=run, space=None, solver=None)
 
 
 def run(args: argparse.Namespace) -> int:
     """Fit on the adaptation split, export, verify on the held-out split; return the exit code."""
     import torch
 
-    from ntk_studio.core.classify import LinearizedClassifier
     from ntk_studio.core.data import Standardizer
     from ntk_studio.core.errors import DataLoadError
     from ntk_studio.core.export import export_predictor
-    from ntk_studio.core.gp import LinearizedGP
+    from ntk_studio.core.pipeline import check_exportable, fit_linearized_iter, plan_run, split
 
     if args.onnx is None and args.native is None:
         raise DataLoadError("Nothing to write: give --onnx FILE and/or --native FILE.")
-    model, dataset, stats, stored_standardized, info = _inputs(args)
-    train, test = split_rows(dataset, args)
-    if stored_standardized:
-        X_check = stats.inverse_x(test.X)  # users feed raw units; the file standardizes them
-    else:
-        X_check = test.X
-        if args.standardize_x:
-            stats = Standardizer.fit(train).inputs_only()
-            train = stats.transform(train)
-    if dataset.is_classification:
-        predictor = LinearizedClassifier(model, params=args.params, prior_var=args.prior_var)
-        what = f"Laplace classifier ({len(dataset.class_names or ())} classes)"
-    else:
-        predictor = LinearizedGP(model, params=args.params, prior_var=args.prior_var, noise=args.noise)
-        what = "GP regression"
+    model, data, info, defaults, stats = load_inputs(args)
+    check_exportable(model)  # before any fitting: a model that cannot be exported fails in a second
+    settings = run_settings(args, defaults)
+    train, test = split(data.dataset, settings)
+    # An example's data are stored standardized; users feed raw units, and the file standardizes them.
+    X_check = stats.inverse_x(test.X) if stats is not None else test.X
+    if stats is None and args.standardize_x:
+        stats = Standardizer.fit(train).inputs_only()
+        train = stats.transform(train)
     if not args.quiet:
-        print(f"adapting ({what}) on {len(train)} rows, {predictor.lm.num_params:,} linearized parameters")
-    predictor.fit(train.X, train.y)
-    if args.fit_hyper and not dataset.is_classification:
-        predictor.fit_hyperparameters()
+        print_header(data, plan_run(model, data, settings), len(train), len(test))
+    predictor = _drain(fit_linearized_iter(model, data.task, train, settings))
+    if not args.quiet:
+        print_hyper_of(predictor, data.task, settings)
     if not args.quiet:
         print(f"exporting and checking against {len(test)} held-out rows at batch sizes 1, 7, 1000 …")
     report = export_predictor(
         predictor, X_check, args.onnx, args.native, standardizer=stats,
-        feature_names=dataset.feature_names, class_names=dataset.class_names,
+        feature_names=data.dataset.feature_names, class_names=data.dataset.class_names,
         source_sha256=info.get("model_sha256"), dtype=getattr(torch, args.dtype),
     )
     for fmt, path, size in (("ONNX", report.onnx_path, report.onnx_bytes),
@@ -94,3 +69,18 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, {**report.to_json(), "inputs": info})
     return 0
+
+
+def _drain(gen):
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def print_hyper_of(predictor, task: str, settings) -> None:
+    """Print the fitted (or given) hyperparameters of the exported predictor."""
+    how = "fitted" if settings.fit_hyper else "as given"
+    noise = "" if task == "classification" else f", σ² = {predictor.noise:.4g}"
+    print(f"hyperparameters {how}: s² = {predictor.prior_var:.4g}{noise}")

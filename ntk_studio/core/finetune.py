@@ -2,14 +2,15 @@
 
 The model is fine-tuned in **eval mode** by default (BatchNorm uses its running statistics, which stay
 frozen; dropout is off), so fine-tuning searches the same function class the GP linearizes. Pass
-``train_mode=True`` for the usual train mode. The user's model is never modified: work happens on a
-deep copy. Runs are seeded and deterministic; ``finetune_iter`` yields one :class:`EpochEvent` per
+``train_mode=True`` for the usual train mode. The user's model is never modified or copied: the
+trained weights are a parameter dict applied with ``torch.func.functional_call`` (:class:`TunedModel`),
+which works for ordinary modules, TorchScript and torch.export programs alike. Runs are seeded and deterministic; ``finetune_iter`` yields one :class:`EpochEvent` per
 epoch (epoch 0 is the starting model) and checks the cancel token before every batch.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import dataclasses
 import math
 import time
@@ -164,21 +165,85 @@ def _grid_pred(model: nn.Module, grid: torch.Tensor | None, task: str, vector: b
 def finetune_iter(
     model: nn.Module, train: Dataset, val: Dataset | None, settings: FineTuneSettings,
     grid: torch.Tensor | None = None, cancel: CancelToken | None = None, max_rate: float | None = None,
+    device: torch.device | str | None = None,
 ) -> Generator[EpochEvent, None, FineTuneResult]:
-    """Yield one EpochEvent per epoch (at most `max_rate` per second if set); return the FineTuneResult."""
-    return (yield from _run(model, train, val, settings, grid, cancel, max_rate))
+    """Yield one EpochEvent per epoch (at most `max_rate` per second if set); return the FineTuneResult.
+
+    `device` is where the tuned copy of the weights lives (default: the model's).
+    """
+    return (yield from _run(model, train, val, settings, grid, cancel, max_rate, device=device))
 
 
-def _run(model, train, val, s: FineTuneSettings, grid, cancel, max_rate, init_std: float = 0.0, member: int = 0):
+class TunedModel(nn.Module):
+    """Fine-tuned weights applied to the original module with ``torch.func.functional_call``.
+
+    The original module is never copied or modified, so TorchScript modules (which cannot be
+    deep-copied), torch.export programs and ordinary modules all fine-tune the same way. The tuned
+    parameters are this module's parameters; buffers travel alongside. The original's train/eval
+    flags follow this module's ``training`` during each forward and are restored afterwards.
+    """
+
+    def __init__(self, base: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        object.__setattr__(self, "_base", base)  # not a submodule: its weights are not ours
+        self._names = list(params)
+        self.tensors = nn.ParameterList([nn.Parameter(t, requires_grad=t.requires_grad) for t in params.values()])
+        self._buffer_state = buffers
+        self.training = False
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Return name -> tensor of every parameter and buffer, as functional_call takes them."""
+        return {**dict(zip(self._names, self.tensors)), **self._buffer_state}
+
+    def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:  # noqa: ARG002 - nn.Module's signature
+        """Return the tuned weights and buffers under the original module's names (loadable into it)."""
+        return {n: t.detach() for n, t in self.state().items()}
+
+    def forward(self, *args, **kwargs):
+        """Return the original module's output with the tuned weights."""
+        with _module_mode(self._base, self.training):
+            return torch.func.functional_call(self._base, self.state(), args, kwargs)
+
+
+@contextlib.contextmanager
+def _module_mode(module: nn.Module, training: bool):
+    """Set train/eval flags on every submodule (exported programs refuse .train()); restore them after."""
+    mods = list(module.modules())
+    script = getattr(module, "script", None)
+    if script is not None:
+        mods += list(script.modules())
+    saved = [(m, m.training) for m in mods]
+    try:
+        for m in mods:
+            m.training = training
+        yield
+    finally:
+        for m, flag in saved:
+            m.training = flag
+
+
+def _tuned_copy(model: nn.Module, s: FineTuneSettings, device: torch.device | None) -> tuple[TunedModel, ParamSubset]:
+    """Return (a TunedModel holding fresh copies of the weights in s.dtype, the trained subset)."""
+    subset = ParamSubset.from_spec(model, s.params)
+    first = next(iter(model.parameters()), None)
+    device = torch.device(device) if device is not None else (first.device if first is not None else torch.device("cpu"))
+
+    def fresh(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to(device, s.dtype if t.is_floating_point() else t.dtype).clone()
+
+    trained = set(subset.names)
+    params = {n: fresh(p).requires_grad_(n in trained) for n, p in model.named_parameters()}
+    buffers = {n: fresh(b) for n, b in model.named_buffers()}
+    return TunedModel(model, params, buffers), subset
+
+
+def _run(model, train, val, s: FineTuneSettings, grid, cancel, max_rate, init_std: float = 0.0, member: int = 0,
+         device=None):
     busy, t0 = 0.0, time.perf_counter()
     cancel = cancel or CancelToken()
     cancel.raise_if_cancelled()
-    work = copy.deepcopy(model).to(dtype=s.dtype).eval()
-    subset = ParamSubset.from_spec(work, s.params)
-    named = dict(work.named_parameters())
-    flags = {n: p.requires_grad for n, p in named.items()}
-    for n, p in named.items():
-        p.requires_grad_(n in subset.names)
+    work, subset = _tuned_copy(model, s, device)
+    named = dict(zip(work._names, work.tensors))
     trained = [named[n] for n in subset.names]
     device = trained[0].device
     X, y = _prepare(train, s, device)
@@ -194,7 +259,7 @@ def _run(model, train, val, s: FineTuneSettings, grid, cancel, max_rate, init_st
     opt = (torch.optim.SGD(trained, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay) if s.optimizer == "sgd"
            else torch.optim.Adam(trained, lr=s.lr, weight_decay=s.weight_decay))
     # Buffers are snapshotted too in train mode, where BatchNorm statistics move with the weights.
-    keep = dict(zip(subset.names, trained)) | (dict(work.named_buffers()) if s.train_mode else {})
+    keep = dict(zip(subset.names, trained)) | (dict(work._buffer_state) if s.train_mode else {})
 
     def evaluate(epoch: int, train_loss: float | None, step: int) -> EpochEvent:
         work.eval()
@@ -253,8 +318,8 @@ def _run(model, train, val, s: FineTuneSettings, grid, cancel, max_rate, init_st
         with torch.no_grad():
             for name, t in keep.items():
                 t.copy_(snapshot[name])
-    for name, p in named.items():
-        p.requires_grad_(flags[name])
+    for p in trained:
+        p.requires_grad_(False)
     work.eval()
     return FineTuneResult(work, history, best_epoch, stopped_early, busy + time.perf_counter() - t0, s, vector)
 

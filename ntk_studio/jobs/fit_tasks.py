@@ -7,7 +7,6 @@ calibration and solver convergence, and the metrics of the comparison table.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Generator
 from typing import Any
@@ -15,20 +14,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from ntk_studio.core import FineTuneSettings, LinearizedClassifier, LinearizedGP, LinearizedTrajectory, finetune_iter
-from ntk_studio.core.compare import PRIOR_VAR_GRID
+from ntk_studio.core import LinearizedTrajectory
 from ntk_studio.core.data.dataset import Dataset
 from ntk_studio.core.errors import MemoryBudgetError, ShapeError, SolverError
+from ntk_studio.core.metrics import calibration_curve
+from ntk_studio.core.metrics_classification import reliability_diagram
+from ntk_studio.core.pipeline import (
+    SCORING_RULE, RunSettings, fine_tune_iter, fit_linearized_iter, hyper_info, score_finetuned, score_linearized,
+    score_point,
+)
 from ntk_studio.core.finetune import predict
-from ntk_studio.core.metrics import calibration_curve, regression_report
-from ntk_studio.core.metrics_classification import classification_report, reliability_diagram
 from ntk_studio.core.progress import MAX_EVENTS_PER_SECOND, CancelToken
 
 from .state import WorkerState, resolve_device
 from .summaries import plot_inputs_1d
 
 MAX_GRID_POINTS = 100_000  # a plot needs a few hundred; more is a typo that would eat memory
-MIN_RESIDUAL_VAR = 1e-12  # floor of a point predictor's residual variance (a perfect fit is not certainty)
 TRAJECTORY_POINTS = 60  # slider positions
 TRAJECTORY_MAX_STEPS = 10**6
 TRAJECTORY_DECAY = 5.0  # run until the slowest non-null mode has decayed by e^-5 (or MAX_STEPS)
@@ -51,14 +52,12 @@ def _progress(event) -> dict[str, Any]:
             "residual": event.residual, "elapsed": event.elapsed, "message": event.message}
 
 
-def _residual_var(pred: torch.Tensor, y: torch.Tensor) -> float:
-    return max(float(((pred.double() - y.double()) ** 2).mean()), MIN_RESIDUAL_VAR)
-
-
-def point_predictor_report(pred_test: torch.Tensor, pred_adapt: torch.Tensor, adapt: Dataset, test: Dataset) -> dict:
-    """Return the regression report of a point predictor scored with its adaptation residual variance."""
-    var = torch.full_like(pred_test.double(), _residual_var(pred_adapt, adapt.y))
-    return regression_report(pred_test.double().reshape(test.y.shape), var.reshape(test.y.shape), test.y.double())
+def run_settings(state: WorkerState, args: dict) -> RunSettings:
+    """Return the pipeline's RunSettings for a job's arguments (the same settings the CLI builds)."""
+    keys = ("params", "n_adapt", "seed", "prior_var", "noise", "fit_hyper", "space", "solver", "epochs", "lr",
+            "batch_size")
+    given = {k: args[k] for k in keys if k in args}
+    return RunSettings(task=state.task, **{k: v for k, v in given.items() if v is not None or k in ("n_adapt", "noise")})
 
 
 def _calibration(curve) -> dict[str, Any]:
@@ -78,89 +77,69 @@ def _fit_events(fit, convergence: list) -> JobGen:
 
 
 def fit_gp_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
-    """Fit the linearized GP (regression) or classifier; return plots, metrics, plan and convergence."""
+    """Fit the linearized GP (regression) or classifier through the pipeline; return plots, metrics, plan."""
     model, data = state.require_model(), state.require_data()
-    adapt, test = state.split(args["n_adapt"], args["seed"])
+    settings = run_settings(state, args)
+    adapt, test = state.split(settings.n_adapt, settings.seed)
     device = resolve_device(args["device"])
     start = time.perf_counter()
+    convergence: list = []
+    fitted = yield from _fit_events(fit_linearized_iter(model, state.task, adapt, settings, cancel, device,
+                                                        state.shard), convergence)
+    cancel.raise_if_cancelled()
+    fit_time = time.perf_counter() - start
+    record, preds = score_linearized(fitted, state.task, test, fit_time)
+    base_test = _model_outputs(model, test, state.task)
+    base_adapt = None if state.task == "classification" else _model_outputs(model, adapt, state.task)
+    base_record, base_preds = score_point("unadapted", state.task, base_test, base_adapt, adapt, test, 0.0)
+    state.gp = fitted
     if state.task == "classification":
-        result = yield from _fit_classifier(state, model, adapt, test, args, cancel, device)
+        result = _classifier_payload(state, fitted, test, preds, base_preds, convergence)
     else:
-        result = yield from _fit_regression(state, model, data, adapt, test, args, cancel, device)
-    result.update(n_adapt=len(adapt), n_test=len(test), wall_time=time.perf_counter() - start,
+        result = _regression_payload(state, fitted, data, adapt, test, args, preds, base_preds, convergence, cancel)
+    result.update(metrics=record.metrics, unadapted_metrics=base_record.metrics,
+                  records=[base_record.to_dict(), record.to_dict()], hyper=hyper_info(fitted, adapt, settings, state.task),
+                  task_reason=state.task_reason, scoring_rule=SCORING_RULE,
+                  plan=fitted.plan.describe(), route=f"{fitted.plan.space}/{fitted.plan.solver}",
+                  prior_var=fitted.prior_var, num_params=fitted.lm.num_params,
+                  n_adapt=len(adapt), n_test=len(test), wall_time=time.perf_counter() - start,
                   device=str(device), task=state.task)
     return result
 
 
-def _fit_regression(state, model, data, adapt, test, args, cancel, device) -> JobGen:
+def _model_outputs(model, ds: Dataset, task: str) -> torch.Tensor:
+    with torch.no_grad():
+        out = predict(model, ds.X, task=task)
+    return out if task == "classification" else out.reshape(len(ds), -1).squeeze(-1)
+
+
+def _regression_payload(state, gp, data, adapt, test, args, preds, base_preds, convergence, cancel) -> dict[str, Any]:
     X_plot, is_grid = plot_inputs(data, test, args["grid_points"])
-    gp = LinearizedGP(model, params=args["params"], prior_var=args["prior_var"], noise=args["noise"],
-                      space=args["space"], solver=args["solver"], device=device, shard=state.shard)
-    convergence: list = []
-    yield from _fit_events(gp.fit_iter(adapt.X, adapt.y, cancel=cancel), convergence)
-    cancel.raise_if_cancelled()
-    if args["fit_hyper"]:
-        yield "progress", {"stage": "hyperparameters", "progress": 0.0, "message": "marginal likelihood"}
-        gp.fit_hyperparameters()
-        cancel.raise_if_cancelled()
     mean, var = gp.predict(X_plot, cancel=cancel)
-    test_mean, test_var = gp.predict(test.X, include_noise=True, cancel=cancel)
-    base_test = predict(model, test.X).double().reshape(test.y.shape)
-    base_adapt = predict(model, adapt.X).double().reshape(adapt.y.shape)
-    state.gp = gp
-    calib = calibration_curve(test_mean, test_var, test.y)
-    base_var = torch.full_like(base_test.double(), _residual_var(base_adapt, adapt.y))
     info = gp.solve_info
+    test_mean, test_var = preds["mean"], preds["var"]
+    base_test, base_var = base_preds["mean"], base_preds["var"]
     return {
         "x": X_plot[:, 0] if is_grid else None, "grid": is_grid,
         "mean": mean, "std": var.clamp_min(0).sqrt(),  # std of f (no noise); add noise for y
-        "metrics": regression_report(test_mean, test_var, test.y),
-        "unadapted_metrics": point_predictor_report(base_test, base_adapt, adapt, test),
-        "plan": gp.plan.describe(), "route": f"{gp.plan.space}/{gp.plan.solver}",
-        "prior_var": gp.prior_var, "noise": gp.noise, "num_params": gp.lm.num_params,
-        "residual": info.residual if info else None,
+        "noise": gp.noise, "residual": info.residual if info else None,
         "convergence": {"solver": gp.plan.solver, "points": convergence,
                         "iterations": info.iterations if info else 0, "products": info.products if info else 0},
         "train_x": adapt.X[:, 0] if is_grid else None, "train_y": adapt.y if is_grid else None,
         "truth": state.truth(X_plot[:, 0]) if is_grid and state.truth is not None else None,
         "test_y": test.y, "test_mean": test_mean, "test_std": test_var.clamp_min(0).sqrt(),
         "test_base": base_test,
-        "calibration": _calibration(calib),
-        "base_calibration": _calibration(calibration_curve(base_test.double(), base_var, test.y)),
+        "calibration": _calibration(calibration_curve(test_mean, test_var, test.y)),
+        "base_calibration": _calibration(calibration_curve(base_test, base_var, test.y)),
     }
 
 
-def _fit_classifier(state, model, adapt, test, args, cancel, device) -> JobGen:
-    def fit(prior_var: float, solver: str):
-        clf = LinearizedClassifier(model, params=args["params"], prior_var=prior_var, space=args["space"],
-                                   solver=solver, device=device, shard=state.shard)
-        return (yield from _fit_events(clf.fit_iter(adapt.X, adapt.y, cancel=cancel), convergence))
-
-    convergence: list = []
-    clf = yield from fit(args["prior_var"], args["solver"])
-    if args["fit_hyper"]:  # Laplace evidence over a log grid of prior variances (no closed-form optimum)
-        best, best_lml = clf, clf.log_marginal_likelihood()
-        for i, prior_var in enumerate(PRIOR_VAR_GRID):
-            yield "progress", {"stage": "evidence", "progress": i / len(PRIOR_VAR_GRID),
-                               "message": f"prior variance {prior_var:g}"}
-            convergence_mark = len(convergence)
-            cand = yield from fit(prior_var, args["solver"])
-            del convergence[convergence_mark:]  # the plot shows the first fit's Newton steps only
-            if (lml := cand.log_marginal_likelihood()) > best_lml:
-                best, best_lml = cand, lml
-        clf = best
-    cancel.raise_if_cancelled()
-    probs = clf.predict_proba(test.X).double()
-    base = predict(model, test.X, task="classification").double()
-    state.gp = clf
-    diagram, base_diagram = reliability_diagram(probs, test.y), reliability_diagram(base, test.y)
+def _classifier_payload(state, clf, test, preds, base_preds, convergence) -> dict[str, Any]:
+    probs, base = preds["probs"], base_preds["probs"]
     return {
         "grid": False, "class_names": list(state.data.class_names or []), "test_y": test.y, "probs": probs,
-        "base_probs": base, "metrics": classification_report(probs, test.y),
-        "unadapted_metrics": classification_report(base, test.y),
-        "reliability": diagram._asdict(), "base_reliability": base_diagram._asdict(),
-        "plan": clf.plan.describe(), "route": f"{clf.plan.space}/{clf.plan.solver}",
-        "prior_var": clf.prior_var, "noise": None, "num_params": clf.lm.num_params,
+        "base_probs": base, "reliability": reliability_diagram(probs, test.y)._asdict(),
+        "base_reliability": reliability_diagram(base, test.y)._asdict(), "noise": None,
         "residual": clf.map_info.grad_norm,
         "convergence": {"solver": "newton", "points": convergence, "iterations": clf.map_info.iterations,
                         "products": 0},
@@ -168,20 +147,19 @@ def _fit_classifier(state, model, adapt, test, args, cancel, device) -> JobGen:
 
 
 def finetune_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
-    """Fine-tune a copy of the model on the adaptation split; stream epochs; return predictions and metrics."""
+    """Fine-tune the linearized subset on the adaptation split (pipeline); stream epochs; return metrics."""
     model, data = state.require_model(), state.require_data()
-    adapt, test = state.split(args["n_adapt"], args["seed"])
+    settings = run_settings(state, args)
+    adapt, test = state.split(settings.n_adapt, settings.seed)
     device = resolve_device(args["device"])
     classify = state.task == "classification"
     X_plot, is_grid = plot_inputs(data, test, args["grid_points"])
     # Class probabilities of every held-out image each epoch would cost a forward pass of the body
     # per epoch: classifiers get their test predictions once, at the end.
     grid = None if classify else X_plot
-    settings = FineTuneSettings(params=args["params"], lr=args["lr"], epochs=args["epochs"],
-                                batch_size=args["batch_size"], seed=args["seed"], task=state.task, patience=None)
-    work = model if device.type == "cpu" else copy.deepcopy(model).to(device)
     start = time.perf_counter()
-    run = finetune_iter(work, adapt, None, settings, grid=grid, cancel=cancel, max_rate=MAX_EVENTS_PER_SECOND)
+    run = fine_tune_iter(model, state.task, adapt, settings, grid=grid, cancel=cancel,
+                         max_rate=MAX_EVENTS_PER_SECOND, device=device)
     while True:
         try:
             event = next(run)
@@ -191,24 +169,23 @@ def finetune_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
         yield "epoch", {"epoch": event.epoch, "train_loss": event.train_loss, "elapsed": event.elapsed,
                         "grid_pred": event.grid_pred, "grid": is_grid}
     state.finetuned = result.model
+    record, preds = score_finetuned(result, state.task, adapt, test, time.perf_counter() - start)
     final = result.history[-1]
     out = {"x": X_plot[:, 0] if is_grid else None, "grid": is_grid, "grid_pred": final.grid_pred,
            "train_loss": final.train_loss, "epochs_run": final.epoch, "n_adapt": len(adapt),
            "n_test": len(test), "wall_time": time.perf_counter() - start, "task": state.task,
+           "metrics": record.metrics, "record": record.to_dict(), "scoring_rule": SCORING_RULE,
            # Every epoch, not only the throttled events, so a saved project redraws the whole run.
            "start_pred": result.history[0].grid_pred,
            "history": [[e.epoch, e.train_loss] for e in result.history]}
     if classify:
-        probs = predict(result, test.X).double().cpu()
-        out.update(probs=probs, test_y=test.y, metrics=classification_report(probs, test.y),
-                   reliability=reliability_diagram(probs, test.y)._asdict())
+        probs = preds["probs"]
+        out.update(probs=probs, test_y=test.y, reliability=reliability_diagram(probs, test.y)._asdict())
         out["test_loss"] = out["metrics"]["nll"]
     else:
-        pred_test, pred_adapt = predict(result, test.X).cpu(), predict(result, adapt.X).cpu()
-        var = torch.full_like(pred_test.double(), _residual_var(pred_adapt, adapt.y))
-        out.update(test_pred=pred_test, metrics=point_predictor_report(pred_test, pred_adapt, adapt, test),
-                   calibration=_calibration(calibration_curve(pred_test.double(), var, test.y)))
-        out["test_loss"] = float(((pred_test.double() - test.y.double()) ** 2).mean())
+        pred_test, var = preds["mean"], preds["var"]
+        out.update(test_pred=pred_test, calibration=_calibration(calibration_curve(pred_test, var, test.y)))
+        out["test_loss"] = float(((pred_test - test.y.double()) ** 2).mean())
     return out
 
 

@@ -10,11 +10,12 @@ from torch import nn
 
 from ntk_studio.core import CancelToken
 from ntk_studio.core.data import load_dataset
-from ntk_studio.core.errors import DataLoadError
+from ntk_studio.core.errors import DataLoadError, NTKStudioError
 from ntk_studio.core.data.tabular import SUPPORTED_EXTENSIONS as TABLE_EXTENSIONS
 from ntk_studio.core.examples.registry import load_example
 from ntk_studio.core.models import load_model
 from ntk_studio.core.params import ParamSubset
+from ntk_studio.core.pipeline import PreparedData, RunSettings, load_data_for, plan_run, prepare
 from ntk_studio.core.plan import make_plan
 
 from .state import WorkerState, available_devices
@@ -28,7 +29,8 @@ def _session(state: WorkerState) -> dict[str, Any]:
     """Return what the window shows after a load: model tree, data preview, task and devices."""
     model = None if state.model is None else model_summary(state.model, state.data)
     data = None if state.data is None else data_summary(state.data)
-    return {"model": model, "data": data, "task": state.task, "devices": available_devices(),
+    return {"model": model, "data": data, "task": state.task, "task_reason": state.task_reason,
+            "devices": available_devices(),
             "example": state.example.name if state.example is not None else None}
 
 
@@ -38,6 +40,7 @@ def load_example_job(state: WorkerState, args: dict, cancel: CancelToken) -> Job
     cancel.raise_if_cancelled()
     state.forget_fits()
     state.example, state.model, state.data, state.task = example, example.model, example.target, example.task
+    state.task_reason, state.data_source = "the example's task", None
     state.truth, state.model_source = example.truth, f"built-in example '{example.name}'"
     state.model_sha256 = ""
     target = example.target
@@ -54,29 +57,69 @@ def load_model_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGe
     cancel.raise_if_cancelled()
     state.forget_fits()
     state.model, state.model_source, state.model_sha256 = loaded.module, str(loaded.path), loaded.sha256
+    notes = list(loaded.notes)
+    try:
+        _read_data(state)  # a data file is re-read shaped for this model (channels, size, task)
+    except NTKStudioError as exc:  # the session's summary shows the mismatch; the model stays loaded
+        notes.append(f"The loaded data do not fit this model: {exc}")
     return {"path": str(loaded.path), "format": loaded.format, "sha256": loaded.sha256,
-            "notes": list(loaded.notes), "session": _session(state)}
+            "notes": notes, "session": _session(state)}
     yield  # pragma: no cover
 
 
 def load_data_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
-    """Load a data file; a table without a chosen target returns its columns instead of loading."""
+    """Load a data file shaped for the loaded model (image channels and size, task); a table without a
+    chosen target returns its columns instead. Args ``task`` (auto|regression|classification),
+    ``channels`` and ``image_size`` override what the model says; ``classification`` is the old flag."""
     path = Path(args["path"]).expanduser()
     is_table = path.suffix.lower() in TABLE_EXTENSIONS and not path.is_dir()
     if is_table and not args["target"]:
         return table_columns(path)
-    options: dict[str, Any] = {"classification": args["classification"]}
+    table: dict[str, Any] = {}
     if is_table:
         if not all(isinstance(f, str) for f in args["features"] or []):
             raise DataLoadError("features must be a list of column names.")
-        options.update(target=args["target"], features=args["features"] or None)
-    data = load_dataset(path, **options)
+        table.update(target=args["target"], features=args["features"] or None)
+    task = args.get("task") or "auto"
+    if task == "auto" and args.get("classification"):
+        task = "classification"
+    size = args.get("image_size")
+    options = {"task": task, "channels": args.get("channels"), "image_size": tuple(size) if size else None,
+               "table": table}
+    previous = (state.data_source, state.data, state.task, state.task_reason, state.example)
+    state.data_source, state.example = (str(path), options), None
+    try:
+        _read_data(state)
+    except Exception:
+        state.data_source, state.data, state.task, state.task_reason, state.example = previous
+        raise
     cancel.raise_if_cancelled()
     state.forget_fits()
-    state.data, state.task, state.truth = data, "classification" if data.is_classification else "regression", None
-    state.example = None
-    return {"needs_columns": False, "path": str(path), "sha256": data.sha256, "session": _session(state)}
+    state.truth = None
+    return {"needs_columns": False, "path": str(path), "sha256": state.data.sha256, "task": state.task,
+            "task_reason": state.task_reason, "session": _session(state)}
     yield  # pragma: no cover
+
+
+def _read_data(state: WorkerState) -> None:
+    """(Re)read the data file for the loaded model: channels, size and task decided against it."""
+    if state.data_source is None:
+        return
+    path, o = state.data_source
+    if state.model is not None:
+        prepared = load_data_for(state.model, path, o["task"], o["channels"], o["image_size"], **o["table"])
+        state.data, state.task, state.task_reason = prepared.dataset, prepared.task, prepared.task_reason
+        return
+    # No model yet: read as the data say; the task is settled when a model arrives.
+    p = Path(path)
+    extra: dict[str, Any] = dict(o["table"])
+    if p.is_dir():
+        extra.update(channels=o["channels"] or 3, size=o["image_size"])
+    elif o["task"] == "classification":
+        extra["classification"] = True
+    data = load_dataset(p, **extra)
+    state.data, state.task = data, "classification" if data.is_classification else "regression"
+    state.task_reason = "from the data alone (no model loaded yet)"
 
 
 def _dense_jacobian(model: nn.Module, subset: ParamSubset) -> bool:
@@ -88,12 +131,16 @@ def _dense_jacobian(model: nn.Module, subset: ParamSubset) -> bool:
 def plan_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
     """Return the route, system size and memory the GP would use with these settings (nothing is fitted)."""
     model, data = state.require_model(), state.require_data()
-    adapt, _ = state.split(args["n_adapt"], args["seed"])
-    subset = ParamSubset.from_spec(model, args["params"])
     outputs = model_summary(model, data)
-    K = (outputs["output_shape"] or [1])[0] if outputs["mismatch"] is None else 1
-    plan = make_plan(len(adapt), int(K), subset.numel, args["space"], args["solver"], itemsize=PLAN_ITEMSIZE,
-                     dense_jacobian=_dense_jacobian(model, subset))
+    if outputs["mismatch"] is None:
+        settings = RunSettings(params=args["params"], n_adapt=args["n_adapt"], seed=args["seed"],
+                               space=args["space"], solver=args["solver"])
+        plan = plan_run(model, PreparedData(data, state.task, state.task_reason), settings)
+    else:  # the model cannot run on the data: still show a route, for one output
+        adapt, _ = state.split(args["n_adapt"], args["seed"])
+        subset = ParamSubset.from_spec(model, args["params"])
+        plan = make_plan(len(adapt), 1, subset.numel, args["space"], args["solver"], itemsize=PLAN_ITEMSIZE,
+                         dense_jacobian=_dense_jacobian(model, subset))
     return {"describe": plan.describe(), "space": plan.space, "solver": plan.solver, "n": plan.n,
             "outputs": plan.outputs, "params": plan.params, "est_bytes": plan.est_bytes,
             "est_products": plan.est_products, "budget_bytes": plan.budget_bytes,

@@ -33,6 +33,7 @@ import numpy as np
 
 # Not ntk_studio.core: importing it loads torch, and the GUI process must start without torch.
 from ntk_studio.errors import NTKStudioError
+from ntk_studio.pipeline_defaults import DEFAULT_SETTINGS as _D  # the one set of run defaults (torch-free)
 
 EVENT_TYPES = ("started", "progress", "epoch", "result", "error", "cancelled")
 TERMINAL_TYPES = frozenset({"result", "error", "cancelled"})
@@ -58,26 +59,29 @@ COMMANDS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "path": ((str,), _REQUIRED),
         "target": ((str, type(None)), None),  # a table without a target answers with its columns
         "features": ((list, type(None)), None),
-        "classification": ((bool,), False),
+        "classification": ((bool,), False),  # old flag: the same as task="classification"
+        "task": ((str,), "auto"),  # auto | regression | classification (core.pipeline_data.resolve_task)
+        "channels": ((int, type(None)), None),  # image channels to read (None: the model's first conv)
+        "image_size": ((list, type(None)), None),  # [H, W] to resize images to (None: their own size)
     },
     "plan": {**_SPLIT, "params": ((str,), "all"), "space": ((str,), "auto"), "solver": ((str,), "auto")},
     "fit_gp": {
         **_SPLIT,
         "params": ((str,), "all"),
-        "prior_var": ((float, int), 1.0),
-        "noise": ((float, int), 0.1),
+        "prior_var": ((float, int), _D.prior_var),
+        "noise": ((float, int, type(None)), _D.noise),  # None: NOISE_FRACTION × variance of the adaptation targets
         "space": ((str,), "auto"),
         "solver": ((str,), "auto"),
         "grid_points": ((int,), 200),
-        "fit_hyper": ((bool,), False),
+        "fit_hyper": ((bool,), _D.fit_hyper),
         "device": ((str,), "auto"),
     },
     "finetune": {
         **_SPLIT,
         "params": ((str,), "all"),
-        "epochs": ((int,), 200),
-        "lr": ((float, int), 1e-3),
-        "batch_size": ((int,), 32),
+        "epochs": ((int,), _D.epochs),
+        "lr": ((float, int), _D.lr),
+        "batch_size": ((int,), _D.batch_size),
         "grid_points": ((int,), 200),
         "device": ((str,), "auto"),
     },

@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ntk_studio.core.data import adaptation_split
 from ntk_studio.core.data.dataset import Dataset
 from ntk_studio.core.errors import DataLoadError, ModelLoadError, ShapeError
 
@@ -38,6 +37,10 @@ class WorkerState:
     model: nn.Module | None = None
     data: Dataset | None = None
     task: str = "regression"
+    task_reason: str = ""
+    # A data file and how to read it (task, channels, image size, table columns): re-read shaped for
+    # each newly loaded model, since image channels and the task depend on the model.
+    data_source: tuple[str, dict[str, Any]] | None = None
     example: Any = None  # the core Example when one is loaded (its name, truth, notes)
     truth: Any = None  # noise-free target function of a 1-D example, when known
     model_source: str = ""
@@ -70,10 +73,10 @@ class WorkerState:
         return self.example
 
     def split(self, n_adapt: int | None, seed: int) -> tuple[Dataset, Dataset]:
-        """Return the (adaptation, test) datasets for this n_adapt and seed, cached."""
+        """Return the (adaptation, test) datasets for this n_adapt and seed by the pipeline's one rule, cached."""
+        from ntk_studio.core.pipeline import RunSettings, split
+
         key = (n_adapt, seed)
         if key not in self.splits:
-            data = self.require_data()
-            adapt, test = adaptation_split(len(data), n_adapt, seed)
-            self.splits[key] = (data.subset(adapt), data.subset(test))
+            self.splits[key] = split(self.require_data(), RunSettings(n_adapt=n_adapt, seed=seed))
         return self.splits[key]

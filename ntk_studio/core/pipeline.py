@@ -1,0 +1,308 @@
+"""The one adaptation pipeline every front end calls (CLI `adapt`/`compare`, the worker's jobs, the app).
+
+split → fit the linearized model (GP for regression, Laplace classifier for classification),
+hyperparameters by evidence → fine-tune the same parameter subset → score every method with one
+rule → :class:`~ntk_studio.core.comparison.ComparisonRecord` per method.
+
+How methods are scored (``SCORING_RULE``, stated once): the linearized GP by its Gaussian
+predictive (noise included); classifiers by their class probabilities; point predictors (the
+unadapted and the fine-tuned model) by a Gaussian whose variance is their own mean squared
+residual on the adaptation rows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..pipeline_defaults import NOISE_FRACTION, SCORING_RULE, RunSettings, settings_for
+from .classify import LinearizedClassifier
+from .comparison import ComparisonRecord, classification_record, regression_record
+from .data import adaptation_split
+from .data.dataset import Dataset
+from .errors import DataLoadError, ShapeError
+from .finetune import EpochEvent, FineTuneResult, FineTuneSettings, finetune_ensemble, finetune_iter, predict
+from .gp import LinearizedGP
+from .hyper import PRIOR_VAR_GRID
+from .params import ParamSubset
+from .pipeline_data import PreparedData, load_data_for, model_outputs, prepare, resolve_task
+from .plan import Plan, make_plan
+from .progress import CancelToken, ProgressEvent
+from .linearized import DEFAULT_MEMORY_BUDGET
+
+MIN_RESIDUAL_VAR = 1e-12  # a point predictor that fits the adaptation rows exactly is not certain
+METHODS = ("linearized", "fine-tuned", "ensemble")
+PLAN_ITEMSIZE = 8  # solves run in float64
+LINEARIZED_NAMES = {"regression": "linearized GP", "classification": "linearized classifier"}
+POINT_RULE = "Gaussian, variance = own mean squared residual on the adaptation rows"
+
+__all__ = [
+    "METHODS", "PRIOR_VAR_GRID", "SCORING_RULE", "PreparedData", "RunResult", "RunSettings", "fine_tune_iter",
+    "fit_linearized_iter", "load_data_for", "plan_run", "prepare", "resolve_task", "run", "run_split", "score_linearized",
+    "score_point", "settings_for", "split",
+]
+
+
+@dataclass
+class RunResult:
+    """Every method's record on the test rows, the fitted objects, the resolved hyperparameters and plan."""
+
+    task: str
+    task_reason: str
+    settings: RunSettings
+    n_adapt: int
+    n_test: int
+    plan: Plan | None  # the linearized fit's route (None when only fine-tuning ran)
+    hyper: dict[str, Any]
+    records: list[ComparisonRecord]
+    predictions: dict[str, dict[str, torch.Tensor]]
+    y_test: torch.Tensor
+    fitted: LinearizedGP | LinearizedClassifier | None = None
+    finetuned: FineTuneResult | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def record(self, key: str) -> ComparisonRecord:
+        """Return the record of 'unadapted', 'linearized', 'fine-tuned' or 'ensemble'."""
+        name = LINEARIZED_NAMES[self.task] if key == "linearized" else key
+        return next(r for r in self.records if r.method == name or r.method.startswith(f"{key} "))
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the run as JSON-ready data (records, hyperparameters, plan, settings, scoring rule)."""
+        metrics = {"unadapted": self.record("unadapted").metrics}
+        if any(r.method == LINEARIZED_NAMES[self.task] for r in self.records):
+            metrics["gp"] = self.record("linearized").metrics  # the key older readers use
+        return {"task": self.task, "task_reason": self.task_reason, "settings": self.settings.to_dict(),
+                "n_adapt": self.n_adapt, "n_test": self.n_test,
+                "plan": None if self.plan is None else self.plan.describe(),
+                "route": None if self.plan is None else f"{self.plan.space}/{self.plan.solver}", "hyper": self.hyper, "scoring_rule": SCORING_RULE,
+                "metrics": metrics, "records": [r.to_dict() for r in self.records], "notes": self.notes}
+
+
+def split(ds: Dataset, settings: RunSettings) -> tuple[Dataset, Dataset]:
+    """Return (adaptation rows, test rows) by the one split rule (see ntk_studio.pipeline_defaults)."""
+    n = len(ds)
+    if settings.n_adapt is not None and not 1 <= settings.n_adapt < n:
+        raise DataLoadError(f"n_adapt (--n-adapt) must be between 1 and {n - 1} (the data has {n} rows), "
+                            f"got {settings.n_adapt}.")
+    a, t = adaptation_split(n, settings.n_adapt, settings.seed)
+    return ds.subset(a), ds.subset(t)
+
+
+def initial_noise(adapt: Dataset, settings: RunSettings) -> float:
+    """Return σ² to start from: the given one, else NOISE_FRACTION × the variance of the adaptation targets."""
+    if settings.noise is not None:
+        return float(settings.noise)
+    y = adapt.y.double()
+    var = float(y.var(correction=0)) if y.numel() > 1 else 0.0
+    return NOISE_FRACTION * var if var > MIN_RESIDUAL_VAR else NOISE_FRACTION
+
+
+def _targets(task: str, ds: Dataset) -> torch.Tensor:
+    return ds.y if task == "classification" else ds.y.double()
+
+
+def plan_run(model: nn.Module, data: PreparedData, settings: RunSettings,
+             memory_budget: int = DEFAULT_MEMORY_BUDGET) -> Plan:
+    """Return the route the linearized fit will take (shown before any work; over budget → CG, with why)."""
+    adapt, _ = split(data.dataset, settings)
+    subset = ParamSubset.from_spec(model, settings.params)
+    K = model_outputs(model, adapt.X)
+    modules = dict(model.named_modules())
+    dense = not all(isinstance(modules.get(name), nn.Linear) for name in subset.modules())
+    return make_plan(len(adapt), K, subset.numel, settings.space, settings.solver, memory_budget,
+                     itemsize=PLAN_ITEMSIZE, dense_jacobian=dense)
+
+
+def fit_linearized_iter(
+    model: nn.Module, task: str, adapt: Dataset, settings: RunSettings, cancel: CancelToken | None = None,
+    device=None, shard=None, checkpoint=None,
+) -> Generator[ProgressEvent, None, LinearizedGP | LinearizedClassifier]:
+    """Yield progress while fitting the GP (regression) or classifier, hyperparameters included; return it."""
+    if task == "classification":
+        fitted = LinearizedClassifier(model, params=settings.params, prior_var=settings.prior_var,
+                                      space=settings.space, solver=settings.solver, device=device, shard=shard)
+    else:
+        fitted = LinearizedGP(model, params=settings.params, prior_var=settings.prior_var,
+                              noise=initial_noise(adapt, settings), space=settings.space, solver=settings.solver,
+                              device=device, shard=shard, checkpoint=checkpoint)
+    yield from fitted.fit_iter(adapt.X, _targets(task, adapt), cancel=cancel)
+    if settings.fit_hyper:
+        what = "Laplace evidence over s²" if task == "classification" else "marginal likelihood over s², σ²"
+        yield ProgressEvent("hyperparameters", 0.0, message=what)
+        fitted.fit_hyperparameters(cancel=cancel)
+    return fitted
+
+
+def _drain(gen: Generator, on_event: Callable | None = None):
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_event is not None:
+            on_event(event)
+
+
+def hyper_info(fitted, adapt: Dataset, settings: RunSettings, task: str) -> dict[str, Any]:
+    """Return the hyperparameters used (fitted or given), their starting values and the log evidence."""
+    try:
+        evidence = fitted.log_marginal_likelihood()
+    except Exception:  # noqa: BLE001 - CG classifiers have no evidence; the run is still valid
+        evidence = None
+    return {"fitted": settings.fit_hyper, "prior_var": fitted.prior_var,
+            "noise": None if task == "classification" else fitted.noise,
+            "initial_prior_var": settings.prior_var,
+            "initial_noise": None if task == "classification" else initial_noise(adapt, settings),
+            "log_evidence": evidence}
+
+
+def score_linearized(fitted, task: str, test: Dataset, wall_time_s: float) -> tuple[ComparisonRecord, dict]:
+    """Return the linearized model's record and test predictions (GP: noisy predictive; classifier: probs)."""
+    extra = {"route": f"{fitted.plan.space}/{fitted.plan.solver}", "prior_var": fitted.prior_var}
+    if task == "classification":
+        probs = fitted.predict_proba(test.X).double().cpu()
+        rec = classification_record(LINEARIZED_NAMES[task], probs, test.y, wall_time_s, newton=fitted.map_info.iterations, **extra)
+        return rec, {"probs": probs}
+    mean, var = fitted.predict(test.X, include_noise=True)
+    mean, var = mean.cpu(), var.cpu()
+    rec = regression_record(LINEARIZED_NAMES[task], mean, var, test.y.double(), wall_time_s,
+                            products=fitted.solve_info.products, noise=fitted.noise, **extra)
+    return rec, {"mean": mean, "var": var}
+
+
+def residual_var(pred: torch.Tensor, y: torch.Tensor) -> float:
+    """Return a point predictor's mean squared residual (floored): its predictive variance by the rule."""
+    return max(float(((pred.double() - y.double().reshape(pred.shape)) ** 2).mean()), MIN_RESIDUAL_VAR)
+
+
+def score_point(method: str, task: str, pred_test: torch.Tensor, pred_adapt: torch.Tensor | None,
+                adapt: Dataset, test: Dataset, wall_time_s: float, **extra) -> tuple[ComparisonRecord, dict]:
+    """Return a point predictor's record by the one rule (probabilities, or residual-variance Gaussian)."""
+    if task == "classification":
+        probs = pred_test.double().cpu()
+        return classification_record(method, probs, test.y, wall_time_s, **extra), {"probs": probs}
+    mean = pred_test.double().cpu().reshape(test.y.shape)
+    var = torch.full_like(mean, residual_var(pred_adapt.cpu(), adapt.y))
+    return regression_record(method, mean, var, test.y.double(), wall_time_s, scored_as=POINT_RULE, **extra), \
+        {"mean": mean, "var": var}
+
+
+def _model_predict(model: nn.Module, X: torch.Tensor, task: str) -> torch.Tensor:
+    with torch.no_grad():
+        out = predict(model, X, task=task)
+    return out if task == "classification" else out.reshape(X.shape[0], -1).squeeze(-1)
+
+
+def fine_tune_settings(task: str, settings: RunSettings) -> FineTuneSettings:
+    """Return the fine-tuning settings of a run: the linearized subset, Adam, no early stopping."""
+    return FineTuneSettings(params=settings.params, lr=settings.lr, epochs=settings.epochs,
+                            batch_size=settings.batch_size, seed=settings.seed, task=task, patience=None)
+
+
+def fine_tune_iter(model: nn.Module, task: str, adapt: Dataset, settings: RunSettings, grid=None,
+                   cancel: CancelToken | None = None, max_rate: float | None = None,
+                   device=None) -> Generator[EpochEvent, None, FineTuneResult]:
+    """Yield fine-tuning epochs of the linearized subset; return the FineTuneResult."""
+    return (yield from finetune_iter(model, adapt, None, fine_tune_settings(task, settings), grid=grid,
+                                     cancel=cancel, max_rate=max_rate, device=device))
+
+
+def score_finetuned(result: FineTuneResult, task: str, adapt: Dataset, test: Dataset,
+                    wall_time_s: float) -> tuple[ComparisonRecord, dict]:
+    """Return the fine-tuned model's record by the point-predictor rule."""
+    pred_te = predict(result, test.X)
+    pred_tr = None if task == "classification" else predict(result, adapt.X)
+    return score_point("fine-tuned", task, pred_te, pred_tr, adapt, test, wall_time_s,
+                       epochs=len(result.history) - 1)
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def run(
+    model: nn.Module, data: PreparedData | Dataset, settings: RunSettings | None = None,
+    methods: tuple[str, ...] = ("linearized",), on_event: Callable[[ProgressEvent], None] | None = None,
+    cancel: CancelToken | None = None, device=None, shard=None, checkpoint=None,
+) -> RunResult:
+    """Return every requested method's record (plus the unadapted model's) on the test rows of one split."""
+    settings = settings or RunSettings()
+    if isinstance(data, Dataset):
+        data = resolve_task(model, data, settings.task)
+    adapt, test = split(data.dataset, settings)
+    plan = plan_run(model, data, settings)
+    if on_event is not None:
+        on_event(ProgressEvent("plan", 0.0, message=plan.describe()))
+    result = run_split(model, data.task, adapt, test, settings, methods, on_event, cancel, device, shard, checkpoint)
+    result.task_reason = data.task_reason
+    result.notes = list(data.notes) + result.notes
+    return result
+
+
+def run_split(
+    model: nn.Module, task: str, adapt: Dataset, test: Dataset, settings: RunSettings,
+    methods: tuple[str, ...] = ("linearized",), on_event: Callable[[ProgressEvent], None] | None = None,
+    cancel: CancelToken | None = None, device=None, shard=None, checkpoint=None,
+) -> RunResult:
+    """Return the records of :func:`run` on given adaptation and test rows (a fixed split, e.g. the demo's)."""
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ShapeError(f"methods must be among {METHODS}; got {sorted(unknown)}.")
+    records, preds = [], {}
+    base_te, t = _timed(lambda: _model_predict(model, test.X, task))
+    base_tr = None if task == "classification" else _model_predict(model, adapt.X, task)
+    rec, preds["unadapted"] = score_point("unadapted", task, base_te, base_tr, adapt, test, t)
+    records.append(rec)
+    if "fine-tuned" in methods or "ensemble" in methods:
+        # Untimed tiny fit first: the first torch.func call in a process warms up ~1.5 s of machinery,
+        # which would otherwise be charged to whichever method runs first.
+        warm = adapt.subset(range(min(2, len(adapt))))
+        _drain(fit_linearized_iter(model, task, warm, settings.replace(fit_hyper=False)))
+    fitted, hyper, finetuned, plan = None, {}, None, None
+    if "linearized" in methods:
+        fitted, t_fit = _timed(lambda: _drain(fit_linearized_iter(model, task, adapt, settings, cancel, device,
+                                                                  shard, checkpoint), on_event))
+        start = time.perf_counter()
+        rec, preds["linearized"] = score_linearized(fitted, task, test, 0.0)
+        rec = ComparisonRecord(rec.method, rec.task, rec.metrics, t_fit + time.perf_counter() - start, rec.curves, rec.extra)
+        records.append(rec)
+        hyper = hyper_info(fitted, adapt, settings, task)
+        plan = fitted.plan
+    if "fine-tuned" in methods:
+        finetuned, t_ft = _timed(lambda: _drain(fine_tune_iter(model, task, adapt, settings, cancel=cancel, device=device)))
+        rec, preds["fine-tuned"] = score_finetuned(finetuned, task, adapt, test, t_ft)
+        records.append(rec)
+    if "ensemble" in methods and settings.ensemble > 0:
+        records.append(_ensemble(model, task, adapt, test, settings, preds))
+    return RunResult(task, "", settings, len(adapt), len(test), plan, hyper, records, preds,
+                     test.y, fitted, finetuned, [SCORING_RULE])
+
+
+def _ensemble(model, task, adapt, test, settings: RunSettings, preds: dict) -> ComparisonRecord:
+    ens, t = _timed(lambda: finetune_ensemble(model, adapt, None, fine_tune_settings(task, settings),
+                                              members=settings.ensemble))
+    name = f"fine-tuned ensemble ×{settings.ensemble}"
+    if task == "classification":
+        probs = ens.predict(test.X).double()
+        preds["ensemble"] = {"probs": probs}
+        return classification_record(name, probs, test.y, t)
+    m_te, v_te = ens.predict(test.X)
+    m_tr, _ = ens.predict(adapt.X)
+    # The members' spread plus the ensemble mean's own residual variance, by the point-predictor rule.
+    var = v_te.double() + residual_var(m_tr, adapt.y)
+    preds["ensemble"] = {"mean": m_te.double(), "var": var}
+    return regression_record(name, m_te.double(), var, test.y.double(), t, scored_as=f"spread + {POINT_RULE}")
+
+
+def check_exportable(model: nn.Module) -> None:
+    """Raise UnsupportedExportError now (before any fitting) when the model cannot be exported."""
+    from .export.program import _exportable_copy
+
+    _exportable_copy(model)
