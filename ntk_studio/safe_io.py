@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,8 @@ from pathlib import Path
 from ntk_studio.errors import NTKStudioError
 
 CHUNK_BYTES = 1024 * 1024
+NEW_FILE_MODE = 0o666  # before the umask, as open(2) callers conventionally ask (mkstemp would give 0600)
+TEMP_ATTEMPTS = 100
 HEAD_BYTES = 4096  # how much of a file is shown to the person deciding whether it may run
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"))
@@ -107,3 +110,19 @@ def inside(path: str | Path, folder: str | Path) -> bool:
         return os.path.commonpath([real, root]) == root
     except ValueError:  # different drives on Windows
         return False
+
+
+def temp_beside(path: str | Path, suffix: str = ".tmp") -> tuple[int, Path]:
+    """Return (fd, path) of a new temporary file next to ``path`` (same file system: os.replace is atomic).
+
+    Created with mode 0666 less the umask, like any program's new file, so the file renamed into
+    place gets the user's usual permissions, not mkstemp's private 0600.
+    """
+    path = Path(path)
+    for _ in range(TEMP_ATTEMPTS):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{suffix}")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), NEW_FILE_MODE), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to {path}")

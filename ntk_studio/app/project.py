@@ -13,7 +13,6 @@ import json
 import os
 import pickletools
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 from ntk_studio import __version__
 from ntk_studio.errors import NTKStudioError
 from ntk_studio.jobs.protocol import loads_bounded
-from ntk_studio.safe_io import head, inside, open_regular, read_regular, sha256_file
+from ntk_studio.safe_io import head, inside, open_regular, read_regular, sha256_file, temp_beside
 
 from .session import PROJECT_SUFFIX, Inputs
 
@@ -193,7 +192,7 @@ def save_project(path: str | Path, project: Project) -> Path:
               "inputs": _stored_inputs(project.inputs, base), "settings": project.settings}
     try:
         results = json.dumps(project.results, allow_nan=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=base)
+        fd, tmp = temp_beside(base / path.name)
     except (OSError, TypeError, ValueError) as exc:
         raise ProjectError(f"Cannot save the project to {path}: {exc}.") from exc
     try:

@@ -14,12 +14,12 @@ import csv
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 
 from ntk_studio.errors import NTKStudioError
+from ntk_studio.safe_io import temp_beside
 
 # Which arguments name files the command reads, and which it writes (by subcommand; "*" for all).
 INPUT_ARGS = {"*": ("data", "model", "checkpoint"), "predict": ("onnx",)}
@@ -151,7 +151,7 @@ def _atomic_write(path: Path, write) -> None:
         raise OutputError(f"{path} is a folder; give a file name to write.")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        fd, tmp = temp_beside(path)
     except OSError as exc:
         raise OutputError(f"Cannot write {path}: {exc.strerror or exc}.") from None
     try:

@@ -6,13 +6,12 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
-from ntk_studio.safe_io import read_regular
+from ntk_studio.safe_io import read_regular, temp_beside
 
 from ..errors import ExportError, UnsupportedExportError
 from .program import TracedPredictor, _first_line
@@ -46,9 +45,9 @@ def _quiet():
 def _atomic_target(path: Path):
     """Return a temporary path next to `path` (same file system, so os.replace is atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    fd, tmp = temp_beside(path, suffix=path.suffix)  # the user's umask, not mkstemp's 0600
     os.close(fd)
-    return Path(tmp)
+    return tmp
 
 
 def export_program(module: TracedPredictor, example: torch.Tensor) -> torch.export.ExportedProgram:
