@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from models import MODELS, inputs
-from ntk_studio.core import LinearizedGP, LinearizedModel, ShapeError, SolverError
+from ntk_studio.core import CancelToken, Cancelled, LinearizedGP, LinearizedModel, SettingsError, ShapeError, SolverError
 from ntk_studio.core.finetune import FineTuneSettings, finetune, predict
 from ntk_studio.core.trajectory import LinearizedTrajectory
 
@@ -121,14 +121,14 @@ def test_rank_deficient_kernel_uses_the_pseudo_inverse():
     assert tr.train_residual(float("inf")) == pytest.approx(irreducible, rel=1e-9)
 
 
-def test_bad_times_and_modes_are_shape_errors():
+def test_bad_times_are_shape_errors_and_bad_modes_settings_errors():
     X, y, Xs = problem("mlp", 1, 20)
     tr = LinearizedTrajectory(MODELS["mlp"](), X, y)
     with pytest.raises(ShapeError, match="whole steps"):
         tr.predict(Xs, 2.5)
     with pytest.raises(ShapeError, match="≥ 0"):
         tr.train_residual(-1)
-    with pytest.raises(ShapeError, match="mode"):
+    with pytest.raises(SettingsError, match="mode must be one of 'discrete', 'flow'; got 'euler'"):
         LinearizedTrajectory(MODELS["mlp"](), X, y, mode="euler")
     flow = LinearizedTrajectory(MODELS["mlp"](), X, y, mode="flow")
     assert flow.predict(Xs, 2.5).shape == (7,)
@@ -144,3 +144,15 @@ def test_full_batch_sgd_fine_tuning_follows_the_trajectory_at_first():
     tr = LinearizedTrajectory(MODELS["mlp"](), X, y, lr=LinearizedTrajectory.lr_for_mse(lr, 20))
     f0 = tr.predict(Xs, 0)
     assert rel(predict(fine, Xs) - f0, tr.predict(Xs, epochs) - f0) < 1e-2
+
+
+def test_trajectory_kernel_build_and_predict_check_their_cancel_token():
+    X, y, Xs = problem("mlp", 1, 40)
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        LinearizedTrajectory(MODELS["mlp"](), X, y, cancel=token)
+    tr = LinearizedTrajectory(MODELS["mlp"](), X, y)
+    with pytest.raises(Cancelled):
+        tr.predict(Xs, 3, cancel=token)
+    assert tr.predict(Xs, 3).shape == (Xs.shape[0],)  # a later call without a token is unaffected

@@ -49,6 +49,13 @@ class ProbaMethod(StrEnum):
     MC = "mc"
 
 
+class TrajectoryMode(StrEnum):
+    """Gradient-descent trajectory: whole steps of size η (discrete) or continuous time ηt (flow)."""
+
+    DISCRETE = "discrete"
+    FLOW = "flow"
+
+
 E = TypeVar("E", bound=StrEnum)
 
 

@@ -19,12 +19,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import options
 from .errors import MemoryBudgetError, ShapeError, SolverError
 from .kernels import KernelBuilder
 from .linearized import DEFAULT_MEMORY_BUDGET, LinearizedModel
+from .options import TrajectoryMode, choice, count, positive
 from .params import ParamSpec
+from .progress import CancelToken, Reporter
 
-MODES = ("discrete", "flow")
+MODES = tuple(m.value for m in TrajectoryMode)  # kept for callers that list the choices
 STABLE_LR_FACTOR = 2.0  # discrete gradient descent converges iff η < 2/λ_max
 # λ_max is computed, not exact: a step within this relative margin of 2/λ_max counts as unstable
 # (there the top mode would decay like (1 − 1e-9)^t, i.e. not at all in practice).
@@ -37,7 +40,8 @@ class LinearizedTrajectory:
 
     `lr` is the step η (default 1/λ_max, the fastest step for the top mode). In "flow" mode t is in
     units of η too (time ηt), so flow and discrete agree for small η. `params` picks the trained
-    subset as everywhere else. The kernel is built once, in `dtype` (float64 by default).
+    subset as everywhere else. The kernel is built once, in `dtype` (float64 by default); `cancel`
+    stops that build (and `predict` takes its own token).
     """
 
     def __init__(
@@ -51,11 +55,19 @@ class LinearizedTrajectory:
         mode: str = "discrete",
         device: torch.device | str | None = None,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        cancel: CancelToken | None = None,
     ) -> None:
-        if mode not in MODES:
-            raise ShapeError(f"mode must be one of {MODES}, got {mode!r}.")
-        self.mode = mode
-        self.lm = LinearizedModel(model, params, dtype=dtype, device=device)
+        self.mode = choice(TrajectoryMode, mode, "mode")
+        self.lm = LinearizedModel(model, params, dtype=options.float_dtype(dtype), device=options.device(device))
+        # The kernel build is the long part: every data chunk checks `cancel`.
+        self.lm.reporter = Reporter(cancel=cancel) if cancel is not None else None
+        try:
+            self._build(X, y, lr, mode, count(memory_budget, "memory_budget"))
+        finally:
+            self.lm.reporter = None
+
+    def _build(self, X: torch.Tensor, y: torch.Tensor, lr: float | None, mode: str, memory_budget: int) -> None:
+        dtype = self.lm.dtype
         self.kernels = KernelBuilder(self.lm)
         # Own copies: the kernel builder caches the training Jacobian keyed on this tensor.
         self.X = self.lm.prepare(X).clone()
@@ -78,6 +90,8 @@ class LinearizedTrajectory:
             raise ShapeError(f"The model has {f0.shape[1]} outputs but y has {Y.shape[1]} columns.")
         self.K = Y.shape[1]
         Kxx = self.kernels.matrix(self.X)
+        if self.lm.reporter is not None:
+            self.lm.reporter.check()
         # eigh reads one triangle; symmetrizing first makes the result independent of which.
         lam, self.U = torch.linalg.eigh((Kxx + Kxx.T) / 2)
         self.lambda_max = float(lam[-1].clamp_min(0))
@@ -87,9 +101,7 @@ class LinearizedTrajectory:
         self.eigenvalues = torch.where(self.null, torch.zeros_like(lam), lam)
         self.r0 = (Y - f0).reshape(-1)
         self.coef = self.U.T @ self.r0  # r_0 in the eigenbasis
-        self.lr = float(lr) if lr is not None else 1.0 / self.lambda_max
-        if not self.lr > 0:
-            raise ShapeError(f"lr must be positive, got {lr}.")
+        self.lr = positive(lr, "lr") if lr is not None else 1.0 / self.lambda_max
         if mode == "discrete" and self.lr * self.lambda_max >= STABLE_LR_FACTOR * (1 - STABILITY_RTOL):
             raise SolverError(
                 f"lr={self.lr:.6g} makes discrete gradient descent diverge: the kernel's largest eigenvalue is "
@@ -149,16 +161,23 @@ class LinearizedTrajectory:
         norms = torch.linalg.vector_norm(decay * self.coef.unsqueeze(0), dim=1)
         return float(norms[0]) if scalar else norms
 
-    def predict(self, Xs: torch.Tensor, t) -> torch.Tensor:
-        """Return f_t(Xs): (m,) or (m, K) for scalar t, (T, m) or (T, m, K) for a 1-D tensor of times."""
+    def predict(self, Xs: torch.Tensor, t, cancel: CancelToken | None = None) -> torch.Tensor:
+        """Return f_t(Xs): (m,) or (m, K) for scalar t, (T, m) or (T, m, K) for a 1-D tensor of times.
+
+        With `cancel`, every chunk of test points checks the token and raises Cancelled.
+        """
         ts, scalar = self._times(t)
         _, gain = self._decay_and_gain(ts)
         W = self.U @ (gain * self.coef.unsqueeze(0)).T  # (N, T): K⁻¹(I − …) r_0 for every time
         Xs = self.lm.prepare(Xs)
         parts = []
-        for s in self.lm.chunks(Xs.shape[0]):
-            f0 = self.lm.forward(Xs[s]).reshape(-1, 1)
-            parts.append((f0 + self.kernels.matrix(Xs[s], self.X) @ W).T.reshape(len(ts), -1, self.K))
+        self.lm.reporter = Reporter(cancel=cancel) if cancel is not None else None
+        try:
+            for s in self.lm.chunks(Xs.shape[0]):
+                f0 = self.lm.forward(Xs[s]).reshape(-1, 1)
+                parts.append((f0 + self.kernels.matrix(Xs[s], self.X) @ W).T.reshape(len(ts), -1, self.K))
+        finally:
+            self.lm.reporter = None
         out = torch.cat(parts, dim=1)
         if self.vector:
             out = out[..., 0]
