@@ -17,9 +17,10 @@ from ntk_studio.core.models import load_model
 from ntk_studio.core.params import ParamSubset
 from ntk_studio.core.pipeline import PreparedData, RunSettings, load_data_for, plan_run, prepare
 from ntk_studio.core.plan import make_plan
+from ntk_studio.pipeline_defaults import settings_for
 
 from .state import WorkerState, available_devices
-from .summaries import data_summary, model_summary, table_columns
+from .summaries import data_summary, model_summary, plot_inputs_1d, points_1d, table_columns
 
 JobGen = Generator[tuple[str, dict[str, Any]], None, dict[str, Any]]
 PLAN_ITEMSIZE = 8  # the GP solves in float64
@@ -28,8 +29,17 @@ PLAN_ITEMSIZE = 8  # the GP solves in float64
 def _session(state: WorkerState) -> dict[str, Any]:
     """Return what the window shows after a load: model tree, data preview, task and devices."""
     model = None if state.model is None else model_summary(state.model, state.data)
-    data = None if state.data is None else data_summary(state.data)
-    return {"model": model, "data": data, "task": state.task, "task_reason": state.task_reason,
+    standardizer = getattr(state.example, "standardizer", None)
+    data = None if state.data is None else data_summary(state.data, standardizer)
+    points = None
+    if model is not None and data is not None and model["mismatch"] is None and plot_inputs_1d(state.data) \
+            and state.task == "regression":
+        # The default split's adaptation rows, drawn before the first Adapt (the app's request, #18).
+        defaults = settings_for(state.example.name if state.example is not None else None)
+        n_adapt = defaults.n_adapt if defaults.n_adapt is not None and defaults.n_adapt < len(state.data) else None
+        adapt, _ = state.split(n_adapt, defaults.seed)
+        points = points_1d(state.model, state.data, adapt)
+    return {"model": model, "data": data, "task": state.task, "task_reason": state.task_reason, "points": points,
             "devices": available_devices(),
             "example": state.example.name if state.example is not None else None}
 

@@ -8,14 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ntk_studio.core.data.dataset import Dataset
 from ntk_studio.core.errors import DataLoadError, ShapeError
+from ntk_studio.core.finetune import predict
 from ntk_studio.core.models import check_model
 
 PREVIEW_ROWS = 50  # rows of the data preview table
 PREVIEW_DECIMALS = 6
+THUMBNAILS = 8  # image thumbnails in a data summary
+THUMBNAIL_SIDE = 32  # pixels, the longest side of a thumbnail
+GRID_POINTS = 200  # the plotting grid of a 1-D regression (the fit job's default grid_points)
 SNIFF_BYTES = 64 * 1024  # enough text to read a table's header and first rows
 DELIMITERS = ",\t;| "
 
@@ -48,22 +53,59 @@ def _cell(value: float) -> str:
     return f"{value:.{PREVIEW_DECIMALS}g}"
 
 
-def data_summary(data: Dataset) -> dict[str, Any]:
-    """Return the columns, task, classes, shapes and the first rows of ``data`` as preview text."""
+def data_summary(data: Dataset, standardizer=None) -> dict[str, Any]:
+    """Return the columns, task, classes, shapes and the first rows of ``data`` as preview text.
+
+    With the example's ``standardizer`` the preview shows raw units (the stored data are standardized).
+    Image data also get up to THUMBNAILS small RGB thumbnails ([h][w][3] uint8 lists).
+    """
     tabular = data.X.dim() == 2
     task = "classification" if data.is_classification else "regression"
+    shown = data.subset(range(min(PREVIEW_ROWS, len(data))))
+    X, Y = shown.X, shown.y
+    if standardizer is not None and tabular:
+        X = torch.as_tensor(standardizer.inverse_x(X.double()))
+        if not data.is_classification:
+            Y = torch.as_tensor(standardizer.inverse_y_mean(Y.double()))
     rows = []
-    for i in range(min(PREVIEW_ROWS, len(data))):
-        y = data.y[i]
+    for i in range(len(shown)):
+        y = Y[i]
         label = data.class_names[int(y)] if data.is_classification else ", ".join(_cell(float(v)) for v in y.reshape(-1))
-        features = [_cell(float(v)) for v in data.X[i]] if tabular else ["image " + "×".join(map(str, data.X.shape[1:]))]
+        features = [_cell(float(v)) for v in X[i]] if tabular else [data.class_names[int(y)] if data.is_classification
+                                                                      else "image " + "×".join(map(str, X.shape[1:]))]
         rows.append([*features, label])
     header = [*data.feature_names] if tabular else ["input"]
-    return {"n_rows": len(data), "task": task, "feature_names": list(data.feature_names),
+    extra = {"thumbnails": thumbnails(data.X)} if data.X.dim() == 4 else {}
+    return {**extra, "n_rows": len(data), "task": task, "feature_names": list(data.feature_names),
             "target_name": data.target_name, "class_names": list(data.class_names or []),
             "input_shape": list(data.X.shape[1:]), "preview_header": [*header, data.target_name],
             "preview": rows, "source": data.source, "sha256": data.sha256, "notes": list(data.notes),
             "x_range": [float(data.X.min()), float(data.X.max())] if tabular else None}
+
+
+def thumbnails(X: torch.Tensor, count: int = THUMBNAILS, side: int = THUMBNAIL_SIDE) -> list:
+    """Return up to `count` images of X (n, C, H, W) as [h][w][3] uint8 lists, at most side×side, min-max scaled."""
+    imgs = X[:count].double()
+    if imgs.shape[1] == 1:
+        imgs = imgs.repeat(1, 3, 1, 1)
+    imgs = imgs[:, :3]
+    h, w = imgs.shape[-2:]
+    scale = min(1.0, side / max(h, w))
+    if scale < 1.0:
+        imgs = F.interpolate(imgs, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="area")
+    lo = imgs.amin(dim=(1, 2, 3), keepdim=True)
+    hi = imgs.amax(dim=(1, 2, 3), keepdim=True)
+    imgs = (imgs - lo) / (hi - lo).clamp_min(1e-12) * 255.0
+    return imgs.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).tolist()
+
+
+def points_1d(model: nn.Module, data: Dataset, adapt: Dataset, grid_points: int = GRID_POINTS) -> dict[str, Any]:
+    """Return the adaptation rows and the pretrained curve on an even grid, for a 1-D regression plot."""
+    grid = torch.linspace(float(data.X.min()), float(data.X.max()), grid_points, dtype=data.X.dtype).unsqueeze(-1)
+    with torch.no_grad():
+        pre = predict(model, grid).double().reshape(grid_points, -1)[:, 0]
+    return {"x": adapt.X[:, 0].tolist(), "y": adapt.y.double().reshape(len(adapt), -1)[:, 0].tolist(),
+            "grid_x": grid[:, 0].tolist(), "pretrained": pre.tolist()}
 
 
 def table_columns(path: Path) -> dict[str, Any]:
