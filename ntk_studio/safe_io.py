@@ -39,6 +39,12 @@ def open_regular(path: str | Path, error: type[NTKStudioError], what: str = "fil
         if path.is_symlink():
             raise error(f"{path} is a symbolic link; {what}s must be regular files. Copy the file itself there.")
         flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:  # named before opening (a socket cannot be opened at all); checked again on the descriptor
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise error(f"{path} is {kind_of(mode)}, not a regular file; choose a {what} that is a file.")
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
