@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +18,20 @@ from .errors import NTKStudioError
 from .resources import APP_ID, ICON_SIZES, desktop_entry, icon_png, icon_svg, metainfo
 
 LAUNCHER = "ntk-studio"
+FILE_ARG = "%f"  # the desktop passes one file (a project opened from the file manager)
+PROJECT_MIME = "application/x-ntkstudio-project"
+# shared-mime-info package for .ntkproj (the same as resources/org.ntkstudio.NTKStudio.mime.xml).
+MIME_PACKAGE = """<?xml version="1.0" encoding="UTF-8"?>
+<mime-info xmlns="http://www.freedesktop.org/standards/shared-mime-info">
+  <mime-type type="application/x-ntkstudio-project">
+    <comment>NTK Studio project</comment>
+    <sub-class-of type="application/zip"/>
+    <generic-icon name="org.ntkstudio.NTKStudio"/>
+    <glob pattern="*.ntkproj"/>
+  </mime-type>
+</mime-info>
+"""
+MIME_UPDATE_TIMEOUT_S = 30
 RESERVED = set(" \t\n\"'\\><~|&;$*?#()`")  # characters that make the desktop-entry spec quote an Exec argument
 
 
@@ -57,6 +72,7 @@ def _targets(root: Path) -> dict[Path, Path | None]:
                                       root / "icons" / "hicolor" / "scalable" / "apps" / f"{APP_ID}.svg": icon_svg()}
     for size in ICON_SIZES:
         files[root / "icons" / "hicolor" / f"{size}x{size}" / "apps" / f"{APP_ID}.png"] = icon_png(size)
+    files[_mime_target(root)] = None  # written from MIME_PACKAGE
     return files
 
 
@@ -71,19 +87,34 @@ def install_desktop_entry(launcher: Path | None = None, root: Path | None = None
     entry = []
     for line in desktop_entry().read_text(encoding="utf-8").splitlines():
         if line.startswith("Exec="):
-            line = f"Exec={exec_value}"
+            line = f"Exec={exec_value} {FILE_ARG}"
         elif line.startswith("TryExec="):
             line = f"TryExec={launcher}"
         entry.append(line)
     written = []
+    mime = _mime_target(root)
     for target, source in _targets(root).items():
         target.parent.mkdir(parents=True, exist_ok=True)
-        if source is None:
+        if target == mime:
+            target.write_text(MIME_PACKAGE, encoding="utf-8")
+        elif source is None:
             target.write_text("\n".join(entry) + "\n", encoding="utf-8")
         else:
             shutil.copyfile(source, target)
         written.append(target)
+    _update_mime_database(root)
     return written
+
+
+def _mime_target(root: Path) -> Path:
+    return root / "mime" / "packages" / f"{APP_ID}.xml"
+
+
+def _update_mime_database(root: Path) -> None:
+    """Rebuild the user's MIME cache so file managers know .ntkproj (best effort: the tool may be absent)."""
+    tool = shutil.which("update-mime-database")
+    if tool is not None:
+        subprocess.run([tool, str(root / "mime")], capture_output=True, timeout=MIME_UPDATE_TIMEOUT_S, check=False)
 
 
 def uninstall_desktop_entry(root: Path | None = None) -> list[Path]:

@@ -90,7 +90,8 @@ def test_desktop_entry_names_the_app_and_its_icon():
 
     entry = _desktop(DESKTOP)
     assert entry["Type"] == "Application" and entry["Name"] == APP_NAME
-    assert entry["Exec"] == "ntk-studio" and entry["Icon"] == APP_ID
+    assert entry["Exec"] == "ntk-studio %f" and entry["Icon"] == APP_ID
+    assert "application/x-ntkstudio-project" in entry["MimeType"].split(";")
     assert entry["StartupWMClass"] == APP_NAME  # Qt's X11 WM_CLASS class is the application name
     assert entry["Terminal"] == "false"
 
@@ -136,9 +137,10 @@ def test_install_desktop_entry_writes_a_valid_entry_and_uninstall_removes_it(tmp
     root = tmp_path / "share"
     written = install_desktop_entry(launcher=launcher, root=root)
     entry_path = root / "applications" / f"{APP_ID}.desktop"
-    assert entry_path in written and len(written) == 3 + len(resources.ICON_SIZES)
+    assert entry_path in written and len(written) == 4 + len(resources.ICON_SIZES)
     entry = _desktop(entry_path)
-    assert entry["Exec"] == f'"{launcher}"' and entry["TryExec"] == str(launcher)
+    assert entry["Exec"] == f'"{launcher}" %f' and entry["TryExec"] == str(launcher)
+    assert (root / "mime" / "packages" / f"{APP_ID}.xml") in written
     icon = root / "icons" / "hicolor" / "48x48" / "apps" / f"{APP_ID}.png"
     assert icon.read_bytes() == resources.icon_png(48).read_bytes()
     if shutil.which("desktop-file-validate"):

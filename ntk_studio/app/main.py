@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ntk_studio import __version__
 
@@ -19,6 +20,7 @@ NO_GUI_HINT = ("NTK Studio cannot open a window: {why}.\n"
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ntk-studio", description="Adapt pretrained PyTorch models "
                                 "with the linearized network's Gaussian process, and watch it live.")
+    p.add_argument("path", nargs="?", help="a project (.ntkproj), model or data file to open instead of an example")
     p.add_argument("--example", choices=EXAMPLES, default="sine", help="built-in example to open (default: sine)")
     p.add_argument("--run", action="store_true", help="start Adapt as soon as the example is loaded")
     p.add_argument("--screenshot", metavar="PATH", help="save the window as PNG after the run finishes")
@@ -37,6 +39,28 @@ def _save(window, path: str) -> bool:
     return False
 
 
+def _open_window(window_class, args: argparse.Namespace):
+    """Return the main window opening ``args.path`` (a project, model or data file) or the example."""
+    from .session import file_kind
+
+    interactive = not args.quit
+    if not args.path:
+        return window_class(args.example, interactive_errors=interactive)
+    kind = file_kind(args.path, Path(args.path).is_dir())
+    if kind == "project":
+        return window_class(None, interactive_errors=interactive, project=args.path)
+    window = window_class(args.example if kind == "model" or kind == "data" else None, interactive_errors=interactive)
+    if kind is None:
+        window.show_error("File not opened", f"{args.path}: NTK Studio opens .ntkproj projects, model and data files.")
+    else:
+        def after_example(_ok: bool) -> None:  # one chain at a time: the file loads once the example has
+            window.run_finished.disconnect(after_example)
+            window.open_path(args.path)
+
+        window.run_finished.connect(after_example)
+    return window
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the app; return the exit code (2 when no window can be opened)."""
     args = _parser().parse_args(argv)
@@ -49,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .main_window import MainWindow
 
-        window = MainWindow(args.example, interactive_errors=not args.quit)
+        window = _open_window(MainWindow, args)
     except Exception as exc:  # noqa: BLE001 - any start-up failure becomes one readable message
         return startup.startup_failed(exc, interactive=not args.quit)
     startup.decorate(window)

@@ -1,32 +1,32 @@
 """`MainWindow`: panels on the left, results on the right, every computation on the worker process.
 
-Work is organised in chains of worker jobs: a *load* chain (example, model file, data file, project),
-a *run* chain (Adapt: GP fit, GD trajectory, fine-tuning) and quiet *plan* jobs (the route estimate).
-One job runs at a time; a chain asked for while a plan job is in flight starts when it ends.
+The job chains and their state live in :class:`~ntk_studio.app.run_model.RunModel` (no Qt); this
+module lays out the widgets, turns user actions into model calls and renders what the model tells.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QByteArray, Qt, QTimer, Signal
+from PySide6.QtCore import QByteArray, QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QHBoxLayout, QMainWindow, QMessageBox, QProgressBar, QPushButton,
-                               QScrollArea, QTabWidget, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QApplication, QHBoxLayout, QMainWindow, QMessageBox, QProgressBar, QPushButton,
+                               QScrollArea, QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
 from .defaults import EXAMPLE_DEFAULTS
-from .eta import eta_seconds, format_eta
 from .export_action import Exporter
 from .file_actions import STATUS_MS, FileActions
+from .numbers import fmt, fmt_seconds
 from .panels.data_panel import DataPanel
 from .panels.method_panel import GRID_POINTS, MethodPanel
 from .panels.model_panel import ModelPanel
 from .project import Project
 from .recent import SPLITTER_KEY, Store
+from .result_exports import ResultExports
 from .results_view import ResultsView
+from .run_model import Progress, RunModel
 from .session import Inputs, file_kind
 from .throttle import PlotThrottle
 from .worker_bridge import WorkerBridge
@@ -35,12 +35,36 @@ log = logging.getLogger("ntk_studio.app")
 
 WINDOW_TITLE = "NTK Studio"
 WINDOW_SIZE = (1280, 800)
+MIN_SIZE = (1024, 640)  # every widget stays legible down to this size
 DEFAULT_EXAMPLE = "sine"
 PROGRESS_STEPS = 1000
-PANEL_WIDTH = 340
+PANEL_MIN_WIDTH = 300
+MAIN_SPLIT = (360, 920)  # left panels : results, in pixels, until the user moves the handle
+MAIN_SPLITTER_KEY = "main_splitter"
 PLAN_DELAY_MS = 300  # settings edits are coalesced before the route estimate is asked for
-STEP_WEIGHTS = {"fit_gp": 0.45, "trajectory": 0.05, "finetune": 0.5, "export": 1.0}  # share of the progress bar per run step
-LOAD_COMMANDS = ("load_example", "load_model", "load_data")
+TICK_MS = 1000  # the progress text's clock (time left, or time elapsed in a stage without reports)
+
+
+class EscapeCancels(QObject):
+    """Esc cancels a run from any widget of the window, also one that takes Esc for itself.
+
+    The Run → Cancel action's shortcut covers most of the window; a focus widget that accepts
+    Esc as a shortcut override (and so swallows the action's shortcut) still gets the key press,
+    which this filter turns into the same cancel. Popups (menus, combo lists) are other windows:
+    Esc still closes them.
+    """
+
+    def __init__(self, window: MainWindow) -> None:
+        super().__init__(window)
+        self.window = window
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt override
+        """Turn an Esc key press inside the window into a cancel while a chain runs."""
+        if (event.type() == QEvent.Type.KeyPress and event.key() == Qt.Key.Key_Escape and self.window.running
+                and isinstance(obj, QWidget) and obj.window() is self.window):
+            self.window.cancel()
+            return True
+        return False
 
 
 class MainWindow(FileActions, QMainWindow):
@@ -55,24 +79,13 @@ class MainWindow(FileActions, QMainWindow):
                  interactive_errors: bool = True, store: Store | None = None, project: str | None = None) -> None:
         super().__init__()
         self.interactive_errors = interactive_errors
+        self.ask_before_close = interactive_errors  # closing with unsaved results asks (not in scripted runs)
         self.errors: list[tuple[str, str]] = []  # (message, details) of every error shown
         self.store = store if store is not None else Store()
         self.bridge = bridge or WorkerBridge(parent=self)
-        self.inputs = Inputs()
-        self.results: dict[str, dict] = {}
+        self.model = RunModel(self.bridge)
         self.project_path: Path | None = None
         self.session: dict[str, Any] = {}
-        self.job: str | None = None
-        self._chain: str | None = None  # "load" | "run" | "plan" | "export"
-        self._queue: list[dict[str, Any]] = []
-        self._deferred: tuple[str, list[dict[str, Any]]] | None = None
-        self._stopping = False
-        self._loaded_at: int | None = None  # bridge.restarts when the worker last got our inputs
-        self._pending_project: Project | None = None
-        self._plan_dirty = False
-        self._weights: dict[str, tuple[float, float]] = {}
-        self._run_start = 0.0
-        self._epochs_planned = 1
         self.throttle = PlotThrottle(self)
         self._build()
         self.exporter = Exporter(self)
@@ -83,8 +96,12 @@ class MainWindow(FileActions, QMainWindow):
         self._plan_timer.setSingleShot(True)
         self._plan_timer.setInterval(PLAN_DELAY_MS)
         self._plan_timer.timeout.connect(self.request_plan)
-        for name in ("started", "progress", "epoch", "result", "failed", "cancelled"):
-            getattr(self.bridge, name).connect(getattr(self, f"_on_{name}"))
+        self._tick = QTimer(self)
+        self._tick.setInterval(TICK_MS)
+        self._tick.timeout.connect(self.model.tick)
+        self._connect_model()
+        self._escape = EscapeCancels(self)
+        QApplication.instance().installEventFilter(self._escape)
         self.method_panel.ranks_changed.connect(self._use_ranks)
         for signal in (self.model_panel.params_changed, self.data_panel.split_changed,
                        self.method_panel.settings_changed):
@@ -114,28 +131,38 @@ class MainWindow(FileActions, QMainWindow):
         self.adapt_button.setToolTip("Fit the linearized GP, then fine-tune the same parameters for comparison (Ctrl+R).")
         self.adapt_button.clicked.connect(self.adapt)
         self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setToolTip("Stop the running job (Esc); a job that does not stop within 2 s is killed and "
-                                      "the worker restarted.")
+        self.cancel_button.setToolTip("Stop the running job at any stage (Esc); a job that does not stop within 2 s "
+                                      "is killed and the worker restarted.")
         self.cancel_button.clicked.connect(self.cancel)
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, PROGRESS_STEPS)
+        self.progress_bar.setFormat("")
         self.progress_bar.setToolTip("Progress of the whole run, with the estimated time left.")
         buttons = QHBoxLayout()
         buttons.addWidget(self.adapt_button)
         buttons.addWidget(self.cancel_button)
         left = QVBoxLayout()
+        left.setContentsMargins(0, 0, 0, 0)
         left.addWidget(self.panels, 1)
         left.addLayout(buttons)
         left.addWidget(self.progress_bar)
         left_widget = QWidget()
         left_widget.setLayout(left)
-        left_widget.setFixedWidth(PANEL_WIDTH)
+        left_widget.setMinimumWidth(PANEL_MIN_WIDTH)
         self.view = ResultsView(self.throttle)
+        self.main_splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.main_splitter.addWidget(left_widget)
+        self.main_splitter.addWidget(self.view)
+        self.main_splitter.setStretchFactor(0, 0)
+        self.main_splitter.setStretchFactor(1, 1)
+        self.main_splitter.setChildrenCollapsible(False)
+        self.main_splitter.setSizes(list(MAIN_SPLIT))
         central = QWidget()
-        layout = QHBoxLayout(central)
-        layout.addWidget(left_widget)
-        layout.addWidget(self.view, 1)
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(6, 6, 6, 0)
+        layout.addWidget(self.main_splitter)
         self.setCentralWidget(central)
+        self.setMinimumSize(*MIN_SIZE)
 
     def _action(self, menu, text: str, slot, shortcut: str | QKeySequence.StandardKey | None = None,
                 tip: str = "") -> QAction:
@@ -160,6 +187,9 @@ class MainWindow(FileActions, QMainWindow):
         self._action(file, "Open data file…", self._ask_data, "Ctrl+D")
         file.addSeparator()
         file.addAction(self.exporter.action)
+        self.exports = ResultExports(self)
+        file.addAction(self.exports.predictions_action)
+        file.addAction(self.exports.plot_action)
         file.addSeparator()
         self._action(file, "Quit", self.close, QKeySequence.StandardKey.Quit)
         edit = bar.addMenu("&Edit")
@@ -174,9 +204,10 @@ class MainWindow(FileActions, QMainWindow):
     def _restore_geometry(self) -> None:
         # The window geometry is restored by startup.decorate (the app's settings file); this is the default.
         self.resize(*WINDOW_SIZE)
-        splitter = self.store.get_bytes(SPLITTER_KEY)
-        if splitter is not None:
-            self.view.splitter.restoreState(QByteArray(splitter))
+        for key, splitter in ((SPLITTER_KEY, self.view.splitter), (MAIN_SPLITTER_KEY, self.main_splitter)):
+            state = self.store.get_bytes(key)
+            if state is not None:
+                splitter.restoreState(QByteArray(state))
 
     def _update_title(self) -> None:
         name = self.project_path.name if self.project_path else self.inputs.title
@@ -197,12 +228,65 @@ class MainWindow(FileActions, QMainWindow):
         self.view.append_log(text)
         log.info(text)  # the rotating log file (ntk_studio.logs) keeps what the panel shows, for bug reports
 
-    # ------------------------------------------------------------------ user actions
+    # ------------------------------------------------------------------ run model
     @property
     def running(self) -> bool:
-        """Return whether a load or run chain is in flight (quiet plan jobs do not count)."""
-        return self.job is not None and self._chain != "plan"
+        """Return whether a load, run or export chain is in flight (quiet plan jobs do not count)."""
+        return self.model.running
 
+    @property
+    def job(self) -> str | None:
+        """Return the id of the worker job in flight (None when idle)."""
+        return self.model.job
+
+    @property
+    def inputs(self) -> Inputs:
+        """Return what the user has loaded (held by the run model)."""
+        return self.model.inputs
+
+    @inputs.setter
+    def inputs(self, value: Inputs) -> None:
+        self.model.inputs = value
+
+    @property
+    def results(self) -> dict[str, Any]:
+        """Return the last run's results as a project stores them."""
+        return self.model.results
+
+    @results.setter
+    def results(self, value: dict[str, Any]) -> None:
+        self.model.set_results(value)
+
+    @property
+    def _pending_project(self) -> Project | None:
+        return self.model.pending_project
+
+    @_pending_project.setter
+    def _pending_project(self, project: Project | None) -> None:
+        self.model.pending_project = project
+
+    def _start(self, kind: str, steps: list[dict[str, Any]]) -> None:
+        self.model.start(kind, steps)
+
+    def _connect_model(self) -> None:
+        m = self.model
+        for name in ("started", "progress", "epoch", "result", "failed", "cancelled"):
+            getattr(self.bridge, name).connect(lambda _job, event: self.model.handle(event))
+        m.busy_changed.connect(lambda busy: busy and self._set_busy(True))
+        m.progress_changed.connect(self._show_progress)
+        m.logged.connect(self._log)
+        m.status.connect(lambda text: self.statusBar().showMessage(text, STATUS_MS))
+        m.cleared.connect(self._clear_results)
+        m.loaded.connect(self._loaded)
+        m.columns_needed.connect(self._columns_needed)
+        m.result.connect(lambda cmd, record: self._show(cmd, record.payload))
+        m.planned.connect(self._planned)
+        m.epoch.connect(lambda record: self.view.show_epoch(record.payload))
+        m.finished.connect(self._finished)
+        m.failed.connect(self._failed)
+        m.plan_due.connect(self.request_plan)
+
+    # ------------------------------------------------------------------ user actions
     def load_example(self, name: str) -> None:
         """Load a built-in example (model and data) in the worker."""
         self._start("load", [{"cmd": "load_example", "args": {"name": name}, "defaults": True}])
@@ -214,9 +298,10 @@ class MainWindow(FileActions, QMainWindow):
         self._start("load", [{"cmd": "load_model", "args": {"path": str(path), "arch": arch, "trust_pickle": trust}}])
 
     def open_data(self, path: str, target: str | None = None, features: list[str] | None = None,
-                  classification: bool = False) -> None:
-        """Load a data file; a table first answers with its columns for the user to choose."""
-        args = {"path": str(path), "target": target, "features": features, "classification": classification}
+                  classification: bool = False, task: str | None = None) -> None:
+        """Load a data file as ``task`` (default: the Data tab's choice); a table first answers with its columns."""
+        task = task or ("classification" if classification else self.data_panel.task())
+        args = {"path": str(path), "target": target, "features": features, "task": task}
         self._start("load", [{"cmd": "load_data", "args": args}])
 
     def open_path(self, path: str) -> bool:
@@ -238,31 +323,21 @@ class MainWindow(FileActions, QMainWindow):
         m = self.method_panel.values()
         gp = {**common, "prior_var": m["prior_var"], "noise": m["noise"], "fit_hyper": m["fit_hyper"],
               "space": m["space"], "solver": m["solver"], "device": m["device"], "grid_points": GRID_POINTS}
+        if gp["noise"] is None:  # 'auto': the worker's own default (σ² from the adaptation targets' variance)
+            del gp["noise"]
         ft = {**common, "epochs": m["epochs"], "lr": m["lr"], "batch_size": m["batch_size"], "device": m["device"],
               "grid_points": GRID_POINTS}
         steps = [{"cmd": "fit_gp", "args": gp}]
         if self.session.get("task") != "classification":
             steps.append({"cmd": "trajectory", "args": {**common, "grid_points": GRID_POINTS}})
         steps.append({"cmd": "finetune", "args": ft})
-        self._epochs_planned = max(1, m["epochs"])
-        total = sum(STEP_WEIGHTS[s["cmd"]] for s in steps)
-        offset = 0.0
-        for s in steps:
-            self._weights[s["cmd"]] = (offset / total, STEP_WEIGHTS[s["cmd"]] / total)
-            offset += STEP_WEIGHTS[s["cmd"]]
-        self.results = {"settings": self.settings()}
-        self.view.loss_plot.reset(self._epochs_planned)
-        self._start("run", steps)
+        self.view.loss_plot.reset(max(1, m["epochs"]))
+        self.model.run(steps, self.settings(), m["epochs"])
 
     def cancel(self) -> None:
-        """Ask the running job to stop; the UI goes idle when its last event arrives."""
-        if not self.running or self._stopping:
-            return
-        self._stopping = True
-        self._queue.clear()
-        self.throttle.discard()
-        self.statusBar().showMessage("Cancelling…", STATUS_MS)
-        self.bridge.cancel(self.job)
+        """Stop the running chain at whatever stage it is (Esc, the Cancel button, Run → Cancel)."""
+        if self.model.cancel():
+            self.throttle.discard()
 
     def _use_ranks(self, ranks: int) -> None:
         if self.running:  # switching would kill the job: keep the running worker
@@ -272,8 +347,7 @@ class MainWindow(FileActions, QMainWindow):
             self.statusBar().showMessage("Finish or cancel the run before changing worker processes.", STATUS_MS)
             return
         self.bridge.use_ranks(ranks)
-        if self._chain == "plan":  # its answer would come from the worker just replaced
-            self._finish(True, "")
+        self.model.abandon_plan()  # its answer would come from the worker just replaced
         self._log(f"worker restarted as {ranks} data-parallel process{'es' if ranks > 1 else ''}; "
                   "inputs are reloaded with the next job")
 
@@ -281,126 +355,49 @@ class MainWindow(FileActions, QMainWindow):
         """Ask the worker for the route estimate of the current settings (when idle and ready)."""
         if not self._ready():
             return
-        if self.job is not None:
-            self._plan_dirty = True
-            return
         args = {"params": self.model_panel.spec(), **self.data_panel.values(),
                 "space": self.method_panel.space.currentText(), "solver": self.method_panel.solver.currentText()}
-        self._start("plan", [{"cmd": "plan", "args": args}])
+        self.model.request_plan(args)
 
-    # ------------------------------------------------------------------ chains
-    def _start(self, kind: str, steps: list[dict[str, Any]]) -> None:
-        if self.job is not None:
-            if self._chain == "plan" and kind != "plan":
-                self._deferred = (kind, steps)  # after the quick plan job
-            return
-        restarted = self._loaded_at is not None and self._loaded_at != self.bridge.restarts
-        if restarted and self.inputs.load_steps() and steps[0]["cmd"] != "load_example":
-            if kind == "plan":
-                return  # the next load or run gives the fresh worker our inputs first
-            # A fresh worker has nothing loaded: give it our inputs first.
-            steps = [{"cmd": c, "args": a, "restore": True} for c, a in self.inputs.load_steps()] + steps
-        self._chain, self._queue, self._stopping = kind, list(steps), False
-        if kind != "plan":
-            self._run_start = time.monotonic()
-            self.progress_bar.setValue(0)
-            self.progress_bar.setFormat("%p%")
-            self._set_busy(True)
-        self._next()
+    # ------------------------------------------------------------------ rendering the model
+    def _show_progress(self, progress: Progress) -> None:
+        if progress.fraction is not None:
+            self.progress_bar.setValue(int(PROGRESS_STEPS * progress.fraction))
+        self.progress_bar.setFormat(progress.text.replace("%", "%%") if progress.text else "")
+        if progress.state == "running":
+            self._tick.start()
+        else:
+            self._tick.stop()
 
-    def _next(self) -> None:
-        if not self._queue:
-            self._finish(True, "Ready." if self._chain == "load" else "Done.")
-            return
-        step = self._queue.pop(0)
-        self._step = step
-        self.job = self.bridge.submit(step["cmd"], **step["args"])
-        if self._chain != "plan":
-            self.statusBar().showMessage(f"Running {step['cmd']}…", STATUS_MS)
-            self._log(f"[{self.job}] submit {step['cmd']}")
+    def _clear_results(self, why: str) -> None:
+        self.throttle.discard()
+        self.view.clear_results(keep_model_curves=why == "run")
+        self.exporter.action.setEnabled(False)
 
-    def _finish(self, ok: bool, message: str) -> None:
-        chain = self._chain
-        self.job, self._chain, self._queue, self._stopping = None, None, [], False
-        if chain == "plan":
-            self._after_idle()
-            return
+    def _planned(self, record) -> None:
+        self.method_panel.show_estimate(record.payload)
+        self.plan_shown.emit(record.payload)
+
+    def _finished(self, chain: str, ok: bool, message: str, project: Project | None) -> None:
         self.throttle.flush()
-        project, self._pending_project = self._pending_project, None
-        if ok and project is not None:
+        if project is not None:
             self._finish_project(project)
         self._set_busy(False)
-        if ok:
-            self.progress_bar.setValue(PROGRESS_STEPS)
-            self.progress_bar.setFormat("%p%")
         self.statusBar().showMessage(message, STATUS_MS)
         self.run_finished.emit(ok)
-        self._plan_dirty = self._plan_dirty or (ok and chain == "load")
-        self._after_idle()
 
-    def _after_idle(self) -> None:
-        if self.job is not None:
-            return
-        if self._deferred is not None:
-            kind, steps = self._deferred
-            self._deferred = None
-            self._start(kind, steps)
-        elif self._plan_dirty:
-            self._plan_dirty = False
-            self.request_plan()
-
-    def _mine(self, job: str) -> bool:
-        return job == self.job
-
-    def _progress(self, cmd: str, fraction: float) -> None:
-        offset, share = self._weights.get(cmd, (0.0, 1.0))
-        total = min(max(offset + share * min(max(fraction, 0.0), 1.0), 0.0), 1.0)
-        self.progress_bar.setValue(int(PROGRESS_STEPS * total))
-        eta = format_eta(eta_seconds(total, time.monotonic() - self._run_start))
-        self.progress_bar.setFormat(f"%p%  ·  {eta} left" if eta else "%p%")
-
-    # ------------------------------------------------------------------ worker events
-    def _on_started(self, job: str, event: dict) -> None:
-        if self._mine(job) and self._chain != "plan":
-            self._log(f"[{job}] started {event.get('cmd', '')}")
-
-    def _on_progress(self, job: str, event: dict) -> None:
-        if not self._mine(job) or self._chain not in ("run", "export"):
-            return
-        if event.get("progress") is not None:
-            self._progress(self._step["cmd"], float(event["progress"]))
-        self._log(f"[{job}] {event.get('stage', '')}: {event.get('message') or ''}".rstrip(": "))
-
-    def _on_epoch(self, job: str, event: dict) -> None:
-        if not self._mine(job):
-            return
-        self.view.show_epoch(event)
-        self._progress("finetune", int(event.get("epoch", 0)) / self._epochs_planned)
-
-    def _on_result(self, job: str, event: dict) -> None:
-        if not self._mine(job):
-            return
-        step = self._step
-        cmd = step["cmd"]
-        if cmd == "plan":
-            self.method_panel.show_estimate(event)
-            self.plan_shown.emit(event)
-        elif cmd in LOAD_COMMANDS:
-            self._loaded(step, event)
+    def _failed(self, chain: str, kind: str, message: str, details: str) -> None:
+        if chain == "plan":  # an estimate that cannot be made says why in its place, not in a dialog
+            self.method_panel.estimate.setText(f"⚠ {message}")
         else:
-            self.results[cmd] = event
-            self._show(cmd, event)
-        if self._stopping and self._chain != "plan":
-            self._finish(True, "Stopped after the job finished.")
-        else:
-            self._next()
+            self.show_error(kind, message, details)
 
     def _show(self, cmd: str, event: dict) -> None:
         if cmd == "fit_gp":
             self.view.show_gp(event)
-            noise = f", σ² = {event['noise']:.4g}" if event.get("noise") is not None else ""
-            self._log(f"GP route {event.get('route')}, s² = {float(event.get('prior_var') or 0):.4g}{noise}, "
-                      f"{float(event.get('wall_time') or 0):.3g} s")
+            noise = f", σ² = {fmt(event.get('noise'))}" if event.get("noise") is not None else ""
+            self._log(f"GP route {event.get('route')}, s² = {fmt(event.get('prior_var'))}{noise}, "
+                      f"{fmt_seconds(event.get('wall_time'))}")
             self.gp_done.emit(event)
         elif cmd == "trajectory":
             self.view.show_trajectory(event)
@@ -408,21 +405,21 @@ class MainWindow(FileActions, QMainWindow):
             self.exporter.show(event)
         elif cmd == "finetune":
             self.view.show_finetune(event)
-            self._log(f"fine-tuned {event.get('epochs_run')} epochs, test loss {event.get('test_loss')}, "
-                      f"{float(event.get('wall_time') or 0):.3g} s")
+            self._log(f"fine-tuned {event.get('epochs_run')} epochs, test loss {fmt(event.get('test_loss'))}, "
+                      f"{fmt_seconds(event.get('wall_time'))}")
 
-    def _loaded(self, step: dict, event: dict) -> None:
-        cmd, args = step["cmd"], step["args"]
-        self._loaded_at = self.bridge.restarts
-        if cmd == "load_data" and event.get("needs_columns"):
-            self.data_panel.show_columns(event["path"], event["columns"], event["preview_header"], event["preview"])
-            self.panels.setCurrentIndex(0)
-            self._log(f"{event['path']}: choose the columns")
-            return
-        if not step.get("restore"):
-            self._record_input(step, event)
+    def _columns_needed(self, record) -> None:
+        event = record.payload
+        self.data_panel.show_columns(event["path"], event["columns"], event["preview_header"], event["preview"])
+        self.panels.setCurrentIndex(0)
+        self._log(f"{event['path']}: choose the columns")
+
+    def _loaded(self, step, record) -> None:
+        cmd, args, event = step.cmd, step.args, record.payload
+        if cmd == "load_example" and not step.project:
+            self.project_path = None  # a new session, no longer the project's
         previous_data = (self.session.get("data") or {}).get("sha256"), (self.session.get("data") or {}).get("source")
-        session = self.session = event.get("session") or {}
+        session = self.session = record.session
         data, model = session.get("data"), session.get("model")
         if model:
             from_file = cmd != "load_example" and self.inputs.model
@@ -434,52 +431,16 @@ class MainWindow(FileActions, QMainWindow):
                 one_d = len(data["feature_names"]) == 1 and len(data["input_shape"]) == 1
                 feature = data["feature_names"][0] if one_d else "x"
                 self.view.set_data(data["task"], one_d, feature, data["target_name"], data["class_names"])
+        self.view.show_inputs(session)
         self.method_panel.set_devices(session.get("devices") or ["cpu"])
         self.method_panel.set_task(session.get("task", "regression"))
-        if step.get("defaults") and args.get("name") in EXAMPLE_DEFAULTS:
+        if step.defaults and args.get("name") in EXAMPLE_DEFAULTS:
             self.apply_settings(EXAMPLE_DEFAULTS[args["name"]])
         if model and model.get("mismatch"):
             self._log(f"warning: the model does not fit the data: {model['mismatch']}")
-        self._log(f"[{self.job}] loaded {cmd.removeprefix('load_')}: {event.get('description') or event.get('path', '')}")
+        self._log(f"[{self.job}] loaded {cmd.removeprefix('load_')}: {record.description}")
         self._update_title()
         self.loaded.emit(event)
-
-    def _record_input(self, step: dict, event: dict) -> None:
-        cmd, args, expected = step["cmd"], step["args"], None
-        if cmd == "load_example":
-            self.inputs = Inputs(example=args["name"])
-            if not step.get("project"):
-                self.project_path = None  # a new session, no longer the project's
-            return
-        if cmd == "load_model":
-            expected = (self.inputs.model or {}).get("sha256") if self._pending_project is None else \
-                (self._pending_project.inputs.model or {}).get("sha256")
-            self.inputs.model = {**args, "sha256": event.get("sha256")}
-        elif cmd == "load_data":
-            expected = None if self._pending_project is None else (self._pending_project.inputs.data or {}).get("sha256")
-            self.inputs.data = {**args, "sha256": event.get("sha256")}
-        if self._pending_project is not None and expected and expected != event.get("sha256"):
-            self._log(f"warning: {event.get('path')} changed since the project was saved (SHA-256 differs); "
-                      "the results shown are the saved ones.")
-
-    def _on_cancelled(self, job: str, event: dict) -> None:
-        if self._mine(job):
-            how = "killed" if event.get("hard") else "stopped"
-            self._log(f"[{job}] cancelled ({how})")
-            self._finish(False, f"Cancelled ({how}).")
-
-    def _on_failed(self, job: str, event: dict) -> None:
-        if not self._mine(job):
-            return
-        kind, message = event.get("error_type", "Error"), event.get("message", "")
-        quiet = self._chain == "plan"
-        self._log(f"[{job}] {kind}: {message}")
-        self._pending_project = None
-        self._finish(False, f"{kind}: {message}")
-        if quiet:  # an estimate that cannot be made says why in its place, not in a dialog
-            self.method_panel.estimate.setText(f"⚠ {message}")
-        else:
-            self.show_error(kind, message, event.get("details", ""))
 
     def show_error(self, title: str, message: str, details: str = "") -> None:
         """Record an error and, in interactive mode, show it in a message box with the details."""
@@ -491,9 +452,33 @@ class MainWindow(FileActions, QMainWindow):
             box.setDetailedText(details)
         box.exec()
 
+    def save_project(self, path: str | Path) -> Path | None:
+        """Write the project (see FileActions.save_project); the results then count as saved."""
+        written = super().save_project(path)
+        if written is not None:
+            self.model.mark_saved()
+        return written
+
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
-        """Remember the plot layout and shut the worker down with the window."""
+        """Ask before unsaved results are lost; remember the layout and shut the worker down with the window."""
+        if self.ask_before_close and self.model.has_results and not self.model.saved and not self._may_discard():
+            event.ignore()
+            return
+        QApplication.instance().removeEventFilter(self._escape)
         self.store.set_bytes(SPLITTER_KEY, self.view.splitter.saveState().data())
+        self.store.set_bytes(MAIN_SPLITTER_KEY, self.main_splitter.saveState().data())
         self.bridge.shutdown()
         super().closeEvent(event)
 
+    def _may_discard(self) -> bool:
+        """Ask whether to save the run's results before closing; return False to keep the window open."""
+        box = QMessageBox(QMessageBox.Icon.Question, WINDOW_TITLE, "Save the results of this run before closing?",
+                          parent=self)
+        box.setInformativeText("They are not in a project file yet.")
+        buttons = QMessageBox.StandardButton
+        box.setStandardButtons(buttons.Save | buttons.Discard | buttons.Cancel)
+        box.setDefaultButton(buttons.Save)
+        answer = box.exec()
+        if answer == buttons.Save:
+            return self.save() is not None
+        return answer == buttons.Discard

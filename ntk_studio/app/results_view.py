@@ -116,6 +116,45 @@ class ResultsView(QWidget):
         self.slider.setEnabled(False)
         self.step_label.setText("Linearized GD: run Adapt")
 
+    def clear_results(self, keep_model_curves: bool = False) -> None:
+        """Take a run's results off the screen (a new run starts, or a new model or data was loaded).
+
+        The data (labelled points, true function) stays; the pretrained curve stays for a new run of
+        the same model (``keep_model_curves``) and goes with a new model.
+        """
+        self.throttle.discard()
+        keep = {"train", "truth"} | ({"pretrained"} if keep_model_curves else set())
+        for key, curve in self.fit_plot.curves.items():
+            if key not in keep:
+                curve.setData([], [])
+        for view in (self.pred_true, self.class_view, self.calibration):
+            view.clear_data()
+        self.convergence.clear_data()
+        self.loss_plot.reset()
+        self.loss_plot.refresh()
+        self.table.set_task(self.task)
+        self._traj = None
+        self.slider.setEnabled(False)
+        self.step_label.setText("Linearized GD: run Adapt")
+
+    def show_inputs(self, session: dict) -> None:
+        """Draw what is known before any run: the data points and the pretrained curve (when the worker sends them)."""
+        points = session.get("points") or {}
+        if self.mode != "1d":
+            return
+        if points.get("x") is not None and points.get("y") is not None:
+            self.fit_plot.set_curve("train", arr(points["x"]), arr(points["y"]).ravel())
+        if points.get("grid_x") is not None and points.get("pretrained") is not None:
+            self._grid_x = arr(points["grid_x"])
+            self.fit_plot.set_curve("pretrained", self._grid_x, arr(points["pretrained"]).ravel())
+        x_range = (session.get("data") or {}).get("x_range")
+        self.fit_plot.show_range(x_range)
+
+    def current_plot(self) -> QWidget:
+        """Return the plot the user is looking at (for File → Save plot)."""
+        page = self.tabs.currentWidget()
+        return self.predictions.currentWidget() if page is self.tabs.widget(0) else page
+
     # ------------------------------------------------------------------ payloads
     def show_gp(self, p: dict) -> None:
         """Draw a fit_gp payload: predictions, calibration, convergence, table rows."""

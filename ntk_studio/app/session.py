@@ -32,7 +32,7 @@ class Inputs:
 
     example: str | None = None
     model: dict[str, Any] | None = None  # path, arch, trust_pickle, sha256
-    data: dict[str, Any] | None = None  # path, target, features, classification, sha256
+    data: dict[str, Any] | None = None  # path, target, features, task (or the old classification), sha256
     extra: dict[str, Any] = field(default_factory=dict)
 
     def load_steps(self) -> list[tuple[str, dict[str, Any]]]:
@@ -43,7 +43,8 @@ class Inputs:
         if self.model:
             steps.append(("load_model", {k: self.model.get(k) for k in ("path", "arch", "trust_pickle")}))
         if self.data:
-            steps.append(("load_data", {k: self.data.get(k) for k in ("path", "target", "features", "classification")}))
+            keys = [k for k in ("path", "target", "features", "classification", "task") if k in self.data]
+            steps.append(("load_data", {k: self.data.get(k) for k in keys}))
         return steps
 
     @property

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
                                QListWidget, QListWidgetItem, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem,
                                QVBoxLayout, QWidget)
+
+from ..views.thumbnails import thumbnail_pixmap
 
 # Descriptions for the buttons; the worker owns the examples themselves (the GUI never imports torch).
 EXAMPLES = {
@@ -23,6 +26,10 @@ N_ADAPT_MAX = 1_000_000
 SEED_MAX = 2**31 - 1
 PREVIEW_HEIGHT = 170
 FEATURE_LIST_HEIGHT = 90
+TASKS = ("auto", "regression", "classification")  # the worker's load_data "task" choices
+TASK_TIP = ("What the target is. 'auto' decides from the model and the data (integer labels and one logit per "
+            "class: classification; the load log says why); choose to override it.")
+THUMB_PX = 48  # image thumbnails in the preview, in pixels
 
 
 class DataPanel(QWidget):
@@ -31,7 +38,7 @@ class DataPanel(QWidget):
     example_requested = Signal(str)
     open_requested = Signal()
     open_folder_requested = Signal()
-    columns_chosen = Signal(str, str, list, bool)  # path, target, features, classification
+    columns_chosen = Signal(str, str, list, bool)  # path, target, features, classification (see task())
     split_changed = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -57,6 +64,11 @@ class DataPanel(QWidget):
         files = QHBoxLayout()
         files.addWidget(self.open_button, 1)
         files.addWidget(self.folder_button)
+        self.task_box = QComboBox()
+        self.task_box.addItems(list(TASKS))
+        self.task_box.setToolTip(TASK_TIP)
+        task_row = QFormLayout()
+        task_row.addRow("Task of a data file", self.task_box)
 
         self.columns_box = QGroupBox("Columns")
         self.target = QComboBox()
@@ -65,7 +77,8 @@ class DataPanel(QWidget):
         self.features.setToolTip("Checked columns are the model's inputs, in this order.")
         self.features.setFixedHeight(FEATURE_LIST_HEIGHT)
         self.classification = QCheckBox("target holds class labels")
-        self.classification.setToolTip("Treat the target as classes (the model must output one logit per class).")
+        self.classification.setToolTip("Treat the target as classes (the model must output one logit per class); "
+                                       "the same as Task: classification.")
         self.use_columns = QPushButton("Load with these columns")
         self.use_columns.clicked.connect(self._emit_columns)
         form = QFormLayout(self.columns_box)
@@ -101,6 +114,7 @@ class DataPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(examples)
         layout.addLayout(files)
+        layout.addLayout(task_row)
         layout.addWidget(self.columns_box)
         layout.addWidget(split)
         layout.addWidget(self.summary)
@@ -140,9 +154,9 @@ class DataPanel(QWidget):
                              f"{'…' if len(data['feature_names']) > 6 else ''}), target {data['target_name']}, "
                              f"{data['task']}{classes}.")
         self.summary.setToolTip(data.get("source", ""))
-        self._fill_preview(data["preview_header"], data["preview"])
+        self._fill_preview(data["preview_header"], data["preview"], data.get("thumbnails"))
 
-    def _fill_preview(self, header: list[str], rows: list[list[str]]) -> None:
+    def _fill_preview(self, header: list[str], rows: list[list[str]], thumbnails: list | None = None) -> None:
         self.preview.clear()
         self.preview.setColumnCount(len(header))
         self.preview.setRowCount(len(rows))
@@ -150,12 +164,27 @@ class DataPanel(QWidget):
         for r, row in enumerate(rows):
             for c, cell in enumerate(row[: len(header)]):
                 self.preview.setItem(r, c, QTableWidgetItem(str(cell)))
+        thumbs = thumbnails or []
+        if thumbs:  # images: a picture in the input column instead of its shape as text
+            self.preview.setIconSize(QSize(THUMB_PX, THUMB_PX))
+            for r, image in enumerate(thumbs[: len(rows)]):
+                item = QTableWidgetItem("")
+                item.setIcon(QIcon(thumbnail_pixmap(image, THUMB_PX)))
+                self.preview.setItem(r, 0, item)
+                self.preview.setRowHeight(r, THUMB_PX + 4)
+            self.preview.setColumnWidth(0, THUMB_PX + 12)
 
     def _emit_columns(self) -> None:
         target = self.target.currentText()
         features = [self.features.item(i).text() for i in range(self.features.count())
                     if self.features.item(i).checkState() == Qt.CheckState.Checked and self.features.item(i).text() != target]
         self.columns_chosen.emit(self._pending_path, target, features, self.classification.isChecked())
+
+    def task(self) -> str:
+        """Return the task chosen for the next data file ('auto', 'regression' or 'classification')."""
+        if self.columns_box.isVisible() and self.classification.isChecked():
+            return "classification"
+        return self.task_box.currentText()
 
     # ------------------------------------------------------------------ settings
     def values(self) -> dict[str, Any]:

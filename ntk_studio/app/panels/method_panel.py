@@ -6,8 +6,10 @@ import os
 from typing import Any
 
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QSpinBox,
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QLabel, QSpinBox,
                                QVBoxLayout, QWidget)
+
+from .spin import NumberBox
 
 DEFAULT_PRIOR_VAR = 1.0
 DEFAULT_NOISE = 0.01
@@ -18,7 +20,7 @@ VARIANCE_RANGE = (1e-8, 1e6)
 EPOCH_RANGE = (0, 1_000_000)
 LR_RANGE = (1e-7, 10.0)
 BATCH_RANGE = (1, 1_000_000)
-SPIN_DECIMALS = 8
+NOISE_AUTO = "auto (10 % of var y)"  # noise None: the worker starts σ² from the adaptation targets' variance
 MAX_RANKS = max(2, os.cpu_count() or 2)  # data-parallel worker processes offered
 SPACES = ("auto", "function", "weight")
 SOLVERS = ("auto", "cholesky", "cg")
@@ -26,14 +28,8 @@ DEVICES = ("auto", "cpu")  # the worker adds "cuda" when it sees a GPU
 GRID_POINTS = 200  # points of the 1-D plotting grid the worker predicts on
 
 
-def _spin(value: float, lo: float, hi: float, step: float, tip: str) -> QDoubleSpinBox:
-    box = QDoubleSpinBox()
-    box.setDecimals(SPIN_DECIMALS)
-    box.setRange(lo, hi)
-    box.setSingleStep(step)
-    box.setValue(value)
-    box.setToolTip(tip)
-    return box
+def _spin(value: float, lo: float, hi: float, step: float, tip: str, auto_text: str = "") -> NumberBox:
+    return NumberBox(value, lo, hi, tip, auto_text)
 
 
 def _int_spin(value: int, lo: int, hi: int, tip: str) -> QSpinBox:
@@ -62,9 +58,10 @@ class MethodPanel(QWidget):
         self.prior_var = _spin(DEFAULT_PRIOR_VAR, *VARIANCE_RANGE, step=0.1, tip=(
             "Prior variance s² of the weight offset θ − θ*. Larger values let the GP move further from the "
             "pretrained network and widen the bands away from the data."))
-        self.noise = _spin(DEFAULT_NOISE, *VARIANCE_RANGE, step=0.005, tip=(
+        self.noise = _spin(DEFAULT_NOISE, 0.0, VARIANCE_RANGE[1], step=0.005, auto_text=NOISE_AUTO, tip=(
             "Observation noise variance σ² (a variance, not a standard deviation), in the target's units squared. "
-            "With 'fit by marginal likelihood' checked this and s² are only starting values. "
+            "With 'fit by marginal likelihood' checked this and s² are only starting values. 'auto' (step below "
+            "the smallest value, or type 0) starts from 10 % of the adaptation targets' variance. "
             "Classification has no noise term."))
         self.fit_hyper = QCheckBox("fit by marginal likelihood")
         self.fit_hyper.setToolTip(
@@ -135,7 +132,7 @@ class MethodPanel(QWidget):
 
     def values(self) -> dict[str, Any]:
         """Return every setting of this panel."""
-        return {"prior_var": self.prior_var.value(), "noise": self.noise.value(), "fit_hyper": self.fit_hyper.isChecked(),
+        return {"prior_var": self.prior_var.value(), "noise": None if self.noise.is_auto() else self.noise.value(), "fit_hyper": self.fit_hyper.isChecked(),
                 "space": self.space.currentText(), "solver": self.solver.currentText(),
                 "device": self.device.currentText(), "epochs": self.epochs.value(), "lr": self.lr.value(),
                 "batch_size": self.batch.value(), "ranks": self.ranks.value()}
@@ -144,7 +141,7 @@ class MethodPanel(QWidget):
         """Apply stored settings (unknown keys are ignored)."""
         for key, box in (("prior_var", self.prior_var), ("noise", self.noise), ("lr", self.lr)):
             if key in values:
-                box.setValue(float(values[key]))
+                box.setValue(box.minimum() if values[key] is None else float(values[key]))
         for key, box in (("epochs", self.epochs), ("batch_size", self.batch), ("ranks", self.ranks)):
             if key in values:
                 box.setValue(int(values[key]))

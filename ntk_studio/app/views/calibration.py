@@ -32,6 +32,10 @@ class CalibrationPlot(pg.PlotWidget):
 
     def set_task(self, task: str) -> None:
         """Label the axes for 'regression' (quantile levels) or 'classification' (confidence bins)."""
+        if task != getattr(self, "task", None) and self._named:  # legend names belong to the task
+            for key in self._named:
+                self.legend.removeItem(self.series[key])
+            self._named.clear()
         self.task = task
         if task == "classification":
             style(self, "Reliability (held-out examples)", "confidence (mean max-probability per bin)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 
+from .log_axis import LogAxis
 from .style import BACKGROUND, FINETUNED_COLOR, LINE_WIDTH, curve_data, pen, style
 
 LOSS_NAMES = {"regression": "training loss (MSE)", "classification": "training loss (cross-entropy)"}
@@ -17,7 +18,7 @@ class LossPlot(pg.PlotWidget):
     """Fine-tuning training loss per epoch; the previous run stays visible until the next one's first point."""
 
     def __init__(self, parent=None) -> None:
-        super().__init__(parent, background=BACKGROUND)
+        super().__init__(parent, background=BACKGROUND, axisItems={"left": LogAxis("left")})
         style(self, "Fine-tuning loss", "epoch", LOSS_NAMES["regression"])
         self.setLogMode(x=False, y=True)
         self.getAxis("left").enableAutoSIPrefix(False)  # an SI prefix on a log axis garbles the label

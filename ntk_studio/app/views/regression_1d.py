@@ -71,6 +71,14 @@ class FitPlot(RangeHold, pg.PlotWidget):
         if key in self._late_names:
             self.legend.addItem(self.curves[key], self._late_names.pop(key))
 
+    def show_range(self, x_range: list[float] | None) -> None:
+        """Before any curve: span the data's input range (or follow the data when unknown)."""
+        if x_range and x_range[1] > x_range[0]:
+            self.setXRange(float(x_range[0]), float(x_range[1]), padding=0.05)
+            self.getViewBox().enableAutoRange(axis="y")
+        else:
+            self.follow_data()
+
     def clear_data(self) -> None:
         """Empty every curve (a different data set was loaded; old curves would mislead)."""
         for curve in self.curves.values():

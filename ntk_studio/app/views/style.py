@@ -33,6 +33,7 @@ def style(plot: pg.PlotWidget, title: str, x_label: str, y_label: str) -> None:
         axis = plot.getAxis(name)
         axis.setPen(FOREGROUND)
         axis.setTextPen(FOREGROUND)
+        axis.enableAutoSIPrefix(False)  # "x (x0.001)" reads as a different quantity
     plot.setLabel("bottom", x_label, color=FOREGROUND)
     plot.setLabel("left", y_label, color=FOREGROUND)
     plot.showGrid(x=True, y=True, alpha=GRID_ALPHA)
