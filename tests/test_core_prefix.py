@@ -246,8 +246,11 @@ def test_cache_reuse_and_invalidation():
     assert prefix_mod.CACHE.misses == 1
     a.jvp(X, torch.ones(a.num_params, dtype=torch.float64))
     a.forward(X[3:9])  # a row slice of a cached input
-    LinearizedModel(model, "last:1").forward(X.clone())  # a fresh model and an equal copy
-    assert prefix_mod.CACHE.misses == 1 and prefix_mod.CACHE.hits == 3
+    copy = X.clone()
+    fresh = LinearizedModel(model, "last:1")
+    fresh.forward(copy)  # a fresh model and an equal copy
+    fresh.jacobian(copy[2:5])  # then a chunk of that copy
+    assert prefix_mod.CACHE.misses == 1 and prefix_mod.CACHE.hits == 4
     # An in-place change of the input is seen (identity and _version), and so is an equal-looking slice.
     X[0].mul_(2.0)
     f2 = a.forward(X)
@@ -271,3 +274,17 @@ def test_float32_engine_prefix_matches_uncached():
     v = torch.randn(a.num_params)
     assert rel(a.forward(X), b.forward(X)) < 1e-6
     assert rel(a.jvp(X, v), b.jvp(X, v)) < 1e-6
+
+
+def test_split_is_redetected_when_a_module_is_replaced():
+    model = mlp()
+    X = torch.randn(8, 4, dtype=torch.float64)
+    first = LinearizedModel(model, "last:1")
+    first.forward(X)
+    assert LinearizedModel(model, "last:1").prefix is first.prefix  # remembered while the model is unchanged
+    torch.manual_seed(9)
+    model[2] = nn.Linear(16, 12).double()  # a new frozen layer inside the prefix
+    a, b = pair(model, "last:1")
+    assert a.prefix is not first.prefix
+    assert rel(a.forward(X), b.forward(X)) < TOL
+    assert rel(a.jacobian(X), b.jacobian(X)) < TOL

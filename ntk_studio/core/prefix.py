@@ -37,6 +37,7 @@ from torch import fx, nn
 # Features of all cached inputs together (plus their private copies of the inputs) stay under this.
 CACHE_BYTES = 512 * 1024**2
 CACHE_ENTRIES = 4
+SOURCES = 8  # tensors remembered per entry as holding its inputs
 PROBE_SAMPLES = 2
 PROBE_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 
@@ -112,8 +113,35 @@ def _resolve(model: nn.Module, target: str):
     return obj
 
 
+def _structure(model: nn.Module) -> tuple:
+    """Return what a split depends on: every module, parameter and buffer object under its name."""
+    sig: list = [(n, id(m), type(m), id(m.__dict__.get("forward"))) for n, m in model.named_modules(remove_duplicate=False)]
+    sig += [(n, id(t)) for n, t in model.named_parameters(remove_duplicate=False)]
+    sig += [(n, id(t)) for n, t in model.named_buffers(remove_duplicate=False)]
+    return tuple(sig)
+
+
+_SPLITS: list[tuple[weakref.ref, tuple, tuple, tuple]] = []  # (model, names, structure, result)
+SPLIT_MEMO = 8
+
+
 def find_split(model: nn.Module, chosen_names) -> tuple[Split | None, str]:
-    """Return (split, '') for the latest frozen prefix, or (None, why there is none)."""
+    """Return (split, '') for the latest frozen prefix, or (None, why there is none).
+
+    Tracing a large body costs ~0.1 s, so the answer is remembered per model and subset while the
+    model keeps the same module, parameter and buffer objects (every split is re-verified on data).
+    """
+    names, structure = tuple(chosen_names), _structure(model)
+    for ref, n, st, result in _SPLITS:
+        if ref() is model and n == names and st == structure:
+            return result
+    result = _find_split(model, names)
+    _SPLITS.append((weakref.ref(model), names, structure, result))
+    del _SPLITS[:-SPLIT_MEMO]
+    return result
+
+
+def _find_split(model: nn.Module, chosen_names) -> tuple[Split | None, str]:
     params = dict(model.named_parameters(remove_duplicate=False))
     chosen = {id(params[n]) for n in chosen_names if n in params}
     try:
@@ -218,8 +246,7 @@ class _Entry:
     model: weakref.ref
     key: tuple
     state: list[tuple[weakref.ref, int]]
-    source: weakref.ref  # the tensor the features were computed from (identity / view lookups)
-    version: int
+    sources: list[tuple[weakref.ref, int]]  # tensors known to hold `inputs` (identity / view lookups)
     inputs: torch.Tensor  # a private copy of it (equality lookups, verification of views)
     features: torch.Tensor
 
@@ -264,16 +291,21 @@ class FeatureCache:
 
     @staticmethod
     def _match(e: _Entry, X: torch.Tensor) -> torch.Tensor | None:
-        src = e.source()
-        if src is X and X._version == e.version:
-            return e.features
+        e.sources = [(r, v) for r, v in e.sources if r() is not None]
+        for r, v in e.sources:
+            if r() is X and X._version == v:
+                return e.features
         if X.dtype != e.inputs.dtype or X.device != e.inputs.device or X.shape[1:] != e.inputs.shape[1:]:
             return None
-        if src is not None and X is not src and src._version == e.version and X.dim() > 0:
-            rows = _rows_of(X, src)
-            if rows is not None and torch.equal(X, e.inputs[rows]):
-                return e.features[rows]
+        if X.dim() > 0:
+            for r, v in e.sources:
+                src = r()
+                rows = _rows_of(X, src) if src is not None and src._version == v else None
+                if rows is not None and torch.equal(X, e.inputs[rows]):
+                    return e.features[rows]
         if X.shape == e.inputs.shape and torch.equal(X, e.inputs):
+            # Remember this copy too, so its chunks (views) are found without a full comparison.
+            e.sources = (e.sources + [(weakref.ref(X), X._version)])[-SOURCES:]
             return e.features
         return None
 
@@ -283,7 +315,7 @@ class FeatureCache:
         if inputs.nbytes + Z.nbytes > self.max_bytes:
             return
         entry = _Entry(
-            weakref.ref(model), key, [(weakref.ref(t), v) for t, v in state], weakref.ref(X), X._version, inputs, Z
+            weakref.ref(model), key, [(weakref.ref(t), v) for t, v in state], [(weakref.ref(X), X._version)], inputs, Z
         )
         self._entries.append(entry)
         while len(self._entries) > self.max_entries or sum(e.nbytes for e in self._entries) > self.max_bytes:
