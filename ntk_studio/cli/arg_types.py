@@ -11,7 +11,7 @@ import math
 import os
 
 MAX_THREADS_FACTOR = 1  # threads beyond the machine's cores only thrash (and 100,000 crash libgomp)
-MAX_INPUT_ELEMENTS = 100_000_000  # one sample of --input-shape: more than this is a typo, not an input
+MAX_INPUT_ELEMENTS = 16_777_216  # one sample of --input-shape (3 x 2365 x 2365): more is a typo, not an input
 MAX_SHAPE_DIMS = 8
 
 

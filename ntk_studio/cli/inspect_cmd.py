@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .adapt import add_model_arguments
+from .arg_types import input_shape
 
 
 def add_parser(sub) -> None:
@@ -12,7 +13,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("inspect", help="print a model summary (layers, parameters, output size)")
     add_model_arguments(p)
     p.add_argument("--example", help="inspect a built-in example's model instead")
-    p.add_argument("--input-shape", help="one sample's input shape, e.g. 8 or 3,32,32, to report the output size")
+    p.add_argument("--input-shape", type=input_shape,
+                   help="one sample's input shape, e.g. 8 or 3,32,32, to report the output size")
     p.set_defaults(run=run)
 
 
@@ -20,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the summary; return the exit code."""
     import torch
 
-    from ntk_studio.core.errors import DataLoadError, ShapeError
+    from ntk_studio.core.errors import DataLoadError
     from ntk_studio.core.models import load_model, summarize
 
     notes: list[str] = []
@@ -36,12 +38,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.model}  [{loaded.format}]  sha256 {loaded.sha256[:16]}…")
     else:
         raise DataLoadError("Give --model PATH (or --example NAME).")
-    if args.input_shape:
-        try:
-            shape = tuple(int(s) for s in args.input_shape.replace("x", ",").split(",") if s.strip())
-        except ValueError:
-            raise ShapeError(f"--input-shape must be integers like 8 or 3,32,32; got {args.input_shape!r}.") from None
-        example_input = torch.zeros(2, *shape)
+    if args.input_shape:  # checked by arg_types.input_shape: positive sizes, bounded element count
+        example_input = torch.zeros(2, *args.input_shape)
     summary = summarize(module, example_input)
     print(summary.format_table())
     for note in notes + list(summary.notes):

@@ -13,7 +13,6 @@ import contextlib
 import csv
 import json
 import os
-import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from pathlib import Path
@@ -61,6 +60,13 @@ def _same(a: Path, b: Path) -> bool:
 
 def check_outputs(args) -> list[tuple[str, Path]]:
     """Return the command's outputs after refusing any that is an input, a folder or written twice."""
+    try:
+        return _check_outputs(args)
+    except OSError as exc:  # a name too long, a loop of links: say which path
+        raise OutputError(f"Cannot use the output path {exc.filename}: {exc.strerror or exc}.") from None
+
+
+def _check_outputs(args) -> list[tuple[str, Path]]:
     inputs = declared(args, INPUT_ARGS) + _arch_file(args)
     outputs = declared(args, OUTPUT_ARGS)
     for name, out in outputs:
@@ -95,8 +101,9 @@ def _suffix(name: str) -> str:
 def committed_together(outputs: Sequence[tuple[str, Path]] = ()) -> Iterator[None]:
     """Stage every write_json/write_csv of the block and commit them together when it succeeds.
 
-    ``outputs`` that other code writes directly (an ONNX export) are backed up first and restored
-    (or removed, when they did not exist) if the block fails.
+    ``outputs`` that other code writes directly (an ONNX export) are moved aside first and put
+    back (or removed, when they did not exist) if the block fails; kept aside until the end, an
+    old file is never half-overwritten in place.
     """
     staged: list[tuple[Path, Path]] = []
     token = _staged.set(staged)
@@ -110,6 +117,9 @@ def committed_together(outputs: Sequence[tuple[str, Path]] = ()) -> Iterator[Non
             _restore(path, backup)
         raise
     else:
+        for path, backup in backups:
+            if backup is not None and not path.exists():
+                os.replace(backup, path)  # the run did not write it: the old file stays
         try:
             for i, (tmp, path) in enumerate(staged):
                 try:
@@ -127,15 +137,14 @@ def committed_together(outputs: Sequence[tuple[str, Path]] = ()) -> Iterator[Non
 
 
 def _backup(path: Path) -> Path | None:
-    """Return a hard link (or copy) of an existing output file, None when it does not exist yet."""
+    """Move an existing output file aside (same folder, a rename); return where, None when there is none."""
     if not path.is_file():
         return None
     backup = path.with_name(f".{path.name}{BACKUP_SUFFIX}")
-    backup.unlink(missing_ok=True)
     try:
-        os.link(path, backup)
-    except OSError:
-        shutil.copy2(path, backup)
+        os.replace(path, backup)
+    except OSError as exc:
+        raise OutputError(f"Cannot replace {path}: {exc.strerror or exc}.") from None
     return backup
 
 
@@ -147,9 +156,9 @@ def _restore(path: Path, backup: Path | None) -> None:
 
 
 def _atomic_write(path: Path, write) -> None:
-    if path.is_dir():
-        raise OutputError(f"{path} is a folder; give a file name to write.")
     try:
+        if path.is_dir():
+            raise OutputError(f"{path} is a folder; give a file name to write.")
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = temp_beside(path)
     except OSError as exc:

@@ -146,7 +146,7 @@ def load_architecture(spec: str, timeout: float | None = None) -> nn.Module:
     path, factory_name = parse_arch_spec(spec)
     if not path.exists():
         raise ModelLoadError(f"No architecture file at {path}. Check the path in {spec!r}. {ARCH_SPEC_HELP}")
-    if not path.is_file() or path.suffix != ".py":
+    if path.suffix != ".py":
         raise ModelLoadError(f"The architecture must be a Python file ending in .py; got {path}. {ARCH_SPEC_HELP}")
     read_regular(path, ModelLoadError, "architecture file", MAX_ARCH_FILE_BYTES)  # no FIFO, no 1 GB "source"
     timeout = timeout if timeout is not None else _timeout_from_env()
