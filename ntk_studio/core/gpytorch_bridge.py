@@ -100,6 +100,8 @@ class GGNOperator(LinearOperator):
         self.X, self.lm, self.counter = X, lm, counter
 
     def _matmul(self, rhs: torch.Tensor) -> torch.Tensor:
+        if rhs.dim() > 2:  # linear_operator broadcasts batched right-hand sides
+            return torch.stack([self._matmul(r) for r in rhs])
         vector = rhs.dim() == 1
         cols = rhs.unsqueeze(-1) if vector else rhs
         if self.counter is not None:
@@ -107,11 +109,26 @@ class GGNOperator(LinearOperator):
         out = self.lm.ggn_matvec(self.X, cols.T).T
         return out[:, 0] if vector else out
 
+    def _diagonal(self) -> torch.Tensor:
+        # diag(JᵀJ)_p = Σ_rows J[row, p]²: per-sample Jacobians chunk by chunk, never all of J at once.
+        return sum(J.pow(2).sum(dim=(0, 1)) for _, J in self.lm.iter_jacobian(self.X))
+
+    def _get_indices(self, row_index, col_index, *batch_indices) -> torch.Tensor:
+        # Entries from whole columns G e_c (one GGN product for all the distinct columns asked for).
+        row_index, col_index = torch.broadcast_tensors(row_index, col_index)
+        cols, inverse = torch.unique(col_index, return_inverse=True)
+        E = torch.zeros(self.lm.num_params, cols.numel(), dtype=self.lm.dtype, device=self.lm.device)
+        E[cols, torch.arange(cols.numel(), device=E.device)] = 1.0
+        return self._matmul(E)[row_index, inverse]
+
     def _size(self) -> torch.Size:
         return torch.Size([self.lm.num_params, self.lm.num_params])
 
     def _transpose_nonbatch(self) -> GGNOperator:
         return self
+
+    def _expand_batch(self, batch_shape):  # pragma: no cover - the engine never batches GGNs
+        raise NotImplementedError("GGNOperator does not support batch dimensions.")
 
 
 def _samples_from_rows(rows: torch.Tensor, K: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
 from . import prefix as _prefix
 from .distributed import SINGLE_PROCESS, SingleProcess
-from .errors import ShapeError
+from .errors import SettingsError, ShapeError
 from .params import ParamSpec, ParamSubset
 from .progress import Reporter
 
@@ -157,8 +157,18 @@ class LinearizedModel:
         return Z
 
     # ------------------------------------------------------------------ basics
-    def to(self, device: torch.device | str) -> LinearizedModel:
-        """Return self with θ* and the frozen tensors moved to `device` (the user's module is untouched)."""
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> LinearizedModel:
+        """Return self with θ* and the frozen tensors moved to `device` (the user's module is untouched).
+
+        The dtype is fixed at construction (caches and plans depend on it); `dtype` is accepted so
+        linear_operator's ``.to(dtype=…, device=…)`` reaches us, and must equal it.
+        """
+        if dtype is not None and dtype != self.dtype:
+            raise SettingsError(
+                f"This LinearizedModel computes in {self.dtype}; build a new one with dtype={dtype} instead of converting."
+            )
+        if device is None:
+            return self
         self.device = torch.device(device)
         self.theta = {n: t.to(self.device) for n, t in self.theta.items()}
         self.frozen = {n: t.to(self.device) for n, t in self.frozen.items()}
