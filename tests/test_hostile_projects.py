@@ -170,3 +170,127 @@ def test_a_saved_project_still_opens(tmp_path):
     os.utime(data)  # touching without changing bytes is fine
     assert load_project(written).inputs.example == "sine"
     assert json.loads(zipfile.ZipFile(written).read("project.json"))["version"] == 1
+
+
+# ---------------------------------------------------------------- every malformed project is a ProjectError
+
+def _member_flags(path: Path, name: str, flag: int = 0, method: int | None = None) -> Path:
+    """Rewrite the first member's general-purpose flag / compression method in both zip headers."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        assert zf.infolist()[0].filename == name and zf.infolist()[0].header_offset == 0
+    for at, flag_at, method_at in ((0, 6, 8), (data.index(b"PK\x01\x02"), 8, 10)):
+        if flag:
+            data[at + flag_at] |= flag
+        if method is not None:
+            data[at + method_at:at + method_at + 2] = method.to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _header(**change):
+    return json.dumps({**project_header(), **change})
+
+
+MALFORMED = {
+    "empty file": (lambda d: (d / "p.ntkproj").write_bytes(b""), "not a readable zip"),
+    "not a zip": (lambda d: (d / "p.ntkproj").write_bytes(b"hello"), "not a readable zip"),
+    "truncated zip": (lambda d: (d / "p.ntkproj").write_bytes(
+        write_project(d / "x.zip", project_header()).read_bytes()[:60]), "p.ntkproj"),
+    "no project.json": (lambda d: _zip(d, {"results.json": "{}"}), "no project.json"),
+    "no results.json": (lambda d: _zip(d, {"project.json": _header()}), "no results.json"),
+    "project.json not utf-8": (lambda d: _zip(d, {"project.json": b"\xff\xfe{}", "results.json": "{}"}), "UTF-8"),
+    "project.json not json": (lambda d: _zip(d, {"project.json": "{nope", "results.json": "{}"}), "valid JSON"),
+    "project.json an array": (lambda d: _zip(d, {"project.json": "[]", "results.json": "{}"}), "another format"),
+    "foreign format": (lambda d: _zip(d, {"project.json": _header(format="zip"), "results.json": "{}"}),
+                       "another format"),
+    "version true": (lambda d: _zip(d, {"project.json": _header(version=True), "results.json": "{}"}), "version"),
+    "version zero": (lambda d: _zip(d, {"project.json": _header(version=0), "results.json": "{}"}), "version"),
+    "version text": (lambda d: _zip(d, {"project.json": _header(version="1"), "results.json": "{}"}), "version"),
+    "version float": (lambda d: _zip(d, {"project.json": _header(version=1.0), "results.json": "{}"}), "version"),
+    "version newer": (lambda d: _zip(d, {"project.json": _header(version=99), "results.json": "{}"}), "newer"),
+    "inputs a list": (lambda d: _zip(d, {"project.json": _header(inputs=[1]), "results.json": "{}"}), "inputs"),
+    "settings a string": (lambda d: _zip(d, {"project.json": _header(settings="x"), "results.json": "{}"}),
+                          "settings"),
+    "unknown top field": (lambda d: _zip(d, {"project.json": _header(run="rm"), "results.json": "{}"}), "'run'"),
+    "model a string": (lambda d: _zip(d, {"project.json": _header(inputs={"model": "m.pt"}), "results.json": "{}"}),
+                       "inputs.model"),
+    "model path a number": (lambda d: _zip(d, {"project.json": _header(inputs={"model": {"path": 3}}),
+                                               "results.json": "{}"}), "inputs.model.path"),
+    "model without path": (lambda d: _zip(d, {"project.json": _header(inputs={"model": {"arch": "a.py:f"}}),
+                                              "results.json": "{}"}), "'path'"),
+    "sha256 not hex": (lambda d: _zip(d, {"project.json": _header(inputs={"data": {"path": "d.csv", "sha256": "x"}}),
+                                          "results.json": "{}"}), "SHA-256"),
+    "features numbers": (lambda d: _zip(d, {"project.json": _header(
+        inputs={"data": {"path": "d.csv", "features": [1, 2]}}), "results.json": "{}"}), "column names"),
+    "classification text": (lambda d: _zip(d, {"project.json": _header(
+        inputs={"data": {"path": "d.csv", "classification": "yes"}}), "results.json": "{}"}), "classification"),
+    "example a number": (lambda d: _zip(d, {"project.json": _header(inputs={"example": 5}), "results.json": "{}"}),
+                         "example"),
+    "needs_pickle text": (lambda d: _zip(d, {"project.json": _header(
+        inputs={"model": {"path": "m.pt", "needs_pickle": "no"}}), "results.json": "{}"}), "needs_pickle"),
+    "results a list": (lambda d: _zip(d, {"project.json": _header(), "results.json": "[]"}), "results.json"),
+    "results deep": (lambda d: _zip(d, {"project.json": _header(), "results.json": "[" * 5000}), "nested"),
+    "settings deep": (lambda d: _zip(d, {"project.json": _header(settings=_deep(80)), "results.json": "{}"}),
+                      "nested"),
+    "results NaN text": (lambda d: _zip(d, {"project.json": _header(), "results.json": '{"a": NaX}'}), "valid JSON"),
+    "too many members": (lambda d: _zip(d, {"project.json": _header(), "results.json": "{}",
+                                           **{f"f{i}": "" for i in range(40)}}), "files"),
+    "member declared huge": (lambda d: _zip(d, {"project.json": _header(), "results.json": "{}",
+                                               "big": b"0" * (2 * 1024 * 1024)}, ratio_only=True), "unpack"),
+    "encrypted member": (lambda d: _member_flags(_zip(d, {"project.json": _header(), "results.json": "{}"}),
+                                                 "project.json", flag=0x1), "encrypted"),
+    "unknown compression": (lambda d: _member_flags(_zip(d, {"project.json": _header(), "results.json": "{}"}),
+                                                    "project.json", method=99), "compression"),
+    "bzip2 member": (lambda d: _zip(d, {"project.json": _header(), "results.json": "{}"},
+                                    compression=zipfile.ZIP_BZIP2), "compression"),
+    "fifo as project": (lambda d: os.mkfifo(d / "p.ntkproj"), "named pipe"),
+    "dev zero as project": (lambda d: (d / "p.ntkproj").symlink_to("/dev/zero"), "character device"),
+    "folder as project": (lambda d: (d / "p.ntkproj").mkdir(), "folder"),
+    "missing project": (lambda d: None, "No such"),
+}
+
+
+def _deep(n: int) -> dict:
+    d: dict = {}
+    for _ in range(n):
+        d = {"a": d}
+    return d
+
+
+def _zip(d: Path, members: dict, compression: int = zipfile.ZIP_DEFLATED, ratio_only: bool = False) -> Path:
+    path = d / "p.ntkproj"
+    with zipfile.ZipFile(path, "w", compression) as zf:
+        for name, content in members.items():
+            zf.writestr(name, content)
+    return path
+
+
+@pytest.mark.parametrize("case", list(MALFORMED.values()), ids=list(MALFORMED))
+def test_malformed_project_is_a_project_error(tmp_path, case):
+    make, phrase = case
+    make(tmp_path)
+    path = tmp_path / "p.ntkproj"
+    with refused(ProjectError, phrase, inputs=(path,) if path.is_file() else (), folder=tmp_path):
+        load_project(path)
+
+
+def test_data_fifo_next_to_the_project_is_refused(tmp_path):
+    os.mkfifo(tmp_path / "d.csv")
+    entry = {"path": str(tmp_path / "d.csv"), "relative_path": "d.csv", "sha256": "a" * 64}
+    proj = write_project(tmp_path / "p.ntkproj", project_header({"data": entry}))
+    with refused(ProjectError, "named pipe", inputs=(proj,)):
+        load_project(proj)
+
+
+def test_arch_outside_the_folder_by_relative_path_is_refused(tmp_path):
+    folder = tmp_path / "proj"
+    folder.mkdir()
+    weights = folder / "w.pt"
+    torch.save(torch.nn.Linear(3, 1).state_dict(), weights)
+    arch = arch_payload(tmp_path / "arch.py", tmp_path / "pwned")
+    entry = _model_entry(weights, arch="../arch.py:make", arch_sha256=sha256(arch))
+    proj = write_project(folder / "p.ntkproj", project_header({"model": entry}))
+    with refused(ProjectError, "outside the project's folder", inputs=(proj, arch)):
+        load_project(proj)
+    assert not (tmp_path / "pwned").exists()

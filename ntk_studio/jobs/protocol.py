@@ -189,8 +189,8 @@ def decode_request(line: str) -> dict[str, Any]:
     if extra:
         raise ProtocolError(f"Unknown request fields: {sorted(extra)}.", rid)
     cmd, args = msg.get("cmd"), msg.get("args", {})
-    if cmd not in COMMANDS:
-        raise ProtocolError(f"Unknown command {cmd!r}; known: {', '.join(COMMANDS)}.", rid)
+    if not isinstance(cmd, str) or cmd not in COMMANDS:  # a list or dict would not even hash
+        raise ProtocolError(f"Unknown command {cmd!r:.80}; known: {', '.join(COMMANDS)}.", rid)
     if not isinstance(args, dict):
         raise ProtocolError("'args' must be a JSON object.", rid)
     schema = COMMANDS[cmd]
@@ -221,7 +221,7 @@ def decode_request(line: str) -> dict[str, Any]:
 def decode_event(line: str) -> dict[str, Any]:
     """Return the event dict of a worker line; raise ProtocolError when it is not a valid event."""
     msg = _parse(line, MAX_EVENT_CHARS)
-    if msg.get("type") not in EVENT_TYPES:
+    if not isinstance(msg.get("type"), str) or msg["type"] not in EVENT_TYPES:
         raise ProtocolError(f"Unknown event type {msg.get('type')!r}.", msg["id"])
     return msg
 

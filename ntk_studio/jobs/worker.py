@@ -67,8 +67,10 @@ class Worker:
         """Handle one request line; return False when the worker should stop."""
         try:
             req = decode_request(line)
-        except (ProtocolError, RecursionError, MemoryError) as exc:  # a bad line never ends the worker
-            exc = exc if isinstance(exc, ProtocolError) else ProtocolError(f"Unreadable message ({type(exc).__name__}).")
+        except Exception as exc:  # noqa: BLE001 - a bad line never ends the worker; it gets a ProtocolError reply
+            if not isinstance(exc, ProtocolError):
+                log.exception("decoding a request failed")
+                exc = ProtocolError(f"Unreadable message ({type(exc).__name__}: {exc}).")
             self.send(error_event(exc.request_id or UNKNOWN_ID, exc, "ProtocolError"))
             return True
         rid, cmd, args = req["id"], req["cmd"], req["args"]
