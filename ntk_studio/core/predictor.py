@@ -72,6 +72,12 @@ class LinearizedPredictor:
         self.hyper_info: dict | None = None
         self._token: CancelToken | None = None
 
+    def __getstate__(self) -> dict:
+        # A cancel token holds a threading.Event, which cannot be pickled; a restored predictor starts idle.
+        state = self.__dict__.copy()
+        state["_token"] = None
+        return state
+
     # ---------------------------------------------------------------- long work
     def cancel(self) -> None:
         """Ask this predictor's running fit, search or prediction to stop; it raises Cancelled at its next check."""
