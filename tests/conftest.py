@@ -25,21 +25,17 @@ def pytest_addoption(parser):
     )
 
 
-def pytest_configure(config):
-    from ntk_studio.core.device import resolve_device
-    from ntk_studio.core.errors import DeviceError
-
-    try:
-        config._ntk_device = resolve_device(config.getoption("--device"))
-    except DeviceError as exc:
-        raise pytest.UsageError(f"--device: {exc}") from exc
-
-
 def pytest_report_header(config):
-    return f"ntk_studio device: {config._ntk_device}"
+    return f"ntk_studio device: {config.getoption('--device')}"
 
 
 @pytest.fixture(scope="session")
 def device(pytestconfig):
-    """The torch.device given by --device (default cpu)."""
-    return pytestconfig._ntk_device
+    """The torch.device given by --device (default cpu); a device that does not exist stops the run."""
+    from ntk_studio.core.device import resolve_device
+    from ntk_studio.core.errors import DeviceError
+
+    try:
+        return resolve_device(pytestconfig.getoption("--device"))
+    except DeviceError as exc:
+        pytest.exit(f"--device: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)

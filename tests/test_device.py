@@ -19,7 +19,7 @@ from ntk_studio.core.device import (
     memory_budget,
     resolve_device,
 )
-from ntk_studio.core.errors import DeviceError, NTKStudioError
+from ntk_studio.core.errors import DeviceError, NTKStudioError, SettingsError
 
 GIB = 1024**3
 
@@ -71,7 +71,7 @@ def test_cuda_without_cuda_is_a_typed_error_naming_the_way_out(monkeypatch):
     for spec in ("cuda", "cuda:0"):
         with pytest.raises(DeviceError, match="'cpu' or 'auto'") as exc:
             resolve_device(spec)
-        assert isinstance(exc.value, NTKStudioError) and isinstance(exc.value, ValueError)
+        assert isinstance(exc.value, SettingsError) and isinstance(exc.value, NTKStudioError) and isinstance(exc.value, ValueError)
 
 
 def test_cuda_index_past_the_count(monkeypatch):

@@ -82,5 +82,5 @@ class ExportVerificationError(ExportError):
     """The exported file's predictions differ from the in-app predictions beyond the tolerance."""
 
 
-class DeviceError(NTKStudioError, ValueError):
+class DeviceError(SettingsError):
     """The requested device does not exist or cannot be used (unknown spec, no CUDA, bad index)."""
