@@ -23,7 +23,7 @@ N_ADAPT = 10
 def hprice3_export(tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
     onnx, report = out / "h.onnx", out / "report.json"
-    code = main(["export", "--example", "hprice3", "--n-adapt", str(N_ADAPT), "--noise", "0.05",
+    code = main(["export", "--example", "hprice3", "--n-adapt", str(N_ADAPT), "--noise", "0.05", "--no-fit-hyper",
                  "--onnx", str(onnx), "--json", str(report), "--quiet"])
     assert code == 0
     return out, onnx, json.loads(report.read_text())

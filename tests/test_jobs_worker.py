@@ -59,7 +59,7 @@ def test_ping_and_unknown_command_keep_the_worker_serving(client):
 
 def test_fit_gp_streams_progress_then_matches_the_in_process_fit(client):
     _load_sine(client)
-    settings = dict(params="all", prior_var=0.5, noise=0.05, n_adapt=12, seed=3, grid_points=64)
+    settings = dict(params="all", prior_var=0.5, noise=0.05, n_adapt=12, seed=3, grid_points=64, fit_hyper=False)
     events = _finish(client, client.submit("fit_gp", **settings))
     types = [e["type"] for e in events]
     assert types[0] == "started" and types[-1] == "result", events[-1]

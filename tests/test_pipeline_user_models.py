@@ -158,3 +158,12 @@ def test_faces_defaults_to_its_head_everywhere():
     assert EXAMPLE_DEFAULTS["faces"]["params"] == "head"
     assert EXAMPLE_DEFAULTS["hprice3"]["data"]["n_adapt"] == settings_for("hprice3").n_adapt
     assert EXAMPLE_DEFAULTS["hprice3"]["method"]["lr"] == settings_for("hprice3").lr
+
+
+def test_export_refuses_torchscript_before_any_work(user, tmp_path, capsys):
+    """Export says what it cannot export before fitting anything (the app checks before its save dialog)."""
+    rc = main(["export", *_model_args(user, "torchscript"), "--data", str(user["data"]["npz"]),
+               "--onnx", str(tmp_path / "m.onnx")])
+    out = capsys.readouterr()
+    assert rc == 2 and out.err.startswith("error: ") and "TorchScript" in out.err
+    assert "plan:" not in out.out and not (tmp_path / "m.onnx").exists()

@@ -197,12 +197,16 @@ def print_per_class(result, class_names) -> None:
     """Print each class's rows and accuracy for every method that has class probabilities."""
     y = result.y_test
     methods = [(k, v["probs"].argmax(1)) for k, v in result.predictions.items() if "probs" in v]
-    print("per class: " + "  ".join(["class", "n", *(k for k, _ in methods)]))
+    lines = [["class", "n", *(f"acc {k}" for k, _ in methods)]]
     for c, name in enumerate(class_names or ()):
         rows = y == c
         n = int(rows.sum())
-        accs = [f"{float((pred[rows] == c).double().mean()):.3f}" if n else "–" for _, pred in methods]
-        print(f"  {name}  {n}  " + "  ".join(accs))
+        lines.append([str(name), str(n), *(f"{float((pred[rows] == c).double().mean()):.3f}" if n else "–"
+                                           for _, pred in methods)])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    print("per class:")
+    for line in lines:
+        print("  " + "  ".join([line[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(line[1:], widths[1:]))]))
 
 
 def write_predictions(path: Path, result, class_names) -> None:

@@ -4,8 +4,9 @@ The model is fine-tuned in **eval mode** by default (BatchNorm uses its running 
 frozen; dropout is off), so fine-tuning searches the same function class the GP linearizes. Pass
 ``train_mode=True`` for the usual train mode. The user's model is never modified or copied: the
 trained weights are a parameter dict applied with ``torch.func.functional_call`` (:class:`TunedModel`),
-which works for ordinary modules, TorchScript and torch.export programs alike. Runs are seeded and deterministic; ``finetune_iter`` yields one :class:`EpochEvent` per
-epoch (epoch 0 is the starting model) and checks the cancel token before every batch.
+which works for ordinary modules, TorchScript and torch.export programs alike. Runs are seeded and
+deterministic; ``finetune_iter`` yields one :class:`EpochEvent` per epoch (epoch 0 is the starting
+model) and checks the cancel token before every batch.
 """
 
 from __future__ import annotations

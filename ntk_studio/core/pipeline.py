@@ -68,8 +68,8 @@ class RunResult:
 
     def record(self, key: str) -> ComparisonRecord:
         """Return the record of 'unadapted', 'linearized', 'fine-tuned' or 'ensemble'."""
-        name = LINEARIZED_NAMES[self.task] if key == "linearized" else key
-        return next(r for r in self.records if r.method == name or r.method.startswith(f"{key} "))
+        name = {"linearized": LINEARIZED_NAMES[self.task], "ensemble": "fine-tuned ensemble"}.get(key, key)
+        return next(r for r in self.records if r.method == name or r.method.startswith(f"{name} "))
 
     def to_json(self) -> dict[str, Any]:
         """Return the run as JSON-ready data (records, hyperparameters, plan, settings, scoring rule)."""
@@ -79,7 +79,8 @@ class RunResult:
         return {"task": self.task, "task_reason": self.task_reason, "settings": self.settings.to_dict(),
                 "n_adapt": self.n_adapt, "n_test": self.n_test,
                 "plan": None if self.plan is None else self.plan.describe(),
-                "route": None if self.plan is None else f"{self.plan.space}/{self.plan.solver}", "hyper": self.hyper, "scoring_rule": SCORING_RULE,
+                "route": None if self.plan is None else f"{self.plan.space}/{self.plan.solver}",
+                "hyper": self.hyper, "scoring_rule": SCORING_RULE,
                 "metrics": metrics, "records": [r.to_dict() for r in self.records], "notes": self.notes}
 
 

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ntk_studio.core.data.dataset import Dataset
-from ntk_studio.core.errors import DataLoadError, ShapeError
+from ntk_studio.core.errors import DataLoadError, ShapeError, UnsupportedExportError
 from ntk_studio.core.finetune import predict
+from ntk_studio.core.pipeline import check_exportable
 from ntk_studio.core.models import check_model
 
 PREVIEW_ROWS = 50  # rows of the data preview table
@@ -40,13 +41,22 @@ def module_rows(model: nn.Module) -> list[dict[str, Any]]:
 def model_summary(model: nn.Module, data: Dataset | None) -> dict[str, Any]:
     """Return the module tree rows, the parameter total and, with data, the output shape or the mismatch."""
     out: dict[str, Any] = {"modules": module_rows(model), "total_params": sum(p.numel() for p in model.parameters()),
-                           "output_shape": None, "mismatch": None}
+                           "output_shape": None, "mismatch": None, "export_refusal": export_refusal(model)}
     if data is not None:
         try:
             out["output_shape"] = list(check_model(model, data.X))[1:]
         except ShapeError as exc:  # the model and data may arrive in either order: report, do not refuse
             out["mismatch"] = str(exc)
     return out
+
+
+def export_refusal(model: nn.Module) -> str | None:
+    """Return why this model cannot be exported (None when it can), so the app can say so before a save dialog."""
+    try:
+        check_exportable(model)
+    except UnsupportedExportError as exc:
+        return str(exc)
+    return None
 
 
 def _cell(value: float) -> str:
