@@ -274,6 +274,52 @@ def run_child_mode(route: str, n: int, products_estimate: int) -> None:
     print(json.dumps({"route": route, "n": n, **result}))
 
 
+# ===================================================================== part 3: what the cache hid
+CACHE_NS = (100, 300, 1000)
+CACHE_ROUNDS = 5
+
+
+def cache_effect(ns=CACHE_NS, rounds: int = CACHE_ROUNDS) -> list[dict]:
+    """Return, per (route, n), the median time of an uncached kernel build and of a cached repeat.
+
+    Both in this one process, interleaved round by round (uncached, then cached, for every route and
+    n), so the machine's load hits them alike and the ratios are from one run.
+    """
+    model = build_mlp()
+    lm = LinearizedModel(model)
+    builders = {route: KernelBuilder(lm, structured=None if route == "structured" else False)
+                for route in ("dense_j", "structured")}
+    data = {n: regression_data(n)[0] for n in ns}
+    for b in builders.values():
+        b.matrix(data[ns[0]][:WARMUP_SAMPLES])
+    samples: dict[tuple[str, int, str], list[float]] = {}
+    for _ in range(rounds):
+        for n in ns:
+            for route, b in builders.items():
+                for kind in ("uncached", "cached"):
+                    if kind == "uncached":
+                        _uncached(b)()
+                    start = time.perf_counter()
+                    b.matrix(data[n])
+                    samples.setdefault((route, n, kind), []).append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    return [{"route": r, "n": n, "uncached_s": round(med[(r, n, "uncached")], 5),
+             "cached_s": round(med[(r, n, "cached")], 5)} for r in builders for n in ns]
+
+
+def cache_table(rows: list[dict]) -> str:
+    """Return the part-3 markdown table: uncached vs cached kernel builds and the dense-J/structured ratio."""
+    by = {(r["route"], r["n"]): r for r in rows}
+    lines = ["| n | dense-J uncached | dense-J cached repeat | structured uncached | structured cached repeat "
+             "| dense-J / structured, uncached | same, cached repeats |", "|---|---|---|---|---|---|---|"]
+    for n in sorted({r["n"] for r in rows}):
+        d, s = by[("dense_j", n)], by[("structured", n)]
+        lines.append(f"| {n:,} | {_fmt_s(d['uncached_s'])} | {_fmt_s(d['cached_s'])} | {_fmt_s(s['uncached_s'])} | "
+                     f"{_fmt_s(s['cached_s'])} | {d['uncached_s'] / s['uncached_s']:.0f}× | "
+                     f"{d['cached_s'] / s['cached_s']:.0f}× |")
+    return "\n".join(lines)
+
+
 # ===================================================================== part 2: parent
 def _params() -> int:
     """Return P, the MLP's parameter count."""
@@ -412,7 +458,8 @@ def main(argv: list[str] | None = None) -> None:
     """Run the benchmarks, write the JSON results and print markdown tables."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: n up to 1000, fewer repeats")
-    ap.add_argument("--part", choices=("all", "operators", "routes"), default="all")
+    ap.add_argument("--part", choices=("all", "operators", "routes", "cache"), default="all",
+                    help="'cache' times uncached vs cached kernel builds in one process (not part of 'all')")
     ap.add_argument("--out", type=Path, default=RESULTS_PATH, help="JSON results path")
     ap.add_argument("--child", nargs=2, metavar=("ROUTE", "N"), help=argparse.SUPPRESS)
     ap.add_argument("--products-estimate", type=int, default=0, help=argparse.SUPPRESS)
@@ -428,6 +475,8 @@ def main(argv: list[str] | None = None) -> None:
         report["operators"] = run_operators(mode)
     if args.part in ("all", "routes"):
         report["routes"] = run_routes(mode)
+    if args.part == "cache":
+        report["cache_effect"] = cache_effect()
     report["total_seconds"] = round(time.perf_counter() - start, 1)
     report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -438,6 +487,9 @@ def main(argv: list[str] | None = None) -> None:
     if report["routes"]:
         print(f"\n### Dense-J vs matrix-free, MLP {'-'.join(map(str, MLP_WIDTHS))}, float64\n")
         print(routes_table(report["routes"]))
+    if report.get("cache_effect"):
+        print(f"\n### Kernel builds: uncached vs cached repeat (median of {CACHE_ROUNDS}, one process)\n")
+        print(cache_table(report["cache_effect"]))
     print(f"\nwrote {args.out} in {report['total_seconds']:.0f} s")
 
 
