@@ -147,7 +147,7 @@ class LinearizedGP(LinearizedPredictor):
         if self.checkpoint is not None:
             x, converged, iterations = self._resumable_cg(op, rhs, precond, precond_rank)
         else:
-            x, iterations, converged = cg(op._matmul, rhs.unsqueeze(-1), self.cg_tol, self.cg_max_iter, precond, self._check)
+            x, iterations, converged = cg(op._matmul, rhs.unsqueeze(-1), self.cg_tol, self.cg_max_iter, precond, self.lm.check_cancel)
         x = x[:, 0]
         products = counter.columns
         res = relative_residual(op.matmul, x, rhs)
@@ -171,7 +171,7 @@ class LinearizedGP(LinearizedPredictor):
         )
         x, converged, iterations = resumable_cg(
             op._matmul, rhs.unsqueeze(-1), self.cg_tol, self.cg_max_iter, precond, self.checkpoint, key,
-            check=self._check,
+            check=self.lm.check_cancel,
         )
         st["checkpoint_key"] = key
         return x, converged, iterations
@@ -273,7 +273,7 @@ class LinearizedGP(LinearizedPredictor):
         return mean, (var[:, 0] if st["vector"] else var)
 
     def _variance_cg(self, op, B: torch.Tensor, precond) -> torch.Tensor:
-        W, info = solve_cg(op._matmul, B, self.cg_tol, self.cg_max_iter, precond, self._check)
+        W, info = solve_cg(op._matmul, B, self.cg_tol, self.cg_max_iter, precond, self.lm.check_cancel)
         self._variance_infos.append(info)
         require_converged(info, "A predictive-variance solve", self._cg_advice(), self.best_effort, self.cg_tol)
         return W

@@ -31,11 +31,6 @@ GPYTORCH_TRACE_SAMPLES = 16
 PRIOR_VAR_GRID = tuple(10.0**k for k in range(-4, 3))
 
 
-def _check(gp: LinearizedGP) -> None:
-    if gp.lm.reporter is not None:
-        gp.lm.reporter.check()
-
-
 def _spectral_nll(gp: LinearizedGP, st: dict):
     """Return a function (log s², log σ²) -> (negative log marginal likelihood, gradient).
 
@@ -52,7 +47,7 @@ def _spectral_nll(gp: LinearizedGP, st: dict):
     lam = lam.clamp_min(0.0)
 
     def nll(z: np.ndarray) -> tuple[float, np.ndarray]:
-        _check(gp)
+        gp.lm.check_cancel()
         t = torch.tensor(z, dtype=torch.float64, device=lam.device, requires_grad=True)
         s2, n2 = t[0].exp(), t[1].exp()
         d = s2 * lam + n2
@@ -137,7 +132,7 @@ def fit_gpytorch(gp: LinearizedGP, st: dict, iters: int) -> tuple[float, float]:
     a, b, c, d = _settings(gp)
     with a, b, c, d, _typed_errors():
         for _ in range(iters):
-            _check(gp)
+            gp.lm.check_cancel()
             opt.zero_grad()
             loss = -mll(model(rows), model.train_targets)
             loss.backward()

@@ -64,23 +64,19 @@ class _Route:
         self.cg_iterations = 0  # inner CG iterations over the whole fit
         self.variance_solve_info: SolveInfo | None = None  # the last covariance solve's report
 
-    def _check(self) -> None:
-        if self.lm.reporter is not None:
-            self.lm.reporter.check()
-
     def _newton_cg(self, matvec, B: torch.Tensor, tol: float) -> torch.Tensor:
         """Return an inexact-Newton solve: its forcing tolerance may be missed, the outer loop decides.
 
         No true-residual product here (it would cost one more pass per step): the Newton loop's
         own gradient test is the convergence check that counts.
         """
-        x, it, _ = cg(matvec, B, tol, self.cg_max_iter, check=self._check)
+        x, it, _ = cg(matvec, B, tol, self.cg_max_iter, check=self.lm.check_cancel)
         self.cg_iterations += it
         return x
 
     def _variance_cg(self, matvec, B: torch.Tensor) -> torch.Tensor:
         """Return the covariance solve to cg_tol; record it and raise (or warn) when it misses."""
-        x, info = solve_cg(matvec, B, self.cg_tol, self.cg_max_iter, check=self._check)
+        x, info = solve_cg(matvec, B, self.cg_tol, self.cg_max_iter, check=self.lm.check_cancel)
         self.variance_solve_info = info
         require_converged(info, "The Laplace covariance solve", CG_ADVICE, self.best_effort, self.cg_tol)
         return x

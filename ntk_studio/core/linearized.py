@@ -224,6 +224,11 @@ class LinearizedModel:
             raise ShapeError(f"The model must return one tensor; it returned {type(out).__name__}.")
         return out
 
+    def check_cancel(self) -> None:
+        """Raise Cancelled if the current work's cancel token is set (no-op when nothing reports)."""
+        if self.reporter is not None:
+            self.reporter.check()
+
     def chunks(self, n: int, chunk_size: int | None = None) -> Iterator[slice]:
         """Yield slices over n samples; each step checks the cancel token."""
         step = max(1, int(chunk_size or self.chunk_size))

@@ -98,10 +98,6 @@ class LinearizedPredictor:
         finally:
             self.lm.reporter = None
 
-    def _check(self) -> None:
-        if self.lm.reporter is not None:
-            self.lm.reporter.check()
-
     # ------------------------------------------------------------------ fitting
     def fit(self, X: torch.Tensor, y: torch.Tensor, cancel: CancelToken | None = None):
         """Return self after fitting the posterior to (X, y); `cancel` stops it with Cancelled."""

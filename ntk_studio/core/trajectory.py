@@ -90,8 +90,7 @@ class LinearizedTrajectory:
             raise ShapeError(f"The model has {f0.shape[1]} outputs but y has {Y.shape[1]} columns.")
         self.K = Y.shape[1]
         Kxx = self.kernels.matrix(self.X)
-        if self.lm.reporter is not None:
-            self.lm.reporter.check()
+        self.lm.check_cancel()
         # eigh reads one triangle; symmetrizing first makes the result independent of which.
         lam, self.U = torch.linalg.eigh((Kxx + Kxx.T) / 2)
         self.lambda_max = float(lam[-1].clamp_min(0))
