@@ -166,7 +166,7 @@ def test_project_asking_for_trust_runs_nothing_when_the_answer_is_no(qtbot, tmp_
     win = _window(qtbot, tmp_path, example=None, project=str(proj))
     qtbot.waitUntil(lambda: bool(asked), timeout=LOAD_TIMEOUT_MS)
     (code,) = asked[0]
-    assert code.kind == "pickle" and code.path.name == "evil.pt" and "io.open" in code.first_lines
+    assert code.kind == "pickle" and code.path.name == "evil.pt" and "mkdir" in code.first_lines
     qtbot.waitUntil(lambda: win._project_reader is None, timeout=LOAD_TIMEOUT_MS)
     assert win.job is None and win.inputs.model is None and win.project_path is None
     assert not marker.exists()
@@ -189,7 +189,7 @@ def test_code_dialog_defaults_to_no(qtbot, tmp_path, monkeypatch):
     qtbot.waitUntil(lambda: bool(shown), timeout=LOAD_TIMEOUT_MS)
     text, detail, default = shown[0]
     assert default is True
-    assert "evil.pt" in detail and "SHA-256" in detail and "io.open" in detail
+    assert "evil.pt" in detail and "SHA-256" in detail and "mkdir" in detail
     qtbot.waitUntil(lambda: win._project_reader is None, timeout=LOAD_TIMEOUT_MS)
     assert not marker.exists() and win.job is None
     win.close()

@@ -96,13 +96,13 @@ def refused(error: type[BaseException], *phrases: str, inputs: tuple[Path, ...] 
 # ---------------------------------------------------------------- payloads
 
 class MarkerPayload:
-    """Unpickling this object creates ``marker`` (the pickle calls open(marker, 'w'))."""
+    """Unpickling this object creates ``marker`` (the pickle calls os.mkdir(marker))."""
 
     def __init__(self, marker: str) -> None:
         self.marker = marker
 
     def __reduce__(self):
-        return (open, (self.marker, "w"))
+        return (os.mkdir, (self.marker,))
 
 
 def pickle_payload(path: Path, marker: Path) -> Path:

@@ -60,7 +60,9 @@ EXPECTED_BY_SUFFIX = {
     **{s: ("exported",) for s in EXPORT_SUFFIXES},
     **{s: ("safetensors",) for s in SAFETENSORS_SUFFIXES},
 }
-UNSUPPORTED_GLOBAL_RE = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+# torch's weights_only unpickler names the refused global in one of two wordings (a blocked module,
+# such as os/posix/subprocess, gets the second); either way the file needs full unpickling.
+UNSUPPORTED_GLOBAL_RE = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
 MODE_SENSITIVE = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 MODE_SENSITIVE_SCRIPT_NAMES = ("BatchNorm", "Dropout")
 
