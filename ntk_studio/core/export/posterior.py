@@ -125,4 +125,9 @@ def posterior_from_classifier(clf) -> LinearPosterior:
     def whiten(J: torch.Tensor) -> torch.Tensor:
         return torch.einsum("iab,ibp->iap", S, J)
 
-    return _build("classification", clf.lm, route.X, whiten, clf.prior_var, clf.delta_theta, None)
+    post = _build("classification", clf.lm, route.X, whiten, clf.prior_var, clf.delta_theta, None)
+    # A held-out search may scale the logit covariance by τ (clf.cov_scale): τΣ = τs²(I − VVᵀ) + V diag(τd) Vᵀ.
+    tau = float(getattr(clf, "cov_scale", 1.0))
+    if tau != 1.0:
+        post.scale, post.prior_var = post.scale * tau**0.5, post.prior_var * tau
+    return post

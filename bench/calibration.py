@@ -1,0 +1,197 @@
+"""Calibration benchmark (issue #16): linearized predictive options vs fine-tuning under image shifts.
+
+A small CNN is trained on scikit-learn's handwritten digits (source half) and adapted with 5 or 20
+labelled images per class to a shifted target domain (bench/shifts.py: rotation, contrast+blur+noise,
+printed digits). Scored on the rest of the target domain: accuracy, NLL, Brier, ECE (10 bins).
+
+Methods: unadapted; fine-tuned (Adam, all weights); an ensemble of ENSEMBLE fine-tunes (different
+minibatch orders); the linearized classifier (all weights, float64) with the prior variance chosen
+by the Laplace evidence (grid hyper.PRIOR_VAR_GRID, the previous default) or by the K-fold held-out
+NLL (core/prior_selection.py), or per-module prior variances by the evidence; each with the
+probability maps of core/predictive.py (probit, pairwise probit, Laplace bridge, MC, MAP only).
+
+    .venv/bin/python bench/calibration.py --quick     # 1 seed (~3-5 min on one core)
+    .venv/bin/python bench/calibration.py             # 3 seeds
+Regression (coverage) lives in bench/calibration_regression.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shifts import SHIFTS, per_class_split, shifted, source_and_pool  # noqa: E402
+
+from ntk_studio.core import LinearizedClassifier  # noqa: E402
+from ntk_studio.core.hyper import PRIOR_VAR_GRID  # noqa: E402
+from ntk_studio.core.metrics_classification import classification_report  # noqa: E402
+from ntk_studio.core.predictive import PROBA_MAPS, mc_proba  # noqa: E402
+from ntk_studio.core.prior_selection import (  # noqa: E402
+    COV_SCALES, HELDOUT_GRID, fit_dense, heldout_search, module_columns, module_evidence_search, module_kernels, predict_dense,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ENSEMBLE = 5
+FT_EPOCHS = 60
+FT_LR = 1e-3
+FT_BATCH = 16
+SOURCE_EPOCHS = 30
+MC_SAMPLES = 10_000
+MAPS = ("probit", "pairwise", "bridge", "mc", "map")
+
+
+def cnn() -> nn.Sequential:
+    """Return the small source CNN (16x16 gray -> 10 logits, 3,818 parameters)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(256, 10),
+    )
+
+
+def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, batch: int, seed: int) -> nn.Module:
+    """Return `model` after Adam on cross-entropy, seeded minibatch order."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(y), generator=g).split(batch):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+def source_model(seed: int = 0) -> tuple[nn.Module, tuple]:
+    (xs, ys), pool = source_and_pool()
+    torch.manual_seed(seed)
+    model = train(cnn(), xs, ys, SOURCE_EPOCHS, 3e-3, 64, seed)
+    return model, pool
+
+
+@torch.no_grad()
+def softmax(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(model(x).double(), -1)
+
+
+def report(p: torch.Tensor, y: torch.Tensor, **extra) -> dict:
+    return {**classification_report(p, y), **extra}
+
+
+def module_predictive(lm, X, Xs, variances: list[float], fit, F0s, chunk: int = 100):
+    """Return (mean, cov) of the test logits under per-module prior variances (dense, chunked)."""
+    P = lm.num_params
+    w = torch.empty(P, dtype=torch.float64)
+    for s2, cols in zip(variances, module_columns(lm).values()):
+        w[cols] = s2
+    J = lm.jacobian(X).reshape(-1, P) * w
+    means, covs = [], []
+    for s in range(0, Xs.shape[0], chunk):
+        Js = lm.jacobian(Xs[s:s + chunk])  # (m, C, P)
+        Kc = J @ Js.reshape(-1, P).T
+        blocks = torch.einsum("iap,ibp->iab", Js * w, Js)
+        m, c = predict_dense(fit, F0s[s:s + chunk], Kc, blocks)
+        means.append(m)
+        covs.append(c)
+    return torch.cat(means), torch.cat(covs)
+
+
+def maps_report(mean, cov, y, prefix: str, out: dict, **extra) -> None:
+    for name in MAPS:
+        if name == "mc":
+            p = mc_proba(mean, cov, MC_SAMPLES, torch.Generator().manual_seed(0))
+        else:
+            p = PROBA_MAPS[name](mean, cov)
+        out[f"{prefix} · {name}"] = report(p, y, **extra)
+
+
+def case(model: nn.Module, pool, shift: str, per_class: int, seed: int, folds: int, per_module: bool) -> dict:
+    xt, yt = shifted(shift, pool)
+    adapt, test = per_class_split(yt, per_class, seed)
+    X, y, Xs, ys = xt[adapt], yt[adapt], xt[test], yt[test]
+    out: dict = {}
+    out["unadapted"] = report(softmax(model, Xs), ys)
+
+    t = time.perf_counter()
+    members = [train(copy.deepcopy(model), X, y, FT_EPOCHS, FT_LR, FT_BATCH, seed * 100 + k) for k in range(ENSEMBLE)]
+    probs = [softmax(m, Xs) for m in members]
+    out["fine-tuned"] = report(probs[0], ys, seconds=(time.perf_counter() - t) / ENSEMBLE)
+    out[f"fine-tuned ensemble ({ENSEMBLE})"] = report(torch.stack(probs).mean(0), ys, seconds=time.perf_counter() - t)
+
+    # Previous default: evidence over the grid, isotropic prior.
+    t = time.perf_counter()
+    clf = LinearizedClassifier(model, prior_var=1.0).fit(X, y)
+    clf.fit_hyperparameters(selection="evidence")
+    mean, cov = clf.predict_logits(Xs)
+    secs = time.perf_counter() - t
+    maps_report(mean, cov, ys, "evidence", out, prior_var=clf.prior_var, seconds=secs)
+
+    # Held-out NLL choice (K-fold on the adaptation rows) of s² alone (τ = 1) and of (s², τ) jointly.
+    K1 = clf.kernels.matrix(clf._data[0])  # unit-prior kernel J Jᵀ (the kernel builder has no s²)
+    F0 = clf.lm.forward(clf._data[0])
+    for sel_map in ("pairwise",):  # the engine's 'auto' map
+        t = time.perf_counter()
+        info = heldout_search(K1, F0, y, HELDOUT_GRID, PROBA_MAPS[sel_map], COV_SCALES, folds=folds)
+        secs = time.perf_counter() - t
+        for s2, tau, label in ((info["chosen_unscaled"], 1.0, "held-out s²"),
+                               (info["chosen"], info["chosen_cov_scale"], "held-out (s², τ)")):
+            t = time.perf_counter()
+            mean, cov = LinearizedClassifier(model, prior_var=s2).fit(X, y).predict_logits(Xs)
+            extra = {"prior_var": s2, "cov_scale": tau, "seconds": secs + time.perf_counter() - t}
+            maps_report(mean, tau * cov, ys, label, out, **extra)
+    if not per_module:
+        return out
+
+    # Per-module prior variances by the evidence (dense function space).
+    t = time.perf_counter()
+    names, Ks = module_kernels(clf.lm, clf._data[0])
+    minfo = module_evidence_search(Ks, F0, y, PRIOR_VAR_GRID, start=clf.prior_var)
+    fit = fit_dense(torch.einsum("m,mij->ij", torch.tensor(minfo["chosen"], dtype=Ks.dtype), Ks), F0, y)
+    Xs64 = clf.lm.prepare(Xs)
+    mean, cov = module_predictive(clf.lm, clf._data[0], Xs64, minfo["chosen"], fit, clf.lm.forward(Xs64))
+    maps_report(mean, cov, ys, "per-module evidence", out, prior_var=dict(zip(names, minfo["chosen"])),
+                seconds=time.perf_counter() - t)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="one seed")
+    ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument("--shifts", nargs="*", default=list(SHIFTS))
+    ap.add_argument("--labels", nargs="*", type=int, default=[5, 20])
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--per-module-max", type=int, default=5,
+                    help="run the per-module evidence search up to this many labels per class (it is slow)")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    seeds = args.seeds or (1 if args.quick else 3)
+    model, pool = source_model()
+    results = []
+    for shift in args.shifts:
+        for per_class in args.labels:
+            for seed in range(seeds):
+                t = time.perf_counter()
+                res = case(model, pool, shift, per_class, seed, args.folds, per_class <= args.per_module_max)
+                results.append({"shift": shift, "per_class": per_class, "seed": seed, "methods": res})
+                print(f"## {shift}, {per_class}/class, seed {seed} ({time.perf_counter() - t:.0f} s)", flush=True)
+                for name, r in res.items():
+                    print(f"  {name:34s} acc {r['accuracy']:.3f} nll {r['nll']:.3f} brier {r['brier']:.3f} "
+                          f"ece {r['ece']:.3f}  {r.get('prior_var', '')} {r.get('cov_scale', '')}", flush=True)
+    out = args.out or RESULTS / ("calibration_quick.json" if args.quick else "calibration.json")
+    out.write_text(json.dumps(results, indent=1, default=str))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Calibrated classification (#16): held-out (s², τ) search, per-module priors, predictive maps.
+
+References are dense float64: a materialized Jacobian, a Newton solve in weight space, and a
+brute-force K-fold loop over fresh engine classifiers.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+from ntk_studio.core import LinearizedClassifier, LinearizedModel
+from ntk_studio.core.classify import pairwise_probit_proba
+from ntk_studio.core.predictive import PROBA_MAPS, laplace_bridge_proba
+from ntk_studio.core.prior_selection import (
+    fit_dense, module_kernels, predict_dense, stratified_folds,
+)
+
+GRID = (0.1, 1.0, 10.0)
+SCALES = (0.01, 0.1, 1.0)
+
+
+def three_class(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+
+
+def problem(n: int = 18, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    score = torch.stack([X[:, 0], X[:, 1], -X[:, 0] - X[:, 1]], 1) + 0.5 * torch.randn(n, 3, generator=g, dtype=torch.float64)
+    return X, score.argmax(1)
+
+
+def dense_weight_laplace(model, X, y, Xs, w):
+    """Return (mean, cov) of test logits for the prior Δθ ~ N(0, diag(w)), weight-space Newton (float64)."""
+    lm = LinearizedModel(model)
+    F0, J = lm.forward(X), lm.jacobian(X)
+    P = J.shape[-1]
+    Y = torch.nn.functional.one_hot(y, F0.shape[1]).double()
+    d = torch.zeros(P, dtype=torch.float64)
+    for _ in range(200):
+        p = torch.softmax(F0 + J @ d, -1)
+        lam = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+        H = torch.einsum("iap,iab,ibq->pq", J, lam, J) + torch.diag(1.0 / w)
+        g = torch.einsum("iap,ia->p", J, p - Y) + d / w
+        if g.norm() < 1e-13:
+            break
+        d = d - torch.linalg.solve(H, g)
+    Js = lm.jacobian(Xs)
+    mean = lm.forward(Xs) + Js @ d
+    cov = torch.einsum("iap,pq,ibq->iab", Js, torch.linalg.inv(H), Js)
+    return mean, cov
+
+
+def test_per_module_priors_equal_the_isotropic_prior_when_all_are_equal():
+    X, y = problem()
+    Xs = problem(7, seed=5)[0]
+    s2 = 0.7
+    clf = LinearizedClassifier(three_class(), prior_var=s2, space="function", solver="cholesky", grad_tol=1e-12).fit(X, y)
+    lm = clf.lm
+    names, Ks = module_kernels(lm, X)
+    assert names == ["0", "2", "4"]
+    K = torch.einsum("m,mij->ij", torch.full((3,), s2, dtype=torch.float64), Ks)
+    torch.testing.assert_close(K, s2 * clf.kernels.matrix(X), rtol=1e-12, atol=1e-12)
+    fit = fit_dense(K, lm.forward(X), y, grad_tol=1e-12)
+    assert fit.converged
+    assert fit.evidence == pytest.approx(clf.log_marginal_likelihood(), rel=1e-10)
+    Kc = s2 * clf.kernels.matrix(X, Xs)
+    blocks = s2 * lm.ntk_diag(Xs, block=True)
+    mean, cov = predict_dense(fit, lm.forward(Xs), Kc, blocks)
+    ref_mean, ref_cov = clf.predict_logits(Xs)
+    torch.testing.assert_close(mean, ref_mean, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(cov, ref_cov, rtol=1e-9, atol=1e-10)
+    # Against the dense weight-space reference with an isotropic diagonal prior.
+    P = lm.num_params
+    w_mean, w_cov = dense_weight_laplace(three_class(), X, y, Xs, torch.full((P,), s2, dtype=torch.float64))
+    torch.testing.assert_close(mean, w_mean, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(cov, w_cov, rtol=1e-9, atol=1e-10)
+
+
+def test_per_module_priors_match_a_dense_weight_space_laplace_with_unequal_variances():
+    X, y = problem()
+    Xs = problem(7, seed=5)[0]
+    lm = LinearizedModel(three_class())
+    variances = [0.05, 2.0, 0.5]
+    names, Ks = module_kernels(lm, X)
+    fit = fit_dense(torch.einsum("m,mij->ij", torch.tensor(variances, dtype=torch.float64), Ks), lm.forward(X), y,
+                    grad_tol=1e-12)
+    w = torch.cat([torch.full((size,), variances[["0", "2", "4"].index(n.rpartition(".")[0])], dtype=torch.float64)
+                   for n, size in zip(lm.subset.names, lm.subset.sizes)])
+    J, Js = lm.jacobian(X).reshape(-1, lm.num_params), lm.jacobian(Xs)
+    Kc = (J * w) @ Js.reshape(-1, lm.num_params).T
+    blocks = torch.einsum("iap,ibp->iab", Js * w, Js)
+    mean, cov = predict_dense(fit, lm.forward(Xs), Kc, blocks)
+    ref_mean, ref_cov = dense_weight_laplace(three_class(), X, y, Xs, w)
+    torch.testing.assert_close(mean, ref_mean, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(cov, ref_cov, rtol=1e-9, atol=1e-10)
+
+
+def brute_force_heldout(X, y, folds):
+    """Return {(s², τ): mean held-out NLL} from fresh engine classifiers fitted on each fold's complement."""
+    table = {}
+    for s2 in GRID:
+        per_scale = dict.fromkeys(SCALES, 0.0)
+        for te in folds:
+            tr = torch.tensor([i for i in range(len(y)) if i not in set(te.tolist())])
+            clf = LinearizedClassifier(three_class(), prior_var=s2, solver="cholesky", grad_tol=1e-12).fit(X[tr], y[tr])
+            mean, cov = clf.predict_logits(X[te])
+            for tau in SCALES:
+                p = pairwise_probit_proba(mean, tau * cov)
+                per_scale[tau] += float(-torch.log(p.gather(1, y[te, None])).sum())
+        for tau in SCALES:
+            table[(s2, tau)] = per_scale[tau] / len(y)
+    return table
+
+
+def test_heldout_search_picks_what_brute_force_picks():
+    X, y = problem()
+    clf = LinearizedClassifier(three_class(), prior_var=1.0).fit(X, y)
+    import ntk_studio.core.prior_selection as ps
+
+    original = ps.COV_SCALES
+    try:
+        ps.fit_heldout.__defaults__ = (ps.DEFAULT_FOLDS, SCALES)
+        clf.fit_hyperparameters(grid=GRID, folds=3)
+    finally:
+        ps.fit_heldout.__defaults__ = (ps.DEFAULT_FOLDS, original)
+    info = clf.hyper_info
+    assert info["selection"] == "heldout" and info["folds"] == 3
+    brute = brute_force_heldout(X, y, stratified_folds(y, 3))
+    for i, s2 in enumerate(GRID):
+        for j, tau in enumerate(SCALES):
+            assert info["heldout_nll"][i][j] == pytest.approx(brute[(s2, tau)], rel=1e-7)
+    best = min(brute, key=brute.get)
+    assert (clf.prior_var, clf.cov_scale) == best == (info["chosen"], info["chosen_cov_scale"])
+    # Refitted at the winner: the engine's logits covariance is τ times a fresh fit's.
+    fresh = LinearizedClassifier(three_class(), prior_var=clf.prior_var).fit(X, y)
+    Xs = problem(5, seed=9)[0]
+    m1, c1 = clf.predict_logits(Xs)
+    m2, c2 = fresh.predict_logits(Xs)
+    torch.testing.assert_close(m1, m2, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(c1, clf.cov_scale * c2, rtol=1e-10, atol=1e-12)
+
+
+def test_stratified_folds_partition_the_rows_and_spread_each_class():
+    y = torch.tensor([0] * 5 + [1] * 5 + [2] * 5)
+    folds = stratified_folds(y, 5)
+    assert sorted(torch.cat(folds).tolist()) == list(range(15))
+    assert all(sorted(y[f].tolist()) == [0, 1, 2] for f in folds)
+
+
+def test_default_predictive_matches_monte_carlo_with_many_samples():
+    X, y = problem(30)
+    clf = LinearizedClassifier(three_class(), prior_var=1.0).fit(X, y).fit_hyperparameters()
+    Xs = problem(40, seed=11)[0]
+    p = clf.predict_proba(Xs)  # the default: 'auto' = pairwise probit, at the chosen (s², τ)
+    mc = clf.predict_proba(Xs, method="mc", samples=400_000, generator=torch.Generator().manual_seed(0))
+    # MC standard error ≤ 0.5/√400000 ≈ 8e-4; measured gap 2.4e-3 (the per-class probit's: 8.2e-2).
+    assert float((p - mc).abs().max()) <= 4e-3
+
+
+def test_laplace_bridge_ignores_a_shared_logit_shift_and_tends_to_softmax_when_certain():
+    g = torch.Generator().manual_seed(0)
+    mean = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    A = torch.randn(6, 4, 4, generator=g, dtype=torch.float64)
+    cov = A @ A.transpose(-1, -2)
+    ones = torch.ones(4, 4, dtype=torch.float64)
+    torch.testing.assert_close(laplace_bridge_proba(mean + 3.0, cov + 5.0 * ones), laplace_bridge_proba(mean, cov))
+    p = laplace_bridge_proba(mean, cov)
+    torch.testing.assert_close(p.sum(-1), torch.ones(6, dtype=torch.float64))
+    assert set(PROBA_MAPS) == {"probit", "pairwise", "bridge", "mc", "map"}
