@@ -111,6 +111,8 @@ def add_distributed_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_inputs(args: argparse.Namespace):
     """Return (model, PreparedData, provenance dict, default RunSettings, the example's Standardizer or None)."""
+    import dataclasses
+
     from ntk_studio.core.errors import DataLoadError
     from ntk_studio.core.pipeline import load_data_for, prepare, settings_for
 
@@ -121,8 +123,9 @@ def load_inputs(args: argparse.Namespace):
         from ntk_studio.core.examples.registry import load_example
 
         ex = load_example(args.example)
-        task = args.task if args.task != "auto" else ex.task
-        data = prepare(ex.model, ex.target, task, args.channels, size)
+        data = prepare(ex.model, ex.target, ex.task if args.task == "auto" else args.task, args.channels, size)
+        if args.task == "auto":
+            data = dataclasses.replace(data, task_reason=f"auto: the {ex.name} example's task")
         return ex.model, data, {"example": ex.name, "notes": list(ex.notes)}, settings_for(ex.name), ex.standardizer
     if not args.model or not args.data:
         raise DataLoadError("Give --model and --data (or --example NAME). See `ntk-studio-cli adapt --help`.")
