@@ -14,7 +14,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv run demo screenshot test bench bench-quick bench-peers clean
+.PHONY: venv run demo screenshot walkthrough test bench bench-quick bench-peers clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,14 @@ demo: venv
 # Needs Xvfb: apt-get install -y xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxkbcommon-x11-0
 screenshot: venv
 	xvfb-run -a -s "-screen 0 1280x800x24" $(BIN)/python -m ntk_studio.app --run --screenshot docs/images/main-window.png --quit
+
+# The scripted walk-through (ntk_studio/app/walkthrough.py) under Xvfb, screenshots into docs/images/:
+# the whole tour at 1280x800, start/sine/faces at 1024x640 and 1920x1080.
+# Needs: apt-get install -y xvfb xdotool imagemagick libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxkbcommon-x11-0
+walkthrough: venv
+	xvfb-run -a -s "-screen 0 1280x800x24" $(BIN)/python -m ntk_studio.app.walkthrough --size 1280x800 --out docs/images
+	xvfb-run -a -s "-screen 0 1024x640x24" $(BIN)/python -m ntk_studio.app.walkthrough --size 1024x640 --out docs/images --quick
+	xvfb-run -a -s "-screen 0 1920x1080x24" $(BIN)/python -m ntk_studio.app.walkthrough --size 1920x1080 --out docs/images --quick
 
 test: venv
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q

@@ -25,12 +25,16 @@ LOAD_TIMEOUT_MS = 30_000  # a cold worker imports torch and gpytorch
 RUN_TIMEOUT_MS = 60_000
 EVENT_TIMEOUT_MS = 20_000
 TICK_MS = 10
-# DESIGN aims at ≤ 50 ms. The stalls are repaints (axis text of the live plots), not compute. With
-# the loss plot's epoch axis and the fit plot's range held during fine-tuning: 51–81 ms measured;
-# before that 150–210 ms at load average 4–6 on the two shared cores (one 993 ms outlier). The bound catches what the test is for (the GUI waiting on the
-# worker's compute or on file I/O: seconds) without flaking on a busy machine; the measured value
-# is printed for the record.
-MAX_STALL_S = 0.5
+# DESIGN aims at ≤ 50 ms. The stalls were repaints: each pyqtgraph axis paints its labels *and the
+# grid across the plot* (~10 ms in software rendering), and the loss plot's axes were regenerated
+# at every live update (its epoch axis followed the data, its log axis the loss). Axes are now
+# cached as pixmaps and the loss plot's ranges move only by whole decades. Measured during a
+# 3,000-epoch sine run on the two shared cores at load average 11-13 (Xvfb and offscreen alike):
+# before, longest 235-378 ms, 99th percentile 188-201 ms, the 10 ms timer serviced ~25 % of its
+# ticks; after, longest 87-237 ms (scheduler preemption at that load), 99th percentile 17-48 ms,
+# median 10.2 ms, ~95 % of ticks. The bounds keep a margin over that for a busy machine.
+MAX_STALL_S = 0.3
+MAX_P99_STALL_S = 0.1
 LONG_EPOCHS = 1_000_000  # keeps fine-tuning busy until the test stops it
 SHORT_EPOCHS = 30
 MAIN_TIMEOUT_S = 180  # a fresh app process: imports, worker start, load, run, screenshot
@@ -147,9 +151,11 @@ def test_event_loop_never_stalls_during_a_run(qtbot, window):
         assert _run(qtbot, window, epochs=STALL_EPOCHS) is True
     finally:
         timer.stop()
-    stall = float(np.max(np.diff(ticks)))
-    print(f"longest event-loop stall during a run: {stall * 1000:.1f} ms over {len(ticks)} ticks")
-    assert len(ticks) > 50 and stall <= MAX_STALL_S
+    gaps = np.diff(ticks)
+    stall, p99 = float(np.max(gaps)), float(np.percentile(gaps, 99))
+    print(f"longest event-loop stall during a run: {stall * 1000:.1f} ms, 99th percentile {p99 * 1000:.1f} ms "
+          f"over {len(ticks)} ticks")
+    assert len(ticks) > 50 and stall <= MAX_STALL_S and p99 <= MAX_P99_STALL_S
 
 
 def test_main_runs_screenshots_and_quits(tmp_path):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QApplication, QHeaderView, QTableWidget, QTableWidgetItem
+
+from .numbers import fmt as fmt_number
 
 ROWS = ("unadapted", "gp", "finetuned")
 ROW_NAMES = {"regression": {"unadapted": "unadapted", "gp": "linearized GP", "finetuned": "fine-tuned"},
@@ -19,16 +20,18 @@ COLUMNS = {"regression": (("rmse", "RMSE"), ("nll", "NLL"), ("coverage95", "95% 
            "classification": (("accuracy", "accuracy"), ("nll", "NLL"), ("brier", "Brier"), ("ece", "ECE"),
                               ("time", "time (s)"))}
 EMPTY = "—"
+MIN_COLUMN_PX = 44
+METHOD_COLUMN_PX = 92  # "linearized classifier" on two lines
 SIGNIFICANT = 3
 TOOLTIP = ("Scores on the held-out rows. Point predictors (unadapted, fine-tuned) are scored with a Gaussian "
            "whose variance is their mean squared residual on the adaptation rows. Ctrl+Shift+C copies as CSV.")
 
 
 def fmt(value) -> str:
-    """Return a metric as 3 significant digits, or an em dash when missing or not finite."""
-    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return EMPTY
-    return f"{value:.{SIGNIFICANT}g}"
+    """Return a metric as 3 significant digits (numbers.fmt), or an em dash when missing or not finite."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    return fmt_number(value, digits=SIGNIFICANT)
 
 
 class ComparisonTable(QTableWidget):
@@ -38,6 +41,8 @@ class ComparisonTable(QTableWidget):
         super().__init__(len(ROWS), 1, parent)
         self.verticalHeader().setVisible(False)
         self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.horizontalHeader().setMinimumSectionSize(MIN_COLUMN_PX)
+        self.setWordWrap(True)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.setToolTip(TOOLTIP)
@@ -55,6 +60,8 @@ class ComparisonTable(QTableWidget):
         columns = COLUMNS[task]
         self.setColumnCount(1 + len(columns))
         self.setHorizontalHeaderLabels(["method", *(header for _, header in columns)])
+        self.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Fixed)
+        self.setColumnWidth(0, METHOD_COLUMN_PX)
         self.values = {}
         for row in ROWS:
             self.set_row(row, {})

@@ -9,6 +9,8 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QFileDialog
 
+from .numbers import fmt, fmt_bytes, fmt_seconds
+
 EXPORT_SHORTCUT = "Ctrl+E"
 EXPORT_TIP = ("Write the adapted model (mean and variance, raw inputs, any batch size) as ONNX; the worker "
               "checks the file against these predictions at batch sizes 1, 7 and 1000 before it reports done")
@@ -50,9 +52,8 @@ class Exporter(QObject):
 
     def show(self, event: dict) -> None:
         """Log the verified export and tell listeners."""
-        worst = float(event.get("max_relative_error") or 0.0)
-        size = float(event.get("onnx_bytes") or 0) / 1024**2
-        self.window._log(f"exported {event.get('onnx')} ({size:.2f} MiB, {event.get('dtype')}, posterior rank "
-                         f"{event.get('posterior_rank')}); checked at batch sizes 1, 7, 1000: max relative error "
-                         f"{worst:.1e}; {float(event.get('seconds') or 0):.1f} s")
+        self.window._log(f"exported {event.get('onnx')} ({fmt_bytes(event.get('onnx_bytes') or 0)}, "
+                         f"{event.get('dtype')}, posterior rank {event.get('posterior_rank')}); checked at batch sizes "
+                         f"1, 7, 1000: max relative error {fmt(float(event.get('max_relative_error') or 0.0), digits=2)}; "
+                         f"{fmt_seconds(event.get('seconds') or 0)}")
         self.exported.emit(event)

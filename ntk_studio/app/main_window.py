@@ -331,8 +331,8 @@ class MainWindow(FileActions, QMainWindow):
         if self.session.get("task") != "classification":
             steps.append({"cmd": "trajectory", "args": {**common, "grid_points": GRID_POINTS}})
         steps.append({"cmd": "finetune", "args": ft})
-        self.view.loss_plot.reset(max(1, m["epochs"]))
-        self.model.run(steps, self.settings(), m["epochs"])
+        if self.model.run(steps, self.settings(), m["epochs"]):  # clears the previous results first
+            self.view.loss_plot.reset(max(1, m["epochs"]))  # then fixes the epoch axis to this run
 
     def cancel(self) -> None:
         """Stop the running chain at whatever stage it is (Esc, the Cancel button, Run → Cancel)."""

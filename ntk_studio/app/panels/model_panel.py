@@ -52,7 +52,8 @@ class ModelPanel(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.all_button)
         buttons.addWidget(self.last_button)
-        buttons.addWidget(self.count, 1)
+        buttons.addStretch(1)
+        self.count.setWordWrap(True)
 
         form = QFormLayout()
         form.addRow("Architecture", self.arch)
@@ -62,6 +63,7 @@ class ModelPanel(QWidget):
         layout.addLayout(form)
         layout.addWidget(self.summary)
         layout.addLayout(buttons)
+        layout.addWidget(self.count)  # its own line: "2,226,434 of 2,226,434 linearized" fits any panel width
         layout.addWidget(self.tree, 1)
         self._rows: dict[str, dict] = {}
         self._items: dict[str, QTreeWidgetItem] = {}

@@ -53,14 +53,14 @@ class ConvergencePlot(pg.PlotWidget):
             points = np.column_stack([np.arange(len(points)), points[:, 1]]) if len(points) else points
         keep = points[:, 1] > 0 if len(points) else np.zeros(0, bool)  # a log axis cannot show 0
         last = fmt(points[-1, 1], digits=3) if len(points) else "—"
+        self.setLabel("bottom", X_LABELS.get(solver, X_LABELS["cg"]), color=FOREGROUND)
+        self.setLabel("left", Y_LABELS.get(solver, DEFAULT_Y), color=FOREGROUND)
         bottom = self.getAxis("bottom")
         if solver == "newton":  # whole iterations: no 0.5 ticks
             step = max(1, int(np.ceil(len(points) / MAX_INTEGER_TICKS)))
             bottom.setTickSpacing(step, step)
         else:
             bottom.setTickSpacing()
-        self.setLabel("bottom", X_LABELS.get(solver, X_LABELS["cg"]), color=FOREGROUND)
-        self.setLabel("left", Y_LABELS.get(solver, DEFAULT_Y), color=FOREGROUND)
         if solver == "cholesky" or len(points) < 2:
             # A direct solve has no iterations: one dot on an iteration axis says nothing; say it in words.
             self.curve.setData([], [])
@@ -71,6 +71,13 @@ class ConvergencePlot(pg.PlotWidget):
             self.message.setText("")
             self.curve.setData(points[keep, 0], points[keep, 1])
             self.note = f"{solver}: {len(points)} steps, final {last}"
+            total = info.get("iterations")
+            if solver == "newton" and total is not None and int(total) != len(points) - 1:
+                # With the s² evidence search the classifier is fitted several times; the plot keeps the
+                # first fit's steps, the log reports the last fit's.
+                self.note = f"newton: {len(points) - 1} iterations, final {last}"
+                self.setLabel("bottom", f"Newton iteration (first fit of the s² search; the last took {int(total)})",
+                              color=FOREGROUND)
         self.setTitle(f"{TITLE} — {self.note}", color=FOREGROUND)
 
     def curve_data(self) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ from .style import (BACKGROUND, BAND1_ALPHA, BAND2_ALPHA, FINETUNED_COLOR, FOREG
 
 LEGEND_OFFSET = (-10, -10)  # bottom-right: the sine bands and data leave that corner empty
 LEGEND_COLUMNS = 2  # a wide, short legend stays below the curves
+LEGEND_ROOM = 0.4  # the y range extends this share below the data, so the legend covers no curve
 LATE_NAMES = {"truth": "true function", "train": "labelled points", "trajectory": "linearized GD at step t"}
 
 
@@ -70,6 +71,23 @@ class FitPlot(RangeHold, pg.PlotWidget):
         self.curves[key].setData(x, y)
         if key in self._late_names:
             self.legend.addItem(self.curves[key], self._late_names.pop(key))
+
+    def hold_range(self) -> None:
+        """Fit the view to the data with room for the legend below it, then keep it while live curves change."""
+        box = self.getViewBox()
+        box.enableAutoRange()
+        box.autoRange()
+        (_, _), (y0, y1) = box.viewRange()
+        if y1 > y0:
+            box.setYRange(y0 - LEGEND_ROOM * (y1 - y0), y1, padding=0)
+        box.disableAutoRange()
+
+    def follow_data(self) -> None:
+        """After a run: the same fit (the curves no longer change while the user reads them)."""
+        if any(len(curve_data(c)[0]) for c in self.curves.values()):
+            self.hold_range()
+        else:
+            self.getViewBox().enableAutoRange()
 
     def show_range(self, x_range: list[float] | None) -> None:
         """Before any curve: span the data's input range (or follow the data when unknown)."""
