@@ -79,3 +79,23 @@ def test_project_pickle_through_a_real_worker_runs_nothing(tmp_path):
         client.close()
     assert not marker.exists()
     assert os.path.getsize(evil) > 0
+
+
+def test_architecture_that_hangs_or_exits_is_an_error_event_from_the_worker(tmp_path, monkeypatch):
+    from ntk_studio.jobs.client import WorkerClient
+
+    monkeypatch.setenv("NTK_STUDIO_ARCH_TIMEOUT_S", "6")
+    weights = tmp_path / "w.pt"
+    torch.save(torch.nn.Linear(3, 1).state_dict(), weights)
+    bodies = {"hang": "def make():\n    while True:\n        pass\n", "exit": "def make():\n    os._exit(0)\n"}
+    client = WorkerClient()
+    try:
+        for name, body in bodies.items():
+            (tmp_path / f"{name}.py").write_text("import os\n" + body)
+            job = client.submit("load_model", path=str(weights), arch=f"{tmp_path / name}.py:make")
+            last = client.wait_for(job, timeout=120)[-1]
+            assert last["type"] == "error" and last["error_type"] == "ModelLoadError", last
+            assert ("within 6 s" if name == "hang" else "ended its process") in last["message"]
+        assert client.restarts == 0  # the worker itself never hung or died
+    finally:
+        client.close()

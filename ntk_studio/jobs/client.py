@@ -29,6 +29,10 @@ STDERR_TAIL_LINES = 40  # lines of worker stderr kept for crash reports
 MAX_FAILED_STARTS = 3  # workers in a row that die before saying anything: stop restarting (broken setup)
 INTERNAL_PREFIX = "_"  # ids of the client's own requests (cancel, shutdown); their replies are not events
 WORKER_COMMAND = [sys.executable, "-m", "ntk_studio.jobs.worker"]
+# The worker runs an architecture file's factory isolated, under this time limit, before loading it
+# (the variable core.models.architecture reads): a hang there becomes an error event, not a stuck job.
+ARCH_TIMEOUT_ENV = "NTK_STUDIO_ARCH_TIMEOUT_S"
+WORKER_ARCH_TIMEOUT_S = "120"
 
 log = logging.getLogger("ntk_studio.jobs.client")
 
@@ -38,8 +42,9 @@ class _Process:
 
     def __init__(self, client: WorkerClient, command: list[str]) -> None:
         # Its own process group, so a kill reaches every process of a ranked (torchrun) worker.
+        env = {**os.environ, ARCH_TIMEOUT_ENV: os.environ.get(ARCH_TIMEOUT_ENV) or WORKER_ARCH_TIMEOUT_S}
         self.popen = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, bufsize=1,
+                                      stderr=subprocess.PIPE, text=True, bufsize=1, env=env,
                                       start_new_session=os.name == "posix")
         self.expected_exit = False
         self.spoke = False  # set on the first line received: it started, so a later death is not a setup bug

@@ -40,8 +40,8 @@ sys.path.insert(0, sys.argv[3])
 spec = importlib.util.spec_from_file_location("ntk_studio_arch_probe", path)
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
-import torch
 model = getattr(module, factory)()
+import torch  # after the factory: the time limit is for the user's code (their file imports torch itself)
 print("{PROBE_OK}", isinstance(model, torch.nn.Module), flush=True)
 """
 
