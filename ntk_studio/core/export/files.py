@@ -44,8 +44,11 @@ def _quiet():
 
 def _atomic_target(path: Path):
     """Return a temporary path next to `path` (same file system, so os.replace is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_beside(path, suffix=path.suffix)  # the user's umask, not mkstemp's 0600
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = temp_beside(path, suffix=path.suffix)  # the user's umask, not mkstemp's 0600
+    except OSError as exc:  # name the user's path, never the temporary file
+        raise ExportError(f"Cannot write {path}: {exc.strerror or exc}.") from None
     os.close(fd)
     return tmp
 
@@ -89,6 +92,8 @@ def write_onnx(program: torch.export.ExportedProgram, path: Path, output_names: 
         onnx.checker.check_model(proto, full_check=False)
         onnx.save_model(proto, str(tmp))
         os.replace(tmp, path)
+    except OSError as exc:
+        raise ExportError(f"Cannot write {path}: {exc.strerror or exc}.") from None
     finally:
         tmp.unlink(missing_ok=True)
     return path.stat().st_size
@@ -108,6 +113,8 @@ def write_native(program: torch.export.ExportedProgram, path: Path, metadata: di
         with _quiet():
             torch.export.save(program, str(tmp), extra_files={NATIVE_METADATA_FILE: json.dumps(metadata)})
         os.replace(tmp, path)
+    except OSError as exc:
+        raise ExportError(f"Cannot write {path}: {exc.strerror or exc}.") from None
     finally:
         tmp.unlink(missing_ok=True)
     return path.stat().st_size
