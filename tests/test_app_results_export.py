@@ -50,7 +50,8 @@ def test_predictions_csv_and_plots_are_written_with_the_umask(adapted, tmp_path)
         png = adapted.exports.save_plot(tmp_path / "plot.png")
     finally:
         os.umask(old)
-    rows = list(csv.reader(table.open()))
+    with table.open() as f:
+        rows = list(csv.reader(f))
     gp = adapted.results["fit_gp"]
     assert rows[0][:5] == ["row", "target", "unadapted", "gp_mean", "gp_std"]
     assert len(rows) - 1 == len(gp["test_y"])
