@@ -13,7 +13,7 @@ from ntk_studio.core.comparison import (
     format_table,
     regression_record,
 )
-from ntk_studio.core.errors import ShapeError
+from ntk_studio.core.errors import SettingsError, ShapeError
 from ntk_studio.core.metrics import (
     DEFAULT_CALIBRATION_LEVELS,
     accuracy,
@@ -113,7 +113,7 @@ def test_regression_shape_and_level_errors():
     with pytest.raises(ShapeError, match="at least one"):
         calibration_curve(MEAN[:0], VAR[:0], Y[:0])
     for bad in ([0.0, 0.5], [0.5, 1.0], []):
-        with pytest.raises(ShapeError, match="strictly between 0 and 1"):
+        with pytest.raises(SettingsError, match="strictly between 0 and 1"):
             calibration_curve(MEAN, VAR, Y, bad)
 
 
@@ -200,7 +200,7 @@ def test_classification_input_errors():
         accuracy(PROBS, torch.tensor([0, 1, 3, 0]))
     with pytest.raises(ShapeError, match="shape"):
         accuracy(PROBS, LABELS[:3])
-    with pytest.raises(ShapeError, match="bins"):
+    with pytest.raises(SettingsError, match="bins"):
         reliability_diagram(PROBS, LABELS, bins=0)
 
 

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .errors import ShapeError
+from .errors import SettingsError, ShapeError
 
 # The deciles-and-halves grid used for quantile calibration: 0.05, 0.10, ..., 0.95.
 DEFAULT_CALIBRATION_LEVELS = np.linspace(0.05, 0.95, 19)
@@ -79,7 +79,7 @@ class CalibrationCurve(NamedTuple):
 def _levels(levels: Sequence[float] | np.ndarray | torch.Tensor) -> np.ndarray:
     p = np.asarray(levels.tolist() if isinstance(levels, torch.Tensor) else levels, dtype=np.float64).reshape(-1)
     if p.size == 0 or not np.all((p > 0) & (p < 1)):
-        raise ShapeError("Calibration levels must be a non-empty list of probabilities strictly between 0 and 1.")
+        raise SettingsError("Calibration levels must be a non-empty list of probabilities strictly between 0 and 1.")
     return p
 
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .errors import ShapeError
+from .errors import SettingsError, ShapeError
 
 DEFAULT_BINS = 10
 # Rows must sum to 1 up to float32 softmax round-off and probabilities stored with a few decimals;
@@ -86,7 +86,7 @@ class ReliabilityDiagram(NamedTuple):
 
 def _check_bins(bins: int) -> None:
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
-        raise ShapeError(f"bins must be a positive integer; got {bins!r}.")
+        raise SettingsError(f"bins must be a positive integer; got {bins!r}.")
 
 
 def reliability_diagram(probs: torch.Tensor, y: torch.Tensor, bins: int = DEFAULT_BINS) -> ReliabilityDiagram:

@@ -138,7 +138,15 @@ class LinearizedPredictor:
         )
         return self.plan
 
+    def fit_hyperparameters(self, X=None, y=None, cancel: CancelToken | None = None, **options):  # pragma: no cover
+        """Return self refitted at hyperparameters chosen from the data (each subclass says how)."""
+        raise NotImplementedError
+
     # ---------------------------------------------------------------- results
+    def predict(self, Xs: torch.Tensor, *args, cancel: CancelToken | None = None, **kwargs):  # pragma: no cover
+        """Return the predictive at Xs (GP: mean and variance; classifier: class indices)."""
+        raise NotImplementedError
+
     def _is_fitted(self) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
 
