@@ -354,7 +354,11 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("case", list(MODELS.values()), ids=list(MODELS))
+ISOLATED = ("arch os._exit", "arch hangs")  # each runs a child process (the isolated first run)
+
+
+@pytest.mark.parametrize("case", [pytest.param(v, marks=pytest.mark.slow) if k in ISOLATED else v
+                                  for k, v in MODELS.items()], ids=list(MODELS))
 def test_bad_model_or_architecture(files, capsys, case):
     make, phrase = case
     d = files["dir"]
@@ -412,6 +416,7 @@ REAL = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make", list(REAL.values()), ids=list(REAL))
 def test_real_cli_process(files, make):
     argv = [str(a) for a in make(files)]

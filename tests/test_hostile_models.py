@@ -61,6 +61,7 @@ def test_special_model_files_are_refused_at_once(tmp_path, make):
         load_model(path)
 
 
+@pytest.mark.slow
 def test_project_pickle_through_a_real_worker_runs_nothing(tmp_path):
     """The issue's regression, end to end: load_project + WorkerClient with a trust_pickle: true project."""
     from ntk_studio.app.project import load_project
@@ -81,6 +82,7 @@ def test_project_pickle_through_a_real_worker_runs_nothing(tmp_path):
     assert os.path.getsize(evil) > 0
 
 
+@pytest.mark.slow
 def test_architecture_that_hangs_or_exits_is_an_error_event_from_the_worker(tmp_path, monkeypatch):
     from ntk_studio.jobs.client import WorkerClient
 

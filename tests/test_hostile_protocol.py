@@ -133,6 +133,7 @@ def test_a_handler_crash_on_a_line_is_still_a_reply():
     assert json.loads(out.getvalue())["error_type"] == "ProtocolError"
 
 
+@pytest.mark.slow
 def test_real_worker_survives_hostile_lines():
     """One real worker process: a deep line, a huge line and garbage, then a ping is still answered."""
     hostile = "[" * 200_000 + "\n" + '{"id":"x","p":"' + "a" * (2 * MAX_LINE_CHARS) + '"}\n' + "\x00garbage\n" + PING
