@@ -127,3 +127,16 @@ def test_classifier_covariance_cg_that_misses_its_tolerance_raises(space):
     ok = LinearizedClassifier(two_output(), space=space, solver="cg").fit(X, y)
     ok.predict_proba(X[:3])
     assert ok.variance_solve_info.converged and ok.variance_solve_info.residual <= ok.cg_tol
+
+
+def test_gpytorch_failures_in_the_hyperparameter_search_leave_as_solver_errors():
+    # GPyTorch's stochastic evidence raises a bare RuntimeError when its CG budget is below its Lanczos
+    # budget; the engine re-raises it typed, and the previous fit stays in place.
+    gpytorch = pytest.importorskip("gpytorch")
+    X, y = _regression(60)
+    gp = LinearizedGP(MODELS["mlp"](), space="function", solver="cg", cg_tol=1e-6).fit(X, y)
+    before = gp.predict(X[:3])[0]
+    with gpytorch.settings.max_cg_iterations(5), pytest.raises(SolverError, match="tridiagonalization"):
+        gp.fit_hyperparameters(iters=2)
+    assert (gp.prior_var, gp.noise) == (1.0, 0.1)
+    torch.testing.assert_close(gp.predict(X[:3])[0], before, rtol=0, atol=0)
