@@ -8,12 +8,14 @@ under one global budget so the whole run stays under MAX_TOTAL_S):
 2. ``tests``      pytest --device DEV on tests/test_device.py and tests/test_device_routes.py: every
                   operator and route against the dense float64 reference, the classifier, ONNX export
                   of a model fitted on the device (junit XML kept);
-3. ``headline``   n = 100,000, P = 10⁶, exact mean and variance at 1,000 test points (bench/gpu_headline.py);
-4. ``peers``      every route in float64 and float32 vs the float64 dense NTK (bench/gpu_routes.py);
-5. ``operators``  operator costs in forward passes, float64 and float32 (bench/gpu_operators.py);
-6. ``precision``  the variance error float32 costs (bench/gpu_precision.py);
-7. ``scaling``    time and memory as n and P grow, float64 and float32 (bench/gpu_routes.py);
-8. ``limits``     the largest n and P per route, doubling then bisecting (bench/gpu_routes.py).
+3. ``headline``   n = 100,000, P = 10⁶, exact mean and variance at 1,000 test points, by the engine as
+                  a user runs it (auto route; bench/gpu_headline.py);
+4. ``lean``       the same problem by a memory-lean exact route, one n×n matrix (bench/gpu_lean.py);
+5. ``peers``      every route in float64 and float32 vs the float64 dense NTK (bench/gpu_routes.py);
+6. ``operators``  operator costs in forward passes, float64 and float32 (bench/gpu_operators.py);
+7. ``precision``  the variance error float32 costs (bench/gpu_precision.py);
+8. ``scaling``    time and memory as n and P grow, float64 and float32 (bench/gpu_routes.py);
+9. ``limits``     the largest n and P per route, doubling then bisecting (bench/gpu_routes.py).
 
 Results: ``$OUT`` (default bench/results/gpu): ``results.json`` (every step), ``<step>.json``,
 ``results.md`` (Markdown tables), ``tests.xml`` and ``logs/<step>.log``.
@@ -39,15 +41,15 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-STEPS = ("device", "tests", "headline", "peers", "operators", "precision", "scaling", "limits")
+STEPS = ("device", "tests", "headline", "lean", "peers", "operators", "precision", "scaling", "limits")
 # Per step: (internal time budget, hard child timeout) in seconds; full (GPU) and quick (CPU) runs.
 BUDGETS = {
-    "full": {"tests": (None, 150), "headline": (None, 110), "peers": (35, 60), "operators": (30, 50),
-             "precision": (20, 40), "scaling": (45, 70), "limits": (110, 140)},
-    "quick": {"tests": (None, 240), "headline": (None, 120), "peers": (30, 90), "operators": (20, 90),
+    "full": {"tests": (None, 150), "headline": (None, 90), "lean": (None, 90), "peers": (30, 45),
+             "operators": (15, 35), "precision": (15, 35), "scaling": (30, 45), "limits": (100, 120)},
+    "quick": {"tests": (None, 240), "headline": (None, 120), "lean": (None, 90), "peers": (30, 90), "operators": (20, 90),
               "precision": (30, 90), "scaling": (30, 90), "limits": (20, 90)},
     # tiny (tests/test_gpu_check.py): no internal budgets, so every row exists even on a loaded machine
-    "tiny": {"tests": (None, 120), "headline": (None, 60), "peers": (None, 60), "operators": (None, 60),
+    "tiny": {"tests": (None, 120), "headline": (None, 60), "lean": (None, 60), "peers": (None, 60), "operators": (None, 60),
              "precision": (None, 60), "scaling": (None, 60), "limits": (None, 60)},
 }
 MAX_TOTAL_S = {"full": 470.0, "quick": 600.0, "tiny": 900.0}  # the global budget (the GPU target is < 8 minutes)
@@ -56,7 +58,8 @@ DEFAULT_OUT = HERE / "results" / "gpu"
 STEP_TITLES = {
     "device": "Device and precision policy",
     "tests": "Engine tests on the device (dense float64 reference)",
-    "headline": "Headline: n = 100,000, P = 10⁶, mean and variance at 1,000 test points",
+    "headline": "Headline: n = 100,000, P = 10⁶, mean and variance at 1,000 test points (engine, auto route)",
+    "lean": "Headline by the lean exact route (one n×n matrix)",
     "peers": "Routes vs the dense NTK (peers-free), float64 and float32",
     "operators": "Operator cost in forward passes",
     "precision": "What float32 costs in variance (against float64)",
@@ -98,6 +101,10 @@ def step_body(step: str, device, mode: str, budget: float | None) -> dict:
         import gpu_headline
 
         return gpu_headline.run(device, mode, log=_log)
+    if step == "lean":
+        import gpu_lean
+
+        return gpu_lean.run(device, mode, log=_log)
     if step == "peers":
         import gpu_routes
 
@@ -266,7 +273,7 @@ def render(results: dict) -> str:
 
 
 def _render_step(name: str, r: dict, common) -> str:
-    if r.get("status") in ("skipped",) or (r.get("status") in ("error", "timeout") and name != "headline"):
+    if r.get("status") in ("skipped",) or (r.get("status") in ("error", "timeout") and name not in ("headline", "lean")):
         return f"{r.get('status')}: {r.get('reason', '')}"
     if name == "device":
         p = r["precision"]
@@ -286,6 +293,10 @@ def _render_step(name: str, r: dict, common) -> str:
         import gpu_headline
 
         return gpu_headline.table(r)
+    if name == "lean":
+        import gpu_lean
+
+        return gpu_lean.table(r)
     if name == "peers":
         import gpu_routes
 

@@ -15,7 +15,6 @@ sys.path.insert(0, str(BENCH))
 
 import gpu_check  # noqa: E402
 
-MEASURED = ["device", "headline", "peers", "operators", "precision", "scaling", "limits"]
 
 
 pytestmark = pytest.mark.slow  # about a minute of CPU: every step of the check at its smallest size
@@ -56,6 +55,15 @@ def test_device_and_headline_keys(run):
                 "var_nonpositive", "under_target"):
         assert key in h, key
     assert h["var_nonpositive"] == 0 and h["mean_finite"] and h["prior_var_bound_ok"]
+    assert {"stage", "matvecs", "residual", "elapsed_s"} <= set(h["fit_progress"])  # reported while it runs
+
+
+def test_lean_route_equals_the_engine(run):
+    _, _, results, _ = run
+    lean = results["steps"]["lean"]
+    assert lean["n"] == results["steps"]["headline"]["n"] and lean["var_nonpositive"] == 0
+    assert lean["engine_var_max_rel"] < 1e-9 and lean["engine_mean_max_abs"] < 1e-9
+    assert {"kernel", "cholesky", "alpha", "variance_solve"} <= set(lean["stages"])
 
 
 def test_route_results_hold_errors_against_the_reference(run):
@@ -100,7 +108,7 @@ def test_markdown_has_a_table_per_step(run):
     for title in gpu_check.STEP_TITLES.values():
         assert f"## {title}" in md
     for header in ("| step | status | seconds |", "| what | value |", "| passed | failed | errors | skipped | seconds |",
-                   "| n | P | test points | dtype | route |", "| route | dtype | test points | fit |",
+                   "| n | P | test points | dtype | route |", "| n | P | test points | route | n×n matrix |", "| route | dtype | test points | fit |",
                    "| model | dtype | n | P | forward |", "| model | n | P | σ² | precision |",
                    "| route | dtype | n | fit |", "| route | dtype | P | fit |", "| route | axis | largest that fits |"):
         assert header in md, header

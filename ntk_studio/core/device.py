@@ -40,7 +40,7 @@ FULL_RATE_FLOAT64_CC = frozenset({(6, 0), (7, 0), (8, 0), (9, 0), (10, 0)})
 # A measured float64/float32 matmul time ratio at or below this means float64 is fast enough to use
 # throughout (full-rate parts measure ~2; reduced-rate ones 16–64).
 FAST_FLOAT64_RATIO = 4.0
-PROBE_SIZE = 2048  # the probe multiplies two PROBE_SIZE² matrices: 17 GFLOP, < 1 ms on an H200
+PROBE_SIZE = 4096  # the probe multiplies two PROBE_SIZE² matrices: 137 GFLOP, ~2 ms on an H200
 PROBE_REPEATS = 3
 DEFAULT_BUDGET_FRACTION = 0.8
 
@@ -221,9 +221,10 @@ def measure_float64_ratio(device: str | torch.device | None = "auto", size: int 
     """
     dev = resolve_device(device)
     best = {}
-    tf32 = torch.backends.cuda.matmul.allow_tf32
+    tf32 = dev.type == "cuda" and torch.backends.cuda.matmul.allow_tf32  # off by default; touched only if on
     try:
-        torch.backends.cuda.matmul.allow_tf32 = False
+        if tf32:
+            torch.backends.cuda.matmul.allow_tf32 = False
         for dtype in (torch.float32, torch.float64):
             a = torch.randn(size, size, device=dev, dtype=dtype)
             b = torch.randn(size, size, device=dev, dtype=dtype)
@@ -238,7 +239,8 @@ def measure_float64_ratio(device: str | torch.device | None = "auto", size: int 
             best[dtype] = max(min(times), 1e-9)
             del a, b
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
+        if tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
     return best[torch.float64] / best[torch.float32]
 
 
