@@ -61,14 +61,17 @@ def _ce(F: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def fit_dense(K: torch.Tensor, F0: torch.Tensor, y: torch.Tensor, grad_tol: float = GRAD_TOL,
-              max_newton: int = MAX_NEWTON) -> DenseFit:
-    """Return the Laplace fit of logits F0 + f, f ~ N(0, K) (K: n·C × n·C sample-major), labels y."""
+              max_newton: int = MAX_NEWTON, a0: torch.Tensor | None = None) -> DenseFit:
+    """Return the Laplace fit of logits F0 + f, f ~ N(0, K) (K: n·C × n·C sample-major), labels y.
+
+    `a0` warm-starts Newton (the objective is convex, so the optimum does not depend on it).
+    """
     n, C = F0.shape
     if K.shape != (n * C, n * C) or y.shape != (n,):
         raise ShapeError(f"K must be ({n * C}, {n * C}) and y ({n},); got {tuple(K.shape)} and {tuple(y.shape)}.")
     Y = torch.nn.functional.one_hot(y, C).to(K.dtype)
-    a = torch.zeros(n * C, dtype=K.dtype, device=K.device)
-    h = torch.zeros_like(a)
+    a = torch.zeros(n * C, dtype=K.dtype, device=K.device) if a0 is None else a0.clone()
+    h = K @ a
     g0, it, converged = None, 0, False
     while True:
         F = F0 + h.reshape(n, C)
@@ -173,23 +176,32 @@ def _rows(idx: torch.Tensor, C: int) -> torch.Tensor:
 
 def heldout_nll(K: torch.Tensor, F0: torch.Tensor, y: torch.Tensor, folds: Sequence[torch.Tensor],
                 proba: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                scales: Sequence[float] = (1.0,), check: Callable[[], None] | None = None) -> list[float]:
+                scales: Sequence[float] = (1.0,), check: Callable[[], None] | None = None,
+                warm: dict | None = None) -> list[float]:
     """Return the mean held-out NLL over `folds` of `proba(mean, τ·cov)` for each τ in `scales`.
 
     The logits' prior is N(F0, K); every fold is one Laplace fit on the other folds' rows, and the
-    covariance scales τ reuse it.
+    covariance scales τ reuse it. `warm` (fold index -> (K's scale, a)) carries each fold's MAP to
+    the next prior scale as a Newton start with the same logits (a rescaled); it is updated.
     """
     n, C = F0.shape
     Kv = K.reshape(n, C, n, C)
     total = [0.0] * len(scales)
-    for te in folds:
+    for f, te in enumerate(folds):
         if check is not None:
             check()
         mask = torch.ones(n, dtype=torch.bool)
         mask[te] = False
         tr = torch.nonzero(mask).flatten()
         rt, rs = _rows(tr, C).to(K.device), _rows(te, C).to(K.device)
-        fit = fit_dense(K[rt][:, rt], F0[tr], y[tr])
+        scale = float(K.diagonal().mean())
+        a0 = None
+        if warm is not None and f in warm:
+            previous, a_prev = warm[f]
+            a0 = a_prev * (previous / scale)
+        fit = fit_dense(K[rt][:, rt], F0[tr], y[tr], a0=a0)
+        if warm is not None:
+            warm[f] = (scale, fit.a)
         mean, cov = predict_dense(fit, F0[te], K[rt][:, rs], Kv[te, :, te, :])
         for j, tau in enumerate(scales):
             p = proba(mean, tau * cov)
@@ -209,7 +221,8 @@ def heldout_search(K1: torch.Tensor, F0: torch.Tensor, y: torch.Tensor, grid: Se
     when 1 is among `scales` ('chosen_unscaled').
     """
     parts = stratified_folds(y.cpu(), folds, seed)
-    table = [heldout_nll(float(s2) * K1, F0, y, parts, proba, scales, check) for s2 in grid]
+    warm: dict = {}
+    table = [heldout_nll(float(s2) * K1, F0, y, parts, proba, scales, check, warm) for s2 in grid]
     cells = [(table[i][j], i, j) for i in range(len(grid)) for j in range(len(scales))]
     value, i, j = min(cells)
     info = {"method": f"{len(parts)}-fold held-out NLL", "prior_var": [float(s) for s in grid],

@@ -83,3 +83,35 @@ def choose(selection: str, K1: torch.Tensor, r: torch.Tensor, prior_var: float, 
 
     best = minimize(value_and_grad, z0, jac=True, method="L-BFGS-B", bounds=bounds)
     return float(np.exp(best.x[0])), float(np.exp(best.x[1]))
+
+
+def noise_floor(y: torch.Tensor) -> float:
+    """Return the 'floor' selection's lower bound on σ²: FLOOR_FRACTION × the variance of the targets."""
+    return FLOOR_FRACTION * max(float(y.double().var()), 1e-300)
+
+
+def fit_exact_selected(gp, st: dict, selection: str) -> tuple[float, float]:
+    """Return (s², σ²) for a fitted GP on a Cholesky route by 'floor' or 'map2' (the engine's spectral evidence).
+
+    Uses :func:`.hyper._spectral_nll` (function or weight space, any number of outputs). 'map2' centres
+    its log-normal prior on the GP's current (s², σ²).
+    """
+    from . import hyper
+
+    nll = hyper._spectral_nll(gp, st)
+    z0 = np.log([gp.prior_var, gp.noise])
+    bounds = [hyper.LOG_VAR_BOUNDS, hyper.LOG_VAR_BOUNDS]
+    if selection == "floor":
+        bounds[1] = (math.log(noise_floor(st["Y"])), hyper.LOG_VAR_BOUNDS[1])
+        z0[1] = max(z0[1], bounds[1][0])
+        objective = nll
+    elif selection == "map2":
+        centre = z0.copy()
+
+        def objective(z: np.ndarray):
+            value, grad = nll(z)
+            return value + 0.5 * float((((z - centre) / PRIOR_LOG_SD) ** 2).sum()), grad + (z - centre) / PRIOR_LOG_SD**2
+    else:
+        raise ValueError(f"selection must be 'floor' or 'map2' here; got {selection!r}")
+    best = minimize(objective, z0, jac=True, method="L-BFGS-B", bounds=bounds)
+    return float(np.exp(best.x[0])), float(np.exp(best.x[1]))
