@@ -21,6 +21,9 @@ STATUS_MS = 0  # status messages stay until replaced
 PROGRESS_STEPS = 1000  # the progress bar's range (as in the window)
 
 
+_READING: set[ProjectReader] = set()  # readers outlive a window closed while they hash: no parent, kept here
+
+
 class ProjectReader(QThread):
     """Reads and checks a project off the GUI thread (hashing a large model takes seconds)."""
 
@@ -89,9 +92,12 @@ class FileActions:
         inputs in the worker and restore settings and results."""
         if self.running or self._project_reader is not None:
             return
-        reader = self._project_reader = ProjectReader(path, self)
+        reader = self._project_reader = ProjectReader(path)
+        _READING.add(reader)
+        reader.finished.connect(lambda: _READING.discard(reader))
+        # Bound methods: Qt drops the connection if the window is gone when the reader finishes.
         reader.progressed.connect(self._project_progress)
-        reader.finished_reading.connect(lambda result: self._project_read(path, result))
+        reader.finished_reading.connect(self._project_read)
         self._set_busy(True)
         self.statusBar().showMessage(f"Reading {Path(path).name}…", STATUS_MS)
         reader.start()
@@ -100,8 +106,9 @@ class FileActions:
         self.progress_bar.setValue(int(fraction * PROGRESS_STEPS))
         self.statusBar().showMessage(f"Opening project: {text}…", STATUS_MS)
 
-    def _project_read(self, path: str | Path, result: Project | ProjectError) -> None:
+    def _project_read(self, result: Project | ProjectError) -> None:
         reader, self._project_reader = self._project_reader, None
+        path = reader.path if reader is not None else ""
         if reader is not None:
             reader.wait()
             reader.deleteLater()
