@@ -16,7 +16,8 @@ pytest.importorskip("PySide6")
 pytest.importorskip("pyqtgraph")
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import Qt  # noqa: E402
+from PySide6.QtCore import QEvent, Qt  # noqa: E402
+from PySide6.QtWidgets import QLineEdit  # noqa: E402
 
 from ntk_studio.app.main_window import MainWindow  # noqa: E402
 from ntk_studio.app.recent import Store  # noqa: E402
@@ -84,6 +85,26 @@ def test_escape_cancels_after_the_posterior_is_ready(qtbot, window, focus):
     target.setFocus()
     with qtbot.waitSignal(window.run_finished, timeout=EVENT_TIMEOUT_MS) as done:
         qtbot.keyClick(window.focusWidget() or window, Qt.Key.Key_Escape)
+    assert done.args[0] is False and not window.running
+
+
+class _EscapeTaker(QLineEdit):
+    """A widget that claims Esc for itself (as editors and some item views do): the Cancel shortcut never fires."""
+
+    def event(self, e):  # noqa: D102
+        if e.type() == QEvent.Type.ShortcutOverride and e.key() == Qt.Key.Key_Escape:
+            e.accept()
+            return True
+        return super().event(e)
+
+
+def test_escape_cancels_even_from_a_widget_that_takes_esc(qtbot, window):
+    taker = _EscapeTaker()
+    window.view.layout().addWidget(taker)
+    _start_long_run(qtbot, window)
+    taker.setFocus()
+    with qtbot.waitSignal(window.run_finished, timeout=EVENT_TIMEOUT_MS) as done:
+        qtbot.keyClick(taker, Qt.Key.Key_Escape)
     assert done.args[0] is False and not window.running
 
 

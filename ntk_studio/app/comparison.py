@@ -21,7 +21,8 @@ COLUMNS = {"regression": (("rmse", "RMSE"), ("nll", "NLL"), ("coverage95", "95% 
                               ("time", "time (s)"))}
 EMPTY = "—"
 MIN_COLUMN_PX = 44
-METHOD_COLUMN_PX = 92  # "linearized classifier" on two lines
+METHOD_COLUMN_PX = (92, 150)  # "linearized classifier" on two lines when narrow, one when there is room
+METHOD_COLUMN_SHARE = 0.22
 SIGNIFICANT = 3
 TOOLTIP = ("Scores on the held-out rows. Point predictors (unadapted, fine-tuned) are scored with a Gaussian "
            "whose variance is their mean squared residual on the adaptation rows. Ctrl+Shift+C copies as CSV.")
@@ -61,10 +62,19 @@ class ComparisonTable(QTableWidget):
         self.setColumnCount(1 + len(columns))
         self.setHorizontalHeaderLabels(["method", *(header for _, header in columns)])
         self.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Fixed)
-        self.setColumnWidth(0, METHOD_COLUMN_PX)
+        self._fit_method_column()
         self.values = {}
         for row in ROWS:
             self.set_row(row, {})
+
+    def _fit_method_column(self) -> None:
+        lo, hi = METHOD_COLUMN_PX
+        self.setColumnWidth(0, int(min(max(self.viewport().width() * METHOD_COLUMN_SHARE, lo), hi)))
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        """Give the method names more room on a wide table."""
+        super().resizeEvent(event)
+        self._fit_method_column()
 
     def set_row(self, row: str, metrics: dict, seconds: float | None = None) -> None:
         """Fill one method's row (``metrics`` from a payload; ``seconds`` its wall time)."""

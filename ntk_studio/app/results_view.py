@@ -147,8 +147,10 @@ class ResultsView(QWidget):
         if points.get("grid_x") is not None and points.get("pretrained") is not None:
             self._grid_x = arr(points["grid_x"])
             self.fit_plot.set_curve("pretrained", self._grid_x, arr(points["pretrained"]).ravel())
-        x_range = (session.get("data") or {}).get("x_range")
-        self.fit_plot.show_range(x_range)
+        if points.get("x") is not None or points.get("pretrained") is not None:
+            self.fit_plot.follow_data()  # the data with room for the legend below it
+        else:
+            self.fit_plot.show_range((session.get("data") or {}).get("x_range"))
 
     def current_plot(self) -> QWidget:
         """Return the plot the user is looking at (for File → Save plot)."""

@@ -159,6 +159,8 @@ class DataPanel(QWidget):
         self._fill_preview(data["preview_header"], data["preview"], data.get("thumbnails"))
 
     def _fill_preview(self, header: list[str], rows: list[list[str]], thumbnails: list | None = None) -> None:
+        if thumbnails:  # images: the rows that have a picture (the text cell of an image is only its label)
+            rows = rows[: len(thumbnails)]
         self.preview.clear()
         self.preview.setColumnCount(len(header))
         self.preview.setRowCount(len(rows))

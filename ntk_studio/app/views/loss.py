@@ -14,6 +14,7 @@ LOSS_NAMES = {"regression": "training loss (MSE)", "classification": "training l
 MARKER_SIZE = 4
 TITLE = "Fine-tuning loss"
 DECADE_PADDING = 0.02
+EMPTY_DECADES = (-3, 0)
 # Markers for short runs only: thousands of scatter symbols cost more per redraw than the line.
 MAX_MARKED_POINTS = 100
 
@@ -32,6 +33,7 @@ class LossPlot(pg.PlotWidget):
         self._losses: list[float] = []
         self._decades: tuple[int, int] | None = None
         self._title = TITLE
+        self.setYRange(*EMPTY_DECADES, padding=DECADE_PADDING)
 
     def set_task(self, task: str) -> None:
         """Name the loss of ``task``."""
@@ -49,6 +51,7 @@ class LossPlot(pg.PlotWidget):
             self.setXRange(0, planned_epochs, padding=0.02)
         else:
             self.enableAutoRange(axis="x")
+        self.setYRange(*EMPTY_DECADES, padding=DECADE_PADDING)  # until the first loss: 0.001 … 1
 
     def add_point(self, epoch: int, loss: float) -> bool:
         """Record one epoch's loss; return False for a loss a log axis cannot show (skipped)."""

@@ -23,6 +23,7 @@ LEGEND_BRUSH = (255, 255, 255, 220)
 GRID_ALPHA = 0.2
 LEGEND_TEXT_SIZE = "8pt"  # legends stay small beside the curves at 1024 × 640
 LEGEND_SPACING = -6
+PLOT_MARGINS = (2, 8, 16, 2)  # left, top, right, bottom, in pixels
 
 
 def pen(color, width: int = LINE_WIDTH, **kw) -> pg.QtGui.QPen:
@@ -41,6 +42,7 @@ def style(plot: pg.PlotWidget, title: str, x_label: str, y_label: str) -> None:
         # software rendering, twice per plot, on every live redraw. Cached as a pixmap it is redrawn
         # only when its range or size changes (the live plots hold their ranges during a run).
         axis.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
+    plot.getPlotItem().layout.setContentsMargins(*PLOT_MARGINS)  # room for the last tick label's right half
     plot.setLabel("bottom", x_label, color=FOREGROUND)
     plot.setLabel("left", y_label, color=FOREGROUND)
     plot.showGrid(x=True, y=True, alpha=GRID_ALPHA)
