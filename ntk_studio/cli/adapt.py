@@ -189,9 +189,10 @@ def print_hyper(result) -> None:
     h = result.hyper
     if not h:
         return
-    how = ("fitted by Laplace evidence" if result.task == "classification" else "fitted by marginal likelihood") \
-        if h["fitted"] else "as given"
+    how = f"fitted ({h['method']})" if h["fitted"] else "as given"
     noise = "" if h["noise"] is None else f", σ² = {h['noise']:.4g} (started at {h['initial_noise']:.4g})"
+    if h.get("cov_scale") not in (None, 1.0):
+        noise += f", logit-covariance scale τ = {h['cov_scale']:.4g}"
     lml = "" if h["log_evidence"] is None else f"; log evidence {h['log_evidence']:.4g}"
     print(f"hyperparameters {how}: s² = {h['prior_var']:.4g} (started at {h['initial_prior_var']:.4g}){noise}{lml}")
 

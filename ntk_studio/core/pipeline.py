@@ -133,7 +133,7 @@ def fit_linearized_iter(
                               device=device, shard=shard, checkpoint=checkpoint)
     yield from fitted.fit_iter(adapt.X, _targets(task, adapt), cancel=cancel)
     if settings.fit_hyper:
-        what = "Laplace evidence over s²" if task == "classification" else "marginal likelihood over s², σ²"
+        what = "choosing s² (and τ)" if task == "classification" else "marginal likelihood over s², σ²"
         yield ProgressEvent("hyperparameters", 0.0, message=what)
         fitted.fit_hyperparameters(cancel=cancel)
     return fitted
@@ -155,8 +155,12 @@ def hyper_info(fitted, adapt: Dataset, settings: RunSettings, task: str) -> dict
         evidence = fitted.log_marginal_likelihood()
     except Exception:  # noqa: BLE001 - CG classifiers have no evidence; the run is still valid
         evidence = None
-    return {"fitted": settings.fit_hyper, "prior_var": fitted.prior_var,
+    info = getattr(fitted, "hyper_info", None) or {}
+    return {"fitted": settings.fit_hyper,
+            "method": (info.get("method") or info.get("selection")) if settings.fit_hyper else "as given",
+            "prior_var": fitted.prior_var,
             "noise": None if task == "classification" else fitted.noise,
+            "cov_scale": getattr(fitted, "cov_scale", None),
             "initial_prior_var": settings.prior_var,
             "initial_noise": None if task == "classification" else initial_noise(adapt, settings),
             "log_evidence": evidence}

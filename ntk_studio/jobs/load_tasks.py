@@ -10,7 +10,7 @@ from torch import nn
 
 from ntk_studio.core import CancelToken
 from ntk_studio.core.data import load_dataset
-from ntk_studio.core.errors import DataLoadError, NTKStudioError
+from ntk_studio.core.errors import DataLoadError, NTKStudioError, ShapeError
 from ntk_studio.core.data.tabular import SUPPORTED_EXTENSIONS as TABLE_EXTENSIONS
 from ntk_studio.core.examples.registry import load_example
 from ntk_studio.core.models import load_model
@@ -116,10 +116,19 @@ def _read_data(state: WorkerState) -> None:
     if state.data_source is None:
         return
     path, o = state.data_source
+    mismatch = None
     if state.model is not None:
-        prepared = load_data_for(state.model, path, o["task"], o["channels"], o["image_size"], **o["table"])
-        state.data, state.task, state.task_reason = prepared.dataset, prepared.task, prepared.task_reason
-        return
+        try:
+            prepared = load_data_for(state.model, path, o["task"], o["channels"], o["image_size"], **o["table"])
+        except ShapeError as exc:
+            if o["task"] != "auto":
+                raise
+            # Model and data may arrive in either order: the data still load, the model panel shows why
+            # they do not fit (session.model.mismatch) and Adapt stays off until they do.
+            mismatch = str(exc)
+        else:
+            state.data, state.task, state.task_reason = prepared.dataset, prepared.task, prepared.task_reason
+            return
     # No model yet: read as the data say; the task is settled when a model arrives.
     p = Path(path)
     extra: dict[str, Any] = dict(o["table"])
@@ -129,7 +138,8 @@ def _read_data(state: WorkerState) -> None:
         extra["classification"] = True
     data = load_dataset(p, **extra)
     state.data, state.task = data, "classification" if data.is_classification else "regression"
-    state.task_reason = "from the data alone (no model loaded yet)"
+    state.task_reason = ("from the data alone (no model loaded yet)" if mismatch is None
+                         else f"from the data alone: the model does not fit them ({mismatch})")
 
 
 def _dense_jacobian(model: nn.Module, subset: ParamSubset) -> bool:

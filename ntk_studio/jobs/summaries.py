@@ -15,6 +15,7 @@ from ntk_studio.core.data.dataset import Dataset
 from ntk_studio.core.errors import DataLoadError, ShapeError, UnsupportedExportError
 from ntk_studio.core.finetune import predict
 from ntk_studio.core.pipeline import check_exportable
+from ntk_studio.safe_io import open_regular
 from ntk_studio.core.models import check_model
 
 PREVIEW_ROWS = 50  # rows of the data preview table
@@ -121,7 +122,7 @@ def points_1d(model: nn.Module, data: Dataset, adapt: Dataset, grid_points: int 
 def table_columns(path: Path) -> dict[str, Any]:
     """Return a table file's column names and first rows (text), for choosing target and features."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, DataLoadError, "table file") as f:  # a FIFO or device never hangs the worker
             head = f.read(SNIFF_BYTES)
     except OSError as exc:
         raise DataLoadError(f"Cannot read {path}: {exc.strerror or exc}.") from None
