@@ -55,7 +55,7 @@ def test_sine_regression_is_identical_in_job_cli_and_library(tmp_path, capsys):
         _same(metrics, lib_m["fine-tuned"])
     assert fit["hyper"]["fitted"] and fit["noise"] == pytest.approx(lib.hyper["noise"], rel=TOL)
     # The unadapted model is scored by the one rule: its own residual variance on the adaptation rows.
-    assert lib.record("unadapted").extra["scored_as"].startswith("Gaussian, variance = own mean squared residual")
+    assert lib.record("unadapted").extra["scored_as"] == "Gaussian, var = own adaptation MSE"
 
 
 def test_user_cnn_classification_is_identical_in_job_cli_and_library(tmp_path, capsys):

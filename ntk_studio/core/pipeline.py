@@ -39,7 +39,7 @@ MIN_RESIDUAL_VAR = 1e-12  # a point predictor that fits the adaptation rows exac
 METHODS = ("linearized", "fine-tuned", "ensemble")
 PLAN_ITEMSIZE = 8  # solves run in float64
 LINEARIZED_NAMES = {"regression": "linearized GP", "classification": "linearized classifier"}
-POINT_RULE = "Gaussian, variance = own mean squared residual on the adaptation rows"
+POINT_RULE = "Gaussian, var = own adaptation MSE"  # short form of SCORING_RULE for point predictors
 
 __all__ = [
     "METHODS", "PRIOR_VAR_GRID", "SCORING_RULE", "PreparedData", "RunResult", "RunSettings", "fine_tune_iter",
