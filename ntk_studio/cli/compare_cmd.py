@@ -9,6 +9,7 @@ from pathlib import Path
 from .adapt import add_data_arguments, add_method_arguments, load_inputs, print_header, print_hyper, run_settings
 from .arg_types import nonnegative_int, positive_float, positive_int
 from .output import write_json
+from .progress import progress_bar
 
 
 def add_parser(sub) -> None:
@@ -35,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_run(model, data, settings)
     train, test = split(data.dataset, settings)
     print_header(data, plan, len(train), len(test))
-    result = run(model, data, settings, ("linearized", "fine-tuned", "ensemble"))
+    with progress_bar(not args.quiet) as on_event:
+        result = run(model, data, settings, ("linearized", "fine-tuned", "ensemble"), on_event=on_event)
     print(format_table(result.records))
     print_hyper(result)
     print(f"scoring: {SCORING_RULE}")

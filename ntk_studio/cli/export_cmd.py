@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .adapt import add_data_arguments, add_method_arguments, load_inputs, print_header, run_settings
 from .output import write_json
+from .progress import progress_bar
 
 DTYPES = ("float64", "float32")
 
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from ntk_studio.core.data import Standardizer
     from ntk_studio.core.errors import DataLoadError
     from ntk_studio.core.export import export_predictor
-    from ntk_studio.core.pipeline import check_exportable, fit_linearized_iter, plan_run, split
+    from ntk_studio.core.pipeline import check_exportable, drain, fit_linearized_iter, plan_run, split
 
     if args.onnx is None and args.native is None:
         raise DataLoadError("Nothing to write: give --onnx FILE and/or --native FILE.")
@@ -49,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         train = stats.transform(train)
     if not args.quiet:
         print_header(data, plan_run(model, data, settings), len(train), len(test))
-    predictor = _drain(fit_linearized_iter(model, data.task, train, settings))
+    with progress_bar(not args.quiet) as on_event:
+        predictor = drain(fit_linearized_iter(model, data.task, train, settings), on_event)
     if not args.quiet:
         print_hyper_of(predictor, data.task, settings)
     if not args.quiet:
@@ -69,14 +71,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, {**report.to_json(), "inputs": info})
     return 0
-
-
-def _drain(gen):
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
 
 
 def print_hyper_of(predictor, task: str, settings) -> None:

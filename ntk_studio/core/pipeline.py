@@ -42,7 +42,7 @@ LINEARIZED_NAMES = {"regression": "linearized GP", "classification": "linearized
 POINT_RULE = "Gaussian, var = own adaptation MSE"  # short form of SCORING_RULE for point predictors
 
 __all__ = [
-    "METHODS", "PRIOR_VAR_GRID", "SCORING_RULE", "PreparedData", "RunResult", "RunSettings", "fine_tune_iter",
+    "METHODS", "PRIOR_VAR_GRID", "SCORING_RULE", "PreparedData", "RunResult", "RunSettings", "drain", "fine_tune_iter",
     "fit_linearized_iter", "load_data_for", "plan_run", "prepare", "resolve_task", "run", "run_split", "score_linearized",
     "score_point", "settings_for", "split",
 ]
@@ -139,7 +139,8 @@ def fit_linearized_iter(
     return fitted
 
 
-def _drain(gen: Generator, on_event: Callable | None = None):
+def drain(gen: Generator, on_event: Callable | None = None):
+    """Return what a job generator returns, passing each event it yields to `on_event`."""
     while True:
         try:
             event = next(gen)
@@ -269,10 +270,10 @@ def run_split(
         # Untimed tiny fit first: the first torch.func call in a process warms up ~1.5 s of machinery,
         # which would otherwise be charged to whichever method runs first.
         warm = adapt.subset(range(min(2, len(adapt))))
-        _drain(fit_linearized_iter(model, task, warm, settings.replace(fit_hyper=False)))
+        drain(fit_linearized_iter(model, task, warm, settings.replace(fit_hyper=False)))
     fitted, hyper, finetuned, plan = None, {}, None, None
     if "linearized" in methods:
-        fitted, t_fit = _timed(lambda: _drain(fit_linearized_iter(model, task, adapt, settings, cancel, device,
+        fitted, t_fit = _timed(lambda: drain(fit_linearized_iter(model, task, adapt, settings, cancel, device,
                                                                   shard, checkpoint), on_event))
         start = time.perf_counter()
         rec, preds["linearized"] = score_linearized(fitted, task, test, 0.0)
@@ -281,7 +282,7 @@ def run_split(
         hyper = hyper_info(fitted, adapt, settings, task)
         plan = fitted.plan
     if "fine-tuned" in methods:
-        finetuned, t_ft = _timed(lambda: _drain(fine_tune_iter(model, task, adapt, settings, cancel=cancel, device=device)))
+        finetuned, t_ft = _timed(lambda: drain(fine_tune_iter(model, task, adapt, settings, cancel=cancel, device=device)))
         rec, preds["fine-tuned"] = score_finetuned(finetuned, task, adapt, test, t_ft)
         records.append(rec)
     if "ensemble" in methods and settings.ensemble > 0:
