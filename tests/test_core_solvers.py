@@ -140,3 +140,14 @@ def test_gpytorch_failures_in_the_hyperparameter_search_leave_as_solver_errors()
         gp.fit_hyperparameters(iters=2)
     assert (gp.prior_var, gp.noise) == (1.0, 0.1)
     torch.testing.assert_close(gp.predict(X[:3])[0], before, rtol=0, atol=0)
+
+
+def test_both_predictors_report_their_training_solve_as_a_solve_info():
+    X, y = _classification()
+    clf = LinearizedClassifier(two_output(), space="weight", solver="cg").fit(X, y)
+    info, m = clf.solve_info, clf.map_info
+    assert info.solver == "newton/cg" and info.converged and info.iterations == m.iterations
+    assert info.residual == m.grad_norm <= clf.grad_tol and info.products == m.cg_iterations > 0
+    Xr, yr = _regression()
+    gp = LinearizedGP(MODELS["mlp"](), space="weight", solver="cg").fit(Xr, yr)
+    assert gp.solve_info.solver == "cg" and gp.solve_info.converged and gp.solve_info.residual <= gp.cg_tol
