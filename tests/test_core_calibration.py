@@ -159,6 +159,18 @@ def test_default_predictive_matches_monte_carlo_with_many_samples():
     assert float((p - mc).abs().max()) <= 4e-3
 
 
+def test_exported_posterior_carries_the_covariance_scale():
+    from ntk_studio.core.export.posterior import posterior_from_classifier
+
+    X, y = problem()
+    Xs = problem(6, seed=4)[0]
+    clf = LinearizedClassifier(three_class(), prior_var=2.0).fit(X, y)
+    clf.cov_scale = 0.03
+    post = posterior_from_classifier(clf)
+    cov = post.gradient_covariance(clf.lm.jacobian(Xs))
+    torch.testing.assert_close(cov, clf.predict_logits(Xs)[1], rtol=1e-9, atol=1e-12)
+
+
 def test_laplace_bridge_ignores_a_shared_logit_shift_and_tends_to_softmax_when_certain():
     g = torch.Generator().manual_seed(0)
     mean = torch.randn(6, 4, generator=g, dtype=torch.float64)

@@ -215,7 +215,7 @@ def test_cnn_classifier_export(tmp_path):
         assert rel(cov, ref_cov) <= VERIFY_RTOL
     meta = read_onnx_metadata(report.onnx_path)
     assert json.loads(meta["class_names"]) == ["a", "b", "c"]
-    assert meta["probability_method"] == "probit"
+    assert meta["probability_method"] == "pairwise"  # 'auto' for every class count (docs/calibration.md)
 
 
 # ---------------------------------------------------------------------------------- refusals
