@@ -8,9 +8,9 @@ import pyqtgraph as pg
 from ..numbers import fmt
 
 from .log_axis import LogAxis
-from .style import BACKGROUND, FOREGROUND, GP_COLOR, SMALL_POINT, curve_data, pen, style
+from .style import BACKGROUND, FOREGROUND, GP_COLOR, SMALL_POINT, curve_data, pen, set_title, style
 
-X_LABELS = {"cg": "matrix-vector products", "cholesky": "products (direct solve)", "newton": "Newton iteration"}
+X_LABELS = {"cg": "matrix-vector products", "cholesky": "products (direct solve)", "newton": "Newton report (rate-limited: not every iteration)"}
 Y_LABELS = {"newton": "relative gradient norm"}
 DEFAULT_Y = "relative residual ‖Ax − b‖/‖b‖"
 TITLE = "Solver convergence"
@@ -43,7 +43,7 @@ class ConvergencePlot(pg.PlotWidget):
         self.curve.setData([], [])
         self.message.setText("")
         self.note = ""
-        self.setTitle(TITLE, color=FOREGROUND)
+        set_title(self, TITLE)
 
     def set_convergence(self, info: dict) -> None:
         """Show a payload's ``convergence``: solver name, points [products, residual], iterations."""
@@ -56,12 +56,12 @@ class ConvergencePlot(pg.PlotWidget):
         self.setLabel("bottom", X_LABELS.get(solver, X_LABELS["cg"]), color=FOREGROUND)
         self.setLabel("left", Y_LABELS.get(solver, DEFAULT_Y), color=FOREGROUND)
         bottom = self.getAxis("bottom")
-        if solver == "newton":  # whole iterations: no 0.5 ticks
+        if solver == "newton":  # whole reports: no 0.5 ticks
             step = max(1, int(np.ceil(len(points) / MAX_INTEGER_TICKS)))
             bottom.setTickSpacing(step, step)
         else:
             bottom.setTickSpacing()
-        if solver == "cholesky" or len(points) < 2:
+        if solver == "cholesky":
             # A direct solve has no iterations: one dot on an iteration axis says nothing; say it in words.
             self.curve.setData([], [])
             self.message.setText(DIRECT_NOTE.format(solver=solver, residual=last))
@@ -72,13 +72,13 @@ class ConvergencePlot(pg.PlotWidget):
             self.curve.setData(points[keep, 0], points[keep, 1])
             self.note = f"{solver}: {len(points)} steps, final {last}"
             total = info.get("iterations")
-            if solver == "newton" and total is not None and int(total) != len(points) - 1:
-                # With the s² evidence search the classifier is fitted several times; the plot keeps the
-                # first fit's steps, the log reports the last fit's.
-                self.note = f"newton: {len(points) - 1} iterations, final {last}"
-                self.setLabel("bottom", f"Newton iteration (first fit of the s² search; the last took {int(total)})",
-                              color=FOREGROUND)
-        self.setTitle(f"{TITLE} — {self.note}", color=FOREGROUND)
+            if solver == "newton":
+                # The worker keeps the first fit's reports (the s² search fits again); the count of the
+                # final fit's iterations comes with the payload.
+                self.note = f"newton: {len(points)} reports, final {last}"
+                if total is not None:
+                    self.note += f"; final fit {int(total)} iterations"
+        set_title(self, f"{TITLE} — {self.note}")
 
     def curve_data(self) -> tuple[np.ndarray, np.ndarray]:
         """Return (work, residual) shown."""

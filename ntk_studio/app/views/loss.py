@@ -8,7 +8,7 @@ import numpy as np
 import pyqtgraph as pg
 
 from .log_axis import LogAxis
-from .style import BACKGROUND, FINETUNED_COLOR, FOREGROUND, LINE_WIDTH, curve_data, pen, style
+from .style import BACKGROUND, FINETUNED_COLOR, FOREGROUND, LINE_WIDTH, curve_data, pen, set_title, style
 
 LOSS_NAMES = {"regression": "training loss (MSE)", "classification": "training loss (cross-entropy)"}
 MARKER_SIZE = 4
@@ -68,7 +68,7 @@ class LossPlot(pg.PlotWidget):
         title = TITLE if self._epochs else f"{TITLE} (runs with Adapt)"
         if title != self._title:  # a title change relays out the plot: only when it changes
             self._title = title
-            self.setTitle(title, color=FOREGROUND)
+            set_title(self, title)
         if self._losses:
             # Whole decades, moved only when the loss leaves them: the log axis (labels and grid, the
             # costly part of a repaint) is then redrawn a few times per run, not at every update.

@@ -46,7 +46,22 @@ def style(plot: pg.PlotWidget, title: str, x_label: str, y_label: str) -> None:
     plot.setLabel("bottom", x_label, color=FOREGROUND)
     plot.setLabel("left", y_label, color=FOREGROUND)
     plot.showGrid(x=True, y=True, alpha=GRID_ALPHA)
+    set_title(plot, title)
+
+
+def set_title(plot: pg.PlotWidget, title: str) -> None:
+    """Set the plot's title without letting its length set the plot's minimum width.
+
+    pyqtgraph makes the title's width a minimum of the plot; a long title once shown kept the plot
+    wider than its widget (the right part cut off) after the title got shorter again.
+    """
     plot.setTitle(title, color=FOREGROUND)
+    label = plot.getPlotItem().titleLabel
+    label.setMinimumWidth(0)
+    item = plot.getPlotItem()
+    rect = item.geometry()
+    if plot.width() > 0 and rect.width() > plot.width():  # back to the widget's width
+        item.setGeometry(rect.x(), rect.y(), plot.width(), rect.height())
 
 
 def legend(plot: pg.PlotWidget, offset: tuple[int, int]) -> pg.LegendItem:
