@@ -288,3 +288,12 @@ def test_split_is_redetected_when_a_module_is_replaced():
     assert a.prefix is not first.prefix
     assert rel(a.forward(X), b.forward(X)) < TOL
     assert rel(a.jacobian(X), b.jacobian(X)) < TOL
+
+
+def test_features_changed_in_place_are_not_served_again():
+    model = mlp()
+    X = torch.randn(6, 4, dtype=torch.float64)
+    lm = LinearizedModel(model, "last:1")
+    Z = lm._inputs(lm.prepare(X))
+    Z.mul_(3.0)  # e.g. a suffix that modifies its input in place
+    assert rel(lm.forward(X), LinearizedModel(model, "last:1", prefix=False).forward(X)) < TOL

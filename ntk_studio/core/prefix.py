@@ -249,6 +249,7 @@ class _Entry:
     sources: list[tuple[weakref.ref, int]]  # tensors known to hold `inputs` (identity / view lookups)
     inputs: torch.Tensor  # a private copy of it (equality lookups, verification of views)
     features: torch.Tensor
+    features_version: int  # an in-place change of the features (by a suffix) retires the entry
 
     @property
     def nbytes(self) -> int:
@@ -291,6 +292,8 @@ class FeatureCache:
 
     @staticmethod
     def _match(e: _Entry, X: torch.Tensor) -> torch.Tensor | None:
+        if e.features._version != e.features_version:
+            return None
         e.sources = [(r, v) for r, v in e.sources if r() is not None]
         for r, v in e.sources:
             if r() is X and X._version == v:
@@ -315,7 +318,8 @@ class FeatureCache:
         if inputs.nbytes + Z.nbytes > self.max_bytes:
             return
         entry = _Entry(
-            weakref.ref(model), key, [(weakref.ref(t), v) for t, v in state], [(weakref.ref(X), X._version)], inputs, Z
+            weakref.ref(model), key, [(weakref.ref(t), v) for t, v in state], [(weakref.ref(X), X._version)], inputs, Z,
+            Z._version,
         )
         self._entries.append(entry)
         while len(self._entries) > self.max_entries or sum(e.nbytes for e in self._entries) > self.max_bytes:
