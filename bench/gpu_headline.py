@@ -95,9 +95,11 @@ def run(device: torch.device, mode: str, log=print, emit=common.emit) -> dict:
             emit(**stage)
             log(f"headline pilot prediction ({PILOT} points): {pilot_s:.2f} s")
             (mean, var), pred_s = common.timed(lambda: gp.predict(Xs), device)
-            total = time.perf_counter() - start
+            wall = time.perf_counter() - start
+            total = fit_s + pred_s  # what a user waits for: the fit and one prediction of all test points
             v = var.double().reshape(-1)
-            stage = {"predict_s": round(pred_s, 2), "total_s": round(total, 2), "peak_mib": meter.peak_mib(),
+            stage = {"predict_s": round(pred_s, 2), "total_s": round(total, 2), "wall_s": round(wall, 2),
+                     "peak_mib": meter.peak_mib(),
                      "var_min": float(v.min()), "var_max": float(v.max()),
                      "var_nonpositive": int((v <= 0).sum()),
                      "prior_var_bound_ok": bool((v <= prob.PRIOR_VAR * gp.kernels.diag(Xs).double().reshape(-1) + 1e-9).all()),
@@ -105,7 +107,7 @@ def run(device: torch.device, mode: str, log=print, emit=common.emit) -> dict:
                      "status": "ok"}
             out.update(stage)
             emit(**stage)
-            log(f"headline total: {total:.1f} s")
+            log(f"headline fit + predict: {total:.1f} s ({wall:.1f} s with the pilot and checks)")
     except Exception as exc:  # noqa: BLE001 — the distance to the headline is the result
         out.update(status="oom" if common.is_oom(exc) else "error", reason=common.describe_exc(exc),
                    failed_after_s=round(time.perf_counter() - start, 1))
@@ -114,7 +116,7 @@ def run(device: torch.device, mode: str, log=print, emit=common.emit) -> dict:
 
 
 def table(result: dict) -> str:
-    head = ["n", "P", "test points", "dtype", "route", "fit", f"predict ({PILOT} pts)", "predict (all)", "total",
+    head = ["n", "P", "test points", "dtype", "route", "fit", f"predict ({PILOT} pts)", "predict (all)", "fit + predict (all)",
             "peak MiB", "under 60 s", "status"]
     r = result
     status = r.get("status", "?")
