@@ -66,8 +66,23 @@ def add_method_arguments(p: argparse.ArgumentParser, title: str):
     g.add_argument("--noise", type=positive_float,
                    help="noise variance σ² (start value; default 0.1 × variance of the adaptation targets)")
     g.add_argument("--fit-hyper", action=argparse.BooleanOptionalAction, default=None,
-                   help="fit s² and σ² by marginal likelihood / s² by Laplace evidence (default: on)")
+                   help="fit the hyperparameters (regression: s², σ² by marginal likelihood; classification: "
+                        "the engine's selection of s²) (default: on)")
     return g
+
+
+def add_device_argument(g) -> None:
+    """Add --device (adapt and compare; export fits on the CPU so the file does not depend on a GPU)."""
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the CPU; a distributed run uses its rank's)")
+
+
+def device_of(args: argparse.Namespace, shard=None):
+    """Return the torch device from --device (or the distributed rank's device, else None: the CPU)."""
+    if getattr(args, "device", None):
+        from ntk_studio.core.device import resolve_device
+
+        return resolve_device(args.device)
+    return getattr(shard, "device", None) if shard is not None and shard.world_size > 1 else None
 
 
 def add_parser(sub) -> None:
@@ -79,6 +94,7 @@ def add_parser(sub) -> None:
         help="standardize inputs with statistics of the adaptation split (only if the model expects that)",
     )
     gp = add_method_arguments(p, "linearized model")
+    add_device_argument(gp)
     gp.add_argument("--space", default="auto", choices=["auto", "function", "weight"])
     gp.add_argument("--solver", default="auto", choices=["auto", "cholesky", "cg"])
     out = p.add_argument_group("output")
@@ -254,6 +270,7 @@ def _run(args: argparse.Namespace, shard) -> int:
 
     # Every rank loads the same data and runs the same program; only rank 0 talks and writes.
     writer = shard.is_writer
+    device = device_of(args, shard)  # a bad --device fails before any loading
     model, data, info, defaults, _ = load_inputs(args)
     settings = run_settings(args, defaults)
     if args.standardize_x:
@@ -270,7 +287,8 @@ def _run(args: argparse.Namespace, shard) -> int:
     if args.checkpoint:
         checkpoint = Checkpoint(args.checkpoint, interval_s=args.checkpoint_interval, writer=writer)
     with progress_bar(writer and not args.quiet) as on_event:
-        result = run(model, data, settings, ("linearized",), on_event=on_event, shard=shard, checkpoint=checkpoint)
+        result = run(model, data, settings, ("linearized",), on_event=on_event, device=device,
+                     shard=shard, checkpoint=checkpoint)
     if not writer:
         return 0
     if shard.world_size > 1:

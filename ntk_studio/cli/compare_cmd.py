@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .adapt import add_data_arguments, add_method_arguments, load_inputs, print_header, print_hyper, run_settings
+from .adapt import (
+    add_data_arguments, add_device_argument, add_method_arguments, device_of, load_inputs, print_header, print_hyper,
+    run_settings,
+)
 from .arg_types import nonnegative_int, positive_float, positive_int
 from .output import write_json
 from .progress import progress_bar
@@ -16,7 +19,7 @@ def add_parser(sub) -> None:
     """Register the compare subcommand."""
     p = sub.add_parser("compare", help="compare the linearized GP/classifier with fine-tuning on the same split")
     add_data_arguments(p)
-    add_method_arguments(p, "linearized model")
+    add_device_argument(add_method_arguments(p, "linearized model"))
     ft = p.add_argument_group("fine-tuning (the same parameters; defaults: the example's, else 300 / 1e-3 / 32)")
     ft.add_argument("--epochs", type=positive_int, help="fine-tuning epochs")
     ft.add_argument("--lr", type=positive_float, help="fine-tuning learning rate (Adam)")
@@ -31,13 +34,15 @@ def run(args: argparse.Namespace) -> int:
     from ntk_studio.core.comparison import format_table
     from ntk_studio.core.pipeline import SCORING_RULE, plan_run, run, split
 
+    device = device_of(args)  # a bad --device fails before any loading
     model, data, info, defaults, _ = load_inputs(args)
     settings = run_settings(args, defaults)
     plan = plan_run(model, data, settings)
     train, test = split(data.dataset, settings)
     print_header(data, plan, len(train), len(test))
     with progress_bar(not args.quiet) as on_event:
-        result = run(model, data, settings, ("linearized", "fine-tuned", "ensemble"), on_event=on_event)
+        result = run(model, data, settings, ("linearized", "fine-tuned", "ensemble"), on_event=on_event,
+                     device=device)
     print(format_table(result.records))
     print_hyper(result)
     print(f"scoring: {SCORING_RULE}")

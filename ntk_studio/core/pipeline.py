@@ -76,12 +76,27 @@ class RunResult:
         metrics = {"unadapted": self.record("unadapted").metrics}
         if any(r.method == LINEARIZED_NAMES[self.task] for r in self.records):
             metrics["gp"] = self.record("linearized").metrics  # the key older readers use
-        return {"task": self.task, "task_reason": self.task_reason, "settings": self.settings.to_dict(),
-                "n_adapt": self.n_adapt, "n_test": self.n_test,
-                "plan": None if self.plan is None else self.plan.describe(),
-                "route": None if self.plan is None else f"{self.plan.space}/{self.plan.solver}",
-                "hyper": self.hyper, "scoring_rule": SCORING_RULE,
-                "metrics": metrics, "records": [r.to_dict() for r in self.records], "notes": self.notes}
+        out = {"task": self.task, "task_reason": self.task_reason, "settings": self.settings.to_dict(),
+               "n_adapt": self.n_adapt, "n_test": self.n_test,
+               "plan": None if self.plan is None else self.plan.describe(),
+               "route": None if self.plan is None else f"{self.plan.space}/{self.plan.solver}",
+               "hyper": self.hyper, "scoring_rule": SCORING_RULE,
+               "metrics": metrics, "records": [r.to_dict() for r in self.records], "notes": self.notes}
+        if self.fitted is not None:
+            out["gp"] = self.fit_info()  # the key older readers use for the linearized model's details
+        return out
+
+    def fit_info(self) -> dict[str, Any]:
+        """Return the linearized fit's route, size, hyperparameters, solver residual and ranks."""
+        f = self.fitted
+        info = {"route": f"{f.plan.space}/{f.plan.solver}", "plan": f.plan.describe(), "kernel_path": f.kernels.path,
+                "num_params": f.lm.num_params, "prior_var": f.prior_var, "n_train": self.n_adapt,
+                "n_test": self.n_test, "ranks": f.lm.shard.world_size}
+        if self.task == "classification":
+            return {**info, "residual": f.map_info.grad_norm, "iterations": f.map_info.iterations}
+        solve = f.solve_info
+        return {**info, "noise": f.noise, "residual": solve.residual if solve else None,
+                "iterations": solve.iterations if solve else 0}
 
 
 def split(ds: Dataset, settings: RunSettings) -> tuple[Dataset, Dataset]:
