@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds or (1 if args.quick else 3)
     model, pool = source_model()
     results = []
+    out = args.out or RESULTS / ("calibration_quick.json" if args.quick else "calibration.json")
     for shift in args.shifts:
         for per_class in args.labels:
             for seed in range(seeds):
@@ -189,8 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name, r in res.items():
                     print(f"  {name:34s} acc {r['accuracy']:.3f} nll {r['nll']:.3f} brier {r['brier']:.3f} "
                           f"ece {r['ece']:.3f}  {r.get('prior_var', '')} {r.get('cov_scale', '')}", flush=True)
-    out = args.out or RESULTS / ("calibration_quick.json" if args.quick else "calibration.json")
-    out.write_text(json.dumps(results, indent=1, default=str))
+                out.write_text(json.dumps(results, indent=1, default=str))  # after every case
     print(f"wrote {out}")
     return 0
 
