@@ -122,3 +122,15 @@ def test_markdown_has_a_table_per_step(run):
 def test_bad_device_is_refused(tmp_path, capsys):
     assert gpu_check.main(["--device", "tpu", "--out", str(tmp_path)]) == 2
     assert "auto, cpu, cuda" in capsys.readouterr().err
+
+
+def test_steps_in_child_processes_as_on_the_gpu(tmp_path):
+    """The GPU run puts each step in a child process with a hard time limit: the same plumbing here."""
+    assert gpu_check.main(["--device", "cpu", "--tiny", "--out", str(tmp_path), "--only", "device", "lean"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert list(results["steps"]) == ["device", "lean"]
+    assert results["steps"]["device"]["status"] == "ok" and results["steps"]["device"]["seconds"] > 0
+    lean = results["steps"]["lean"]
+    assert lean["status"] == "ok" and lean["engine_var_max_rel"] < 1e-9
+    assert (tmp_path / "logs" / "lean.log").exists() and (tmp_path / "lean.json").exists()
+    assert "## Headline by the lean exact route" in (tmp_path / "results.md").read_text()
