@@ -313,7 +313,7 @@ def _checked(part: str, entry: dict[str, Any], base: Path, warnings: list[str], 
     return path
 
 
-def _code_to_run(model: dict[str, Any], path: Path, base: Path, warnings: list[str]) -> list[CodeToRun]:
+def _code_to_run(model: dict[str, Any], path: Path, base: Path) -> list[CodeToRun]:
     code: list[CodeToRun] = []
     arch = model.get("arch")
     if arch:
@@ -377,7 +377,7 @@ def load_project(path: str | Path, progress=None) -> Project:
             entry["path"] = str(located)
             entry.pop("relative_path", None)
             if part == "model":
-                code = _code_to_run(entry, located, base, warnings)
+                code = _code_to_run(entry, located, base)
                 entry["trust_pickle"] = False  # only the person, asked at open time, sets it
                 entry.pop("needs_pickle", None)
                 entry.pop("arch_sha256", None)
