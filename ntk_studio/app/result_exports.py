@@ -140,7 +140,14 @@ class ResultExports(QObject):
     def save_plot(self, path: str | Path, widget: QWidget | None = None) -> Path:
         """Save ``widget`` (default: the plot on screen) as PNG or SVG by the suffix of ``path``; return it."""
         widget = widget or self.window.view.current_plot()
-        data = plot_svg(widget) if str(path).lower().endswith(".svg") else plot_png(widget)
+        plot_item = widget.getPlotItem() if hasattr(widget, "getPlotItem") else None
+        if plot_item is not None:
+            plot_item.hideButtons()  # pyqtgraph's auto-range "A" button is not part of the figure
+        try:
+            data = plot_svg(widget) if str(path).lower().endswith(".svg") else plot_png(widget)
+        finally:
+            if plot_item is not None:
+                plot_item.showButtons()
         written = write_atomic(path, data)
         self.window._log(f"saved plot {written}")
         return written
