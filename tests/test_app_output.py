@@ -77,3 +77,15 @@ def test_project_mime_type_is_declared_everywhere():
         assert PROJECT_MIME in lines["MimeType"].split(";") and lines["Exec"].endswith(" %f")
     meta = ET.parse(ROOT / "resources" / "org.ntkstudio.NTKStudio.metainfo.xml").getroot()
     assert PROJECT_MIME in {m.text for m in meta.iter("mediatype")}
+
+
+def test_recent_entries_say_what_they_are(tmp_path):
+    from ntk_studio.app.recent import describe_recent
+
+    project = tmp_path / "runs" / "week1.ntkproj"
+    project.parent.mkdir()
+    project.write_bytes(b"x" * 2048)
+    text, tip = describe_recent(str(project))
+    assert text == "week1.ntkproj — project in runs" and "2 KiB" in tip and str(project) in tip
+    assert describe_recent(str(tmp_path))[0].endswith("image folder in " + tmp_path.parent.name)
+    assert describe_recent(str(tmp_path / "gone.pt"))[0] == "gone.pt — missing"

@@ -14,7 +14,7 @@ from PySide6.QtCore import QThread, Signal
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from .project import CodeToRun, Project, ProjectError, load_project, save_project
-from .recent import forget, recent_files, remember
+from .recent import describe_recent, forget, recent_files, remember
 from .session import DATA_SUFFIXES, MODEL_SUFFIXES, PROJECT_SUFFIX, Inputs, file_kind
 
 STATUS_MS = 0  # status messages stay until replaced
@@ -131,7 +131,9 @@ class FileActions:
         self.project_path = Path(path)
         remember(self.store, str(Path(path).resolve()))
         self.inputs = Inputs()
-        steps = [{"cmd": cmd, "args": args, "project": True} for cmd, args in project.inputs.load_steps()]
+        # Each file load carries the SHA-256 the project recorded: the worker refuses a file changed since
+        # the check above (a ModelLoadError/DataLoadError naming it, shown in a dialog), nothing is loaded.
+        steps = [{"cmd": cmd, "args": args, "project": True} for cmd, args in project.load_steps()]
         self._start("load", steps)
 
     def allow_code(self, code: list[CodeToRun]) -> bool:
@@ -198,7 +200,11 @@ class FileActions:
         if not paths:
             self.recent_menu.addAction("(none)").setEnabled(False)
         for path in paths:
-            self._action(self.recent_menu, path, self._recent_action).setData(path)
+            text, tip = describe_recent(path)
+            action = self._action(self.recent_menu, text, self._recent_action, tip=tip)
+            action.setToolTip(tip)
+            action.setData(path)
+        self.recent_menu.setToolTipsVisible(True)
 
     def _example_action(self) -> None:
         self.load_example(self.sender().data())

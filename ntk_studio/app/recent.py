@@ -12,6 +12,8 @@ from typing import Any
 
 from ntk_studio.user_settings import load_settings, save_settings
 
+from .numbers import fmt_bytes
+
 RECENT_KEY = "recent_files"
 SPLITTER_KEY = "results_splitter"
 MAX_RECENT = 10
@@ -69,3 +71,29 @@ def forget(store: Store, path: str) -> list[str]:
     paths = [p for p in recent_files(store) if p != path]
     store.set(RECENT_KEY, paths)
     return paths
+
+
+KINDS = {"project": "project", "model": "model file", "data": "data"}
+
+
+def describe_recent(path: str) -> tuple[str, str]:
+    """Return (menu text, tooltip) for a recent path: its name, what it is and where, when it was saved.
+
+    Reads only the file system's metadata: a project's contents are checked when it is opened.
+    """
+    from datetime import datetime
+
+    from .session import file_kind
+
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        return f"{p.name} — missing", f"{path}\n(no longer there: choosing it removes it from the list)"
+    is_dir = p.is_dir()
+    kind = KINDS.get(file_kind(path, is_dir) or "", "file")
+    if is_dir:
+        kind = "image folder"
+    when = datetime.fromtimestamp(st.st_mtime).strftime("%Y-%m-%d %H:%M")
+    size = "" if is_dir else f", {fmt_bytes(st.st_size)}"
+    return f"{p.name} — {kind} in {p.parent.name or p.parent}", f"{path}\n{kind}{size}, saved {when}"
