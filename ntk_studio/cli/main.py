@@ -69,11 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from ntk_studio.core.errors import NTKStudioError
+    from ntk_studio.core.warning_capture import solver_warnings_to
 
     torch.set_num_threads(max(1, args.threads))
     try:
         outputs = output.check_outputs(args)  # before any work: an output never overwrites an input
-        with _env(ARCH_TIMEOUT_ENV, str(getattr(args, "arch_timeout", DEFAULT_ARCH_TIMEOUT_S))), \
+        with solver_warnings_to(_print_warning), \
+                _env(ARCH_TIMEOUT_ENV, str(getattr(args, "arch_timeout", DEFAULT_ARCH_TIMEOUT_S))), \
                 output.committed_together(outputs):
             code = args.run(args)
             if code:
@@ -107,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: internal error ({type(exc).__name__}: {first}); this is a bug in NTK Studio. Rerun with "
               "--debug for the traceback and report it.", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _print_warning(fields: dict[str, str]) -> None:
+    """Print one engine SolverWarning (jitter, clamped variances, a best-effort solve) as one line."""
+    print(f"warning: {fields['message']}", file=sys.stderr, flush=True)
 
 
 class _Failed(Exception):
