@@ -17,6 +17,9 @@ SERIES = (("unadapted", PRETRAINED_COLOR, "pretrained (unadapted)", "t"),
           ("gp", GP_COLOR, "linearized classifier", "o"))
 
 
+EMPTY_NOTE = "Adapt shows each held-out example's predicted class probabilities here."
+
+
 class ClassProbView(QWidget):
     """P(class k) per held-out example, examples sorted by true class then by the classifier's P(k)."""
 
@@ -33,6 +36,9 @@ class ClassProbView(QWidget):
         self.truth = self.plot.plot([], [], pen=pen(FOREGROUND, 1, style=Qt.PenStyle.DashLine), name="true class is k")
         self.series = {key: self.plot.plot([], [], pen=None, symbol=symbol, symbolSize=SMALL_POINT, symbolBrush=color,
                                            symbolPen=None, name=name) for key, color, name, symbol in SERIES}
+        self.message = pg.TextItem(EMPTY_NOTE, color=FOREGROUND, anchor=(0.5, 0.5))
+        self.message.setParentItem(self.plot.getViewBox())
+        self.plot.getViewBox().sigResized.connect(self._place_message)
         top = QHBoxLayout()
         top.addWidget(QLabel("Class k:"))
         top.addWidget(self.class_box, 1)
@@ -42,6 +48,9 @@ class ClassProbView(QWidget):
         layout.addWidget(self.plot, 1)
         self._labels = np.zeros(0, dtype=int)
         self._probs: dict[str, np.ndarray] = {}
+
+    def _place_message(self, *_: object) -> None:
+        self.message.setPos(self.plot.getViewBox().boundingRect().center())
 
     def _class_changed(self, _index: int) -> None:
         self._redraw()
@@ -75,7 +84,9 @@ class ClassProbView(QWidget):
 
     def _redraw(self) -> None:
         k = max(self.class_box.currentIndex(), 0)
-        if len(self._labels) == 0 or not self._probs:
+        empty = len(self._labels) == 0 or not self._probs
+        self.message.setVisible(empty)  # before a run: say what will appear, not an empty frame
+        if empty:
             for item in (self.truth, *self.series.values()):
                 item.setData([], [])
             return
