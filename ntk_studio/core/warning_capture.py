@@ -21,9 +21,14 @@ def warning_fields(message: Warning) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def solver_warnings_to(handler: Callable[[dict[str, str]], None]) -> Iterator[None]:
-    """Within the block, call ``handler(warning_fields(w))`` for every SolverWarning, once per message."""
-    seen: set[tuple[str, str]] = set()
+def solver_warnings_to(handler: Callable[[dict[str, str]], None],
+                       seen: set[tuple[str, str]] | None = None) -> Iterator[None]:
+    """Within the block, call ``handler(warning_fields(w))`` for every SolverWarning, once per message.
+
+    ``seen`` holds the (category, message) pairs already handed on; pass the same set to several
+    blocks to keep "once per message" across them.
+    """
+    seen = set() if seen is None else seen
     with warnings.catch_warnings():
         previous = warnings.showwarning
         warnings.simplefilter("always", SolverWarning)  # ours to deduplicate, not the registry's

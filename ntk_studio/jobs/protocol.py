@@ -35,7 +35,7 @@ import numpy as np
 from ntk_studio.errors import NTKStudioError
 from ntk_studio.pipeline_defaults import DEFAULT_SETTINGS as _D  # the one set of run defaults (torch-free)
 
-EVENT_TYPES = ("started", "progress", "epoch", "result", "error", "cancelled")
+EVENT_TYPES = ("started", "progress", "epoch", "warning", "result", "error", "cancelled")  # warning: {message, category}
 TERMINAL_TYPES = frozenset({"result", "error", "cancelled"})
 # Commands answered by the reading loop itself, never queued behind a running job.
 IMMEDIATE_COMMANDS = frozenset({"ping", "cancel", "shutdown"})
@@ -54,7 +54,8 @@ COMMANDS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "shutdown": {},
     "cancel": {"job": ((str,), _REQUIRED)},
     "load_example": {"name": ((str,), _REQUIRED)},
-    "load_model": {"path": ((str,), _REQUIRED), "arch": ((str, type(None)), None), "trust_pickle": ((bool,), False)},
+    "load_model": {"path": ((str,), _REQUIRED), "arch": ((str, type(None)), None), "trust_pickle": ((bool,), False),
+                   "expected_sha256": ((str, type(None)), None)},  # a project's recorded hash: mismatch = error
     "load_data": {
         "path": ((str,), _REQUIRED),
         "target": ((str, type(None)), None),  # a table without a target answers with its columns
@@ -63,6 +64,7 @@ COMMANDS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
         "task": ((str,), "auto"),  # auto | regression | classification (core.pipeline_data.resolve_task)
         "channels": ((int, type(None)), None),  # image channels to read (None: the model's first conv)
         "image_size": ((list, type(None)), None),  # [H, W] to resize images to (None: their own size)
+        "expected_sha256": ((str, type(None)), None),  # a project's recorded hash (image folder: manifest)
     },
     "plan": {**_SPLIT, "params": ((str,), "all"), "space": ((str,), "auto"), "solver": ((str,), "auto")},
     "fit_gp": {

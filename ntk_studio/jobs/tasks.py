@@ -1,6 +1,7 @@
 """The jobs a worker runs, as generators over the warm :class:`WorkerState`, by command name.
 
-Each job yields ``(event type, payload)`` pairs and returns the result payload; it raises
+Each job yields ``(event type, payload)`` pairs (``warning`` events among them, see
+:mod:`.warning_events`) and returns the result payload; it raises
 :class:`~ntk_studio.core.errors.Cancelled` when its cancel token fires. No protocol I/O happens
 here, so the jobs can be driven in-process (tests, a thread) as well as by the worker's loop.
 """
@@ -15,8 +16,9 @@ from .export_task import export_job
 from .fit_tasks import JobGen, finetune_job, fit_gp_job, plot_inputs, trajectory_job
 from .load_tasks import load_data_job, load_example_job, load_model_job, plan_job
 from .state import WorkerState
+from .warning_events import forward_warnings
 
-JOBS: dict[str, Callable[[WorkerState, dict, CancelToken], JobGen]] = {
+_JOBS: dict[str, Callable[[WorkerState, dict, CancelToken], JobGen]] = {
     "load_example": load_example_job,
     "load_model": load_model_job,
     "load_data": load_data_job,
@@ -26,5 +28,7 @@ JOBS: dict[str, Callable[[WorkerState, dict, CancelToken], JobGen]] = {
     "trajectory": trajectory_job,
     "export": export_job,
 }
+# Every job forwards the engine's SolverWarnings as ("warning", {"message", "category"}) events.
+JOBS = {name: forward_warnings(job) for name, job in _JOBS.items()}
 
 __all__ = ["JOBS", "JobGen", "WorkerState", "plot_inputs"]
