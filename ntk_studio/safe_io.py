@@ -20,6 +20,7 @@ from ntk_studio.errors import NTKStudioError
 CHUNK_BYTES = 1024 * 1024
 NEW_FILE_MODE = 0o666  # before the umask, as open(2) callers conventionally ask (mkstemp would give 0600)
 TEMP_ATTEMPTS = 100
+SHA256_HEX_DIGITS = 64
 HEAD_BYTES = 4096  # how much of a file is shown to the person deciding whether it may run
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"))
@@ -101,6 +102,20 @@ def sha256_file(path: str | Path, error: type[NTKStudioError], what: str = "file
             if progress is not None:
                 progress(done, total)
     return digest.hexdigest()
+
+
+def check_sha256(actual: str, expected: str | None, path: str | Path, error: type[NTKStudioError],
+                 what: str = "file") -> None:
+    """Raise ``error`` naming ``path`` when ``expected`` (a SHA-256, e.g. the one a project recorded) is given
+    and differs from ``actual``, the hash of the very bytes about to be parsed; None checks nothing."""
+    if expected is None:
+        return
+    want = expected.strip().lower() if isinstance(expected, str) else expected
+    if not isinstance(want, str) or len(want) != SHA256_HEX_DIGITS or any(c not in "0123456789abcdef" for c in want):
+        raise error(f"The expected SHA-256 for the {what} {path} is not 64 hex digits ({expected!r:.80}).")
+    if actual != want:
+        raise error(f"The {what} {path} changed since its SHA-256 was recorded (it is now {actual[:16]}…, "
+                    f"expected {want[:16]}…). Nothing was loaded; open the file itself if the change is expected.")
 
 
 def head(path: str | Path, error: type[NTKStudioError], what: str = "file", size: int = HEAD_BYTES) -> bytes:

@@ -76,6 +76,18 @@ class Project:
     warnings: list[str] = field(default_factory=list)  # e.g. an input file found only by its absolute path
     code_to_run: list[CodeToRun] = field(default_factory=list)  # to be allowed by the person before loading
 
+    def load_steps(self) -> list[tuple[str, dict[str, Any]]]:
+        """Return the worker commands that load this project's inputs, each file's load carrying the SHA-256
+        the project recorded (``expected_sha256``; an image folder's manifest): the worker hashes the very
+        bytes it parses, so a file swapped after :func:`load_project` checked it is refused, never loaded."""
+        steps = []
+        for cmd, args in self.inputs.load_steps():
+            part = {"load_model": self.inputs.model, "load_data": self.inputs.data}.get(cmd)
+            if part is not None:
+                args = {**args, "expected_sha256": part.get("sha256")}
+            steps.append((cmd, args))
+        return steps
+
 
 # Schema of format version 1: key -> (accepted types, required). Unknown keys are refused.
 _STR, _OPT_STR, _BOOL = (str,), (str, type(None)), (bool,)
@@ -178,7 +190,8 @@ def _stored_inputs(inputs: Inputs, base: Path) -> dict[str, Any]:
                 d["model"]["arch_sha256"] = sha256_file(arch_path, ProjectError, "architecture file")
     for part in ("model", "data"):
         if d.get(part):
-            d[part] = dict(d[part], relative_path=_relative(d[part]["path"], base))
+            entry = {k: v for k, v in d[part].items() if k != "expected_sha256"}  # a load step's argument
+            d[part] = dict(entry, relative_path=_relative(entry["path"], base))
     return d
 
 
@@ -299,12 +312,13 @@ def _located(part: str, entry: dict[str, Any], base: Path, warnings: list[str]) 
 def _checked(part: str, entry: dict[str, Any], base: Path, warnings: list[str], progress) -> Path:
     """Return the located input file after checking its bytes against the SHA-256 the project recorded."""
     path = _located(part, entry, base, warnings)
-    if path.is_dir():  # an image folder: its manifest hash is compared once the worker has read it
-        return path
     recorded = entry.get("sha256")
     if not recorded:
-        raise ProjectError(f"The project names the {part} file {path.name} without its SHA-256, so it cannot "
-                           "be checked before loading. Open the file itself instead of the project.")
+        what = "image folder" if path.is_dir() else "file"
+        raise ProjectError(f"The project names the {part} {what} {path} without its SHA-256, so it cannot "
+                           f"be checked before loading. Open the {what} itself instead of the project.")
+    if path.is_dir():  # an image folder: the worker checks its manifest hash on the very bytes it decodes
+        return path
     actual = sha256_file(path, ProjectError, f"{part} file", progress=progress)
     if actual != recorded:
         raise ProjectError(f"The {part} file {path} changed since the project was saved (its SHA-256 is "

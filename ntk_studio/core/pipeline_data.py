@@ -188,15 +188,22 @@ def prepare(model: nn.Module, ds: Dataset, task: str = "auto", channels: int | N
 
 
 def load_data_for(model: nn.Module, path: str | Path, task: str = "auto", channels: int | None = None,
-                  image_size: tuple[int, int] | None = None, **table_options: Any) -> PreparedData:
-    """Return the data file at `path` read and shaped for `model` (images: its channels and size)."""
+                  image_size: tuple[int, int] | None = None, expected_sha256: str | None = None,
+                  **table_options: Any) -> PreparedData:
+    """Return the data file at `path` read and shaped for `model` (images: its channels and size).
+
+    With `expected_sha256` (a project's recorded hash; an image folder's manifest) the bytes parsed must
+    hash to it: DataLoadError naming the file otherwise, nothing loaded."""
     p = Path(path)
+    if expected_sha256 is not None:
+        table_options = {**table_options, "expected_sha256": expected_sha256}
     if p.is_dir():
         want = _check_channel_override(model, channels) or RGB
         if want not in CHANNEL_MODES:
             raise ShapeError(f"The model expects {want} input channels; image folders are read as 1 (grayscale) "
                              "or 3 (RGB) channels.")
-        ds = load_dataset(p, channels=want, size=image_size)
+        digest = {} if expected_sha256 is None else {"expected_sha256": expected_sha256}
+        ds = load_dataset(p, channels=want, size=image_size, **digest)
     elif p.suffix.lower() in ARRAY_EXTENSIONS:
         ds = load_dataset(p, **table_options)
     else:

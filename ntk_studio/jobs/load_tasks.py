@@ -63,7 +63,9 @@ def load_example_job(state: WorkerState, args: dict, cancel: CancelToken) -> Job
 
 def load_model_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
     """Load a model file; return its format, SHA-256, notes and the session (data kept)."""
-    loaded = load_model(args["path"], arch=args["arch"], trust_pickle=args["trust_pickle"])
+    # expected_sha256 (sent when a project is opened): the bytes loaded must be the bytes the project recorded.
+    loaded = load_model(args["path"], arch=args["arch"], trust_pickle=args["trust_pickle"],
+                        expected_sha256=args.get("expected_sha256"))
     cancel.raise_if_cancelled()
     state.forget_fits()
     state.model, state.model_source, state.model_sha256 = loaded.module, str(loaded.path), loaded.sha256
@@ -95,7 +97,7 @@ def load_data_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen
         task = "classification"
     size = args.get("image_size")
     options = {"task": task, "channels": args.get("channels"), "image_size": tuple(size) if size else None,
-               "table": table}
+               "table": table, "sha256": args.get("expected_sha256")}  # re-checked on every re-read
     previous = (state.data_source, state.data, state.task, state.task_reason, state.example)
     state.data_source, state.example = (str(path), options), None
     try:
@@ -119,7 +121,8 @@ def _read_data(state: WorkerState) -> None:
     mismatch = None
     if state.model is not None:
         try:
-            prepared = load_data_for(state.model, path, o["task"], o["channels"], o["image_size"], **o["table"])
+            prepared = load_data_for(state.model, path, o["task"], o["channels"], o["image_size"],
+                                     expected_sha256=o.get("sha256"), **o["table"])
         except ShapeError as exc:
             if o["task"] != "auto":
                 raise
@@ -132,6 +135,8 @@ def _read_data(state: WorkerState) -> None:
     # No model yet: read as the data say; the task is settled when a model arrives.
     p = Path(path)
     extra: dict[str, Any] = dict(o["table"])
+    if o.get("sha256") is not None:
+        extra["expected_sha256"] = o["sha256"]
     if p.is_dir():
         extra.update(channels=o["channels"] or 3, size=o["image_size"])
     elif o["task"] == "classification":

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ntk_studio.safe_io import read_regular
+from ntk_studio.safe_io import check_sha256, read_regular
 
 from ..errors import DataLoadError
 
@@ -24,11 +24,13 @@ MAX_DATA_FILE_BYTES = 8 * 1024**3
 MAX_IMAGE_FILE_BYTES = 256 * 1024**2
 
 
-def read_file(path: str | Path, extensions: Sequence[str], kind: str) -> tuple[Path, bytes, str]:
+def read_file(path: str | Path, extensions: Sequence[str], kind: str,
+              expected_sha256: str | None = None) -> tuple[Path, bytes, str]:
     """Return (path, bytes, SHA-256 hex) of a readable, non-empty file with an allowed extension.
 
     The file is read exactly once, in binary, so that the hash describes the very bytes that
-    are parsed and the input is never opened for writing.
+    are parsed and the input is never opened for writing. With ``expected_sha256`` a file whose
+    bytes hash otherwise is a DataLoadError before anything parses them.
     """
     p = Path(path)
     if p.suffix.lower() not in extensions:
@@ -40,9 +42,11 @@ def read_file(path: str | Path, extensions: Sequence[str], kind: str) -> tuple[P
         raise DataLoadError(f"No such file: {str(p)!r}. Check the path and try again.")
     # Regular files only (a FIFO would block, /dev/zero never ends), and at most the size limit.
     data = read_regular(p, DataLoadError, f"{kind} file", MAX_DATA_FILE_BYTES)
+    digest = hashlib.sha256(data).hexdigest()
+    check_sha256(digest, expected_sha256, p, DataLoadError, "data file")
     if not data or data.isspace():
         raise DataLoadError(f"{p.name!r} is empty. Choose a {kind} file that contains data.")
-    return p, data, hashlib.sha256(data).hexdigest()
+    return p, data, digest
 
 
 def listing(items: Iterable[object], limit: int = MAX_LISTED) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ntk_studio.safe_io import open_regular
+from ntk_studio.safe_io import check_sha256, open_regular, sha256_file
 
 from ..errors import DataLoadError
 from ._common import MAX_DATA_FILE_BYTES, MAX_LISTED, listing
@@ -315,10 +315,21 @@ def _planned(header: list[str], delim: str, name: str, plan: Plan | None) -> tup
     return list(dict.fromkeys(columns)), list(text)
 
 
-def scan_table(path: str | Path, delimiter: str | None, plan: Plan | None, min_rows: int) -> TableScan:
-    """Return the planned columns of the table at ``path``, read in a streaming pass (two, when needed)."""
+def scan_table(path: str | Path, delimiter: str | None, plan: Plan | None, min_rows: int,
+               expected_sha256: str | None = None) -> TableScan:
+    """Return the planned columns of the table at ``path``, read in a streaming pass (two, when needed).
+
+    With ``expected_sha256`` the streamed bytes' hash must match it (DataLoadError naming the file
+    otherwise); a file that fails to parse and also hashes otherwise is reported as changed.
+    """
     p = Path(path)
-    scan, collector = _read_pass(p, delimiter, plan, None, min_rows)
+    try:
+        scan, collector = _read_pass(p, delimiter, plan, None, min_rows)
+    except DataLoadError:
+        if expected_sha256 is not None:
+            check_sha256(sha256_file(p, DataLoadError, "data file"), expected_sha256, p, DataLoadError, "data file")
+        raise
+    check_sha256(scan.sha256, expected_sha256, p, DataLoadError, "data file")
     if collector.late_text:
         again, _ = _read_pass(p, delimiter, plan, set(collector.late_text), min_rows)
         if again.sha256 != scan.sha256:

@@ -30,14 +30,15 @@ FORMAT_ERRORS = (Exception,)
 
 
 def load_arrays(
-    path: str | Path, target_key: str = "y", feature_key: str = "X", classification: bool = False
+    path: str | Path, target_key: str = "y", feature_key: str = "X", classification: bool = False,
+    expected_sha256: str | None = None,
 ) -> Dataset:
     """Return the arrays at `path` as a Dataset: X (n, ...) and y (n,) or (n, K).
 
     `.npz` reads `feature_key` and `target_key`; `.npy` holds one 2-D array whose last column
     is the target. With `classification`, y (1-D, integer-valued) becomes class indices.
     """
-    p, data, digest = read_file(path, SUPPORTED_EXTENSIONS, "array (.npz/.npy)")
+    p, data, digest = read_file(path, SUPPORTED_EXTENSIONS, "array (.npz/.npy)", expected_sha256)
     notes: list[str] = []
     if p.suffix.lower() == ".npy":
         arr = _read_npy(data, p.name)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ntk_studio.safe_io import read_regular
+from ntk_studio.safe_io import check_sha256, read_regular
 
 from ..errors import DataLoadError
 from ._common import MAX_IMAGE_FILE_BYTES, MIN_ROWS, listing
@@ -31,12 +31,15 @@ HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 IGNORED_DIRS = frozenset({"__MACOSX", "__pycache__"})
 
 
-def load_image_folder(path: str | Path, size: tuple[int, int] | None = None, channels: int = 3) -> Dataset:
+def load_image_folder(path: str | Path, size: tuple[int, int] | None = None, channels: int = 3,
+                      expected_sha256: str | None = None) -> Dataset:
     """Return the images under `path` (one subfolder per class) as float32 X (n, C, H, W) in [0, 1].
 
     `size` is (height, width), the model's input; images are resized to it (aspect ratio not
     kept). Without it all images must share one size. y holds int64 indices into the sorted
     class (subfolder) names; `sha256` hashes the sorted list of (relative path, file SHA-256).
+    With `expected_sha256` (e.g. what a project recorded) every file is read and hashed first and the
+    manifest compared before any image is decoded: a changed folder is a DataLoadError naming it.
     """
     if channels not in CHANNEL_MODES:
         raise DataLoadError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}.")
@@ -51,19 +54,25 @@ def load_image_folder(path: str | Path, size: tuple[int, int] | None = None, cha
             f"({' '.join(SUPPORTED_EXTENSIONS)}). Add images or remove the empty folder(s)."
         )
 
-    arrays, labels, rels = [], [], []
+    # Read and hash every file first (each exactly once), check the manifest, only then decode those bytes.
+    raw: list[tuple[int, str, bytes]] = []
     manifest = hashlib.sha256()
-    frames = 0
     for label, c in enumerate(classes):
         for f in files[c][0]:
             rel = f.relative_to(root).as_posix()
             data = _read(f, rel)
             manifest.update(f"{rel}\0{hashlib.sha256(data).hexdigest()}\n".encode())
-            arr, multi = _decode(data, rel, CHANNEL_MODES[channels], hw)
-            frames += multi
-            arrays.append(arr)
-            labels.append(label)
-            rels.append(rel)
+            raw.append((label, rel, data))
+    check_sha256(manifest.hexdigest(), expected_sha256, root, DataLoadError, "image folder")
+    arrays, labels, rels = [], [], []
+    frames = 0
+    for i, (label, rel, data) in enumerate(raw):
+        raw[i] = (label, rel, b"")  # the encoded bytes are dropped as they are decoded
+        arr, multi = _decode(data, rel, CHANNEL_MODES[channels], hw)
+        frames += multi
+        arrays.append(arr)
+        labels.append(label)
+        rels.append(rel)
     if len(arrays) < MIN_ROWS:
         raise DataLoadError(f"{str(root)!r} holds {len(arrays)} image; at least {MIN_ROWS} are needed.")
     if hw is None:

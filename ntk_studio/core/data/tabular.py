@@ -25,11 +25,13 @@ def load_table(
     delimiter: str | None = None,
     group_column: str | None = None,
     classification: bool = False,
+    expected_sha256: str | None = None,
 ) -> Dataset:
     """Return the table at `path` as a Dataset: float64 X (n, d) and y (n,) or (n, K).
 
     A single target name gives y of shape (n,); a list of names gives (n, K). With
     `classification`, the one target becomes int64 class indices and `class_names` is set.
+    With `expected_sha256`, the bytes read must hash to it (DataLoadError naming the file otherwise).
     """
     p = Path(path)
     if classification and not isinstance(target, str) and len(_names(target, "target")) != 1:
@@ -44,7 +46,7 @@ def load_table(
         text = ([targets[0]] if classification else []) + ([group_column] if group_column is not None else [])
         return [*targets, *feats], text
 
-    table = scan_table(p, delimiter, plan, MIN_ROWS)
+    table = scan_table(p, delimiter, plan, MIN_ROWS, expected_sha256)
     targets, feats = _resolve_columns(table.header, target, features, group_column, p.name, table.delimiter)
     notes, lines = table.notes, table.lines
     cells = _ColumnCells(table)

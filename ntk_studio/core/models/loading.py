@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ntk_studio.safe_io import read_regular
+from ntk_studio.safe_io import check_sha256, read_regular
 
 from ..errors import ModelLoadError, NTKStudioError, UntrustedPickleError
 from .architecture import load_architecture, load_state_dict_strict, unwrap_checkpoint
@@ -249,11 +249,17 @@ def _to_eval(module: nn.Module) -> list[str]:
     ]
 
 
-def load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = False) -> LoadedModel:
-    """Return the model in `path` loaded in eval mode, with its format, SHA-256 and notes."""
+def load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = False,
+               expected_sha256: str | None = None) -> LoadedModel:
+    """Return the model in `path` loaded in eval mode, with its format, SHA-256 and notes.
+
+    With ``expected_sha256`` (e.g. the hash a project recorded) the bytes read are hashed and compared
+    before anything parses them: a file swapped since it was checked is a ModelLoadError, never loaded.
+    """
     path = Path(path).expanduser()
     data = _read(path)
     digest = hashlib.sha256(data).hexdigest()
+    check_sha256(digest, expected_sha256, path, ModelLoadError, "model file")
     kind = _sniff(path, data)
     if kind is None:
         raise _unreadable(path, data)
