@@ -321,3 +321,23 @@ def test_window_stops_on_an_image_folder_changed_after_saving(qtbot, tmp_path, m
         assert win.inputs.data is None and not win.session.get("data")
     finally:
         win.close()
+
+
+def test_data_opened_with_a_task_saves_and_reopens(tmp_path):
+    table = _table(tmp_path / "d.csv")
+    # what the window records after open_data (its args, incl. the Data tab's task) plus the worker's hash
+    data = {"path": str(table), "target": "y", "features": None, "task": "regression", "channels": None,
+            "image_size": None, "expected_sha256": sha256(table), "sha256": sha256(table)}
+    project = load_project(save_project(tmp_path / "p.ntkproj", Project(Inputs(data=data))))
+    ((cmd, args),) = project.load_steps()
+    assert cmd == "load_data" and args["task"] == "regression" and args["expected_sha256"] == sha256(table)
+    state = WorkerState()
+    run(state, cmd, **args)
+    assert state.data is not None
+
+
+def test_project_with_an_unknown_task_is_refused(tmp_path):
+    table = _table(tmp_path / "d.csv")
+    entry = {"path": str(table), "relative_path": "d.csv", "sha256": sha256(table), "task": "__import__"}
+    with pytest.raises(ProjectError, match="task"):
+        load_project(write_project(tmp_path / "p.ntkproj", project_header({"data": entry})))

@@ -21,6 +21,7 @@ from typing import Any
 from ntk_studio import __version__
 from ntk_studio.errors import NTKStudioError
 from ntk_studio.jobs.protocol import loads_bounded
+from ntk_studio.pipeline_defaults import TASK_CHOICES
 from ntk_studio.safe_io import head, inside, open_regular, read_regular, sha256_file, temp_beside
 
 from .session import PROJECT_SUFFIX, Inputs
@@ -101,7 +102,8 @@ SCHEMA_V1 = {
               "sha256": (_OPT_STR, False), "arch_sha256": (_OPT_STR, False), "needs_pickle": (_BOOL, False),
               "trust_pickle": ((bool, type(None)), False)},  # read from old files and ignored
     "data": {"path": (_STR, True), "relative_path": (_OPT_STR, False), "target": (_NAMES, False),
-             "features": (_NAMES, False), "classification": (_BOOL, False), "sha256": (_OPT_STR, False)},
+             "features": (_NAMES, False), "classification": (_BOOL, False), "sha256": (_OPT_STR, False),
+             "task": (_OPT_STR, False)},  # auto | regression | classification (the Data tab's choice)
 }
 
 
@@ -125,6 +127,9 @@ def _check_fields(d: Any, schema: str, where: str, path: Path) -> dict[str, Any]
             raise ProjectError(f"{path.name} is damaged: {where}.{key} must list column names (text).")
         if key.endswith("sha256") and value is not None and not SHA256_RE.match(value):
             raise ProjectError(f"{path.name} is damaged: {where}.{key} is not a SHA-256 (64 hex digits).")
+        if key == "task" and value is not None and value not in TASK_CHOICES:
+            raise ProjectError(f"{path.name} is damaged: {where}.task must be one of {', '.join(TASK_CHOICES)}, "
+                               f"not {value!r:.60}.")
     return d
 
 
@@ -190,7 +195,9 @@ def _stored_inputs(inputs: Inputs, base: Path) -> dict[str, Any]:
                 d["model"]["arch_sha256"] = sha256_file(arch_path, ProjectError, "architecture file")
     for part in ("model", "data"):
         if d.get(part):
-            entry = {k: v for k, v in d[part].items() if k != "expected_sha256"}  # a load step's argument
+            # Only what the schema knows is stored (a load step's other arguments, e.g. expected_sha256, are
+            # not part of a project), so every project written here opens again.
+            entry = {k: v for k, v in d[part].items() if k in SCHEMA_V1[part] and k != "relative_path"}
             d[part] = dict(entry, relative_path=_relative(entry["path"], base))
     return d
 
