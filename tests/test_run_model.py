@@ -195,3 +195,15 @@ def test_records_parse_missing_and_odd_fields():
     assert rec.prior_var is None and rec.wall_time is None and rec.task == "regression"
     with pytest.raises(KeyError):
         parse_result("bogus", {})
+
+
+def test_engine_warnings_are_logged_and_the_run_goes_on():
+    model, worker, _ = _model()
+    _load(model, worker)
+    logged, warned = [], []
+    model.logged.connect(logged.append)
+    model.warned.connect(warned.append)
+    model.run(RUN_STEPS, {}, epochs=10)
+    model.handle({"id": worker.last[0], "type": "warning", "message": "CG stopped at residual 1e-3", "category": "x"})
+    assert warned == ["warning: CG stopped at residual 1e-3"] and logged[-1].endswith(warned[0])
+    assert model.running and worker.last[1] == "fit_gp"

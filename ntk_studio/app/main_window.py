@@ -270,7 +270,7 @@ class MainWindow(FileActions, QMainWindow):
 
     def _connect_model(self) -> None:
         m = self.model
-        for name in ("started", "progress", "epoch", "result", "failed", "cancelled"):
+        for name in ("started", "progress", "epoch", "result", "failed", "cancelled", "warning"):
             getattr(self.bridge, name).connect(lambda _job, event: self.model.handle(event))
         m.busy_changed.connect(lambda busy: busy and self._set_busy(True))
         m.progress_changed.connect(self._show_progress)
@@ -285,6 +285,7 @@ class MainWindow(FileActions, QMainWindow):
         m.finished.connect(self._finished)
         m.failed.connect(self._failed)
         m.plan_due.connect(self.request_plan)
+        m.warned.connect(lambda text: self.statusBar().showMessage(text, STATUS_MS))
 
     # ------------------------------------------------------------------ user actions
     def load_example(self, name: str) -> None:

@@ -141,6 +141,7 @@ class RunModel:
         self.cleared = Notifier()  # (why: 'run' | 'inputs') the previous results are no longer valid
         self.finished = Notifier()  # (chain, ok, message, project) a load/run/export chain ended
         self.failed = Notifier()  # (chain, kind, message, details)
+        self.warned = Notifier()  # (text) the engine warned and the job went on
         self.plan_due = Notifier()  # () settings changed while busy, or new inputs: a fresh estimate is due
 
     # ------------------------------------------------------------------ state
@@ -324,7 +325,8 @@ class RunModel:
             return
         kind = event.get("type")
         handler = {"started": self._on_started, "progress": self._on_progress, "epoch": self._on_epoch,
-                   "result": self._on_result, "error": self._on_failed, "cancelled": self._on_cancelled}.get(kind)
+                   "result": self._on_result, "error": self._on_failed, "cancelled": self._on_cancelled,
+                   "warning": self._on_warning}.get(kind)
         if handler is not None:
             handler(event)
 
@@ -339,6 +341,11 @@ class RunModel:
         if event.get("progress") is not None:
             self._report(self.step.cmd, float(event["progress"]), stage)
         self.logged.emit(f"[{self.job}] {stage}: {event.get('message') or ''}".rstrip(": "))
+
+    def _on_warning(self, event: dict[str, Any]) -> None:
+        text = f"warning: {event.get('message') or ''}"
+        self.logged.emit(f"[{self.job}] {text}")
+        self.warned.emit(text)
 
     def _on_epoch(self, event: dict[str, Any]) -> None:
         if self.stopping:

@@ -52,13 +52,15 @@ class WorkerBridge(QObject):
     result = Signal(str, dict)
     failed = Signal(str, dict)
     cancelled = Signal(str, dict)
+    warning = Signal(str, dict)  # an engine warning the job went on after (e.g. a best-effort solve)
 
     def __init__(self, client: WorkerClient | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.client = client or WorkerClient()
         self.commands: dict[str, str] = {}  # job id -> command, so listeners know what a result is
         self._signals = {"started": self.started, "progress": self.progress, "epoch": self.epoch,
-                         "result": self.result, "error": self.failed, "cancelled": self.cancelled}
+                         "result": self.result, "error": self.failed, "cancelled": self.cancelled,
+                         "warning": self.warning}
         self.ranks = 1
         self._restart_base = 0  # restarts of workers this bridge replaced (use_ranks)
         self._reader = self._start_reader()
