@@ -54,20 +54,26 @@ def load_image_folder(path: str | Path, size: tuple[int, int] | None = None, cha
             f"({' '.join(SUPPORTED_EXTENSIONS)}). Add images or remove the empty folder(s)."
         )
 
-    # Read and hash every file first (each exactly once), check the manifest, only then decode those bytes.
-    raw: list[tuple[int, str, bytes]] = []
+    # Every file is read exactly once and hashed into the manifest. With an expected hash all files are read
+    # first and the manifest checked before any image is decoded; without one each is decoded as it is read.
     manifest = hashlib.sha256()
-    for label, c in enumerate(classes):
-        for f in files[c][0]:
-            rel = f.relative_to(root).as_posix()
-            data = _read(f, rel)
-            manifest.update(f"{rel}\0{hashlib.sha256(data).hexdigest()}\n".encode())
-            raw.append((label, rel, data))
-    check_sha256(manifest.hexdigest(), expected_sha256, root, DataLoadError, "image folder")
+
+    def read_all():
+        for label, c in enumerate(classes):
+            for f in files[c][0]:
+                rel = f.relative_to(root).as_posix()
+                data = _read(f, rel)
+                manifest.update(f"{rel}\0{hashlib.sha256(data).hexdigest()}\n".encode())
+                yield label, rel, data
+
+    raw = read_all()
+    if expected_sha256 is not None:
+        read = list(raw)[::-1]
+        check_sha256(manifest.hexdigest(), expected_sha256, root, DataLoadError, "image folder")
+        raw = (read.pop() for _ in range(len(read)))  # the encoded bytes are dropped as they are decoded
     arrays, labels, rels = [], [], []
     frames = 0
-    for i, (label, rel, data) in enumerate(raw):
-        raw[i] = (label, rel, b"")  # the encoded bytes are dropped as they are decoded
+    for label, rel, data in raw:
         arr, multi = _decode(data, rel, CHANNEL_MODES[channels], hw)
         frames += multi
         arrays.append(arr)
