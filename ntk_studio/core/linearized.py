@@ -89,12 +89,7 @@ class LinearizedModel:
     def _init_prefix(self, enabled: bool) -> None:
         self.prefix: _prefix.Split | None = None
         self._prefix_features: int | None = None
-        if not enabled:
-            self._prefix_reason = "turned off"
-        elif len(self.theta) == sum(1 for _ in self.model.parameters()):
-            self._prefix_reason = "every parameter is linearized"
-        else:
-            self.prefix, self._prefix_reason = _prefix.find_split(self.model, self.subset.names)
+        self.prefix, self._prefix_reason = _prefix.choose_split(self.model, self.subset.names, enabled)
         if self.prefix is not None:
             self._prefix_state = [(t, t._version) for t in self.prefix.state]
             self._prefix_checked = False
@@ -109,13 +104,7 @@ class LinearizedModel:
     @property
     def prefix_note(self) -> str:
         """Return one line for the plan: the frozen prefix that is cached, or why there is none."""
-        if self.prefix is None:
-            return f"no frozen prefix: {self._prefix_reason}"
-        size = f"{self._prefix_features:,}" if self._prefix_features is not None else "(after the first data)"
-        return (
-            f"frozen prefix cached: {size} features per input ({self.prefix.route} split "
-            f"{self.prefix.boundary}; {self.prefix.frozen_numel:,} frozen parameters run once per input)"
-        )
+        return _prefix.describe(self.prefix, self._prefix_reason, self._prefix_features)
 
     def _drop_prefix(self, reason: str) -> None:
         self.prefix, self._prefix_reason = None, reason

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..pipeline_defaults import NOISE_FRACTION, SCORING_RULE, RunSettings, settings_for
+from . import prefix as _prefix
 from .classify import LinearizedClassifier
 from .comparison import ComparisonRecord, classification_record, regression_record
 from .data import adaptation_split
@@ -130,8 +131,11 @@ def plan_run(model: nn.Module, data: PreparedData, settings: RunSettings,
     K = model_outputs(model, adapt.X)
     modules = dict(model.named_modules())
     dense = not all(isinstance(modules.get(name), nn.Linear) for name in subset.modules())
-    return make_plan(len(adapt), K, subset.numel, settings.space, settings.solver, memory_budget,
+    plan = make_plan(len(adapt), K, subset.numel, settings.space, settings.solver, memory_budget,
                      itemsize=PLAN_ITEMSIZE, dense_jacobian=dense)
+    cut, why = _prefix.choose_split(model, subset.names)
+    features = None if cut is None else _prefix.features_per_input(cut, adapt.X)
+    return replace(plan, prefix_note=_prefix.describe(cut, why, features))
 
 
 def fit_linearized_iter(

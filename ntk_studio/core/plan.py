@@ -29,6 +29,7 @@ class Plan:
     est_products: int
     budget_bytes: int
     reason: str
+    prefix_note: str = ""  # the frozen-prefix route: "frozen prefix cached: …" or "no frozen prefix: <why>"
 
     @property
     def size(self) -> int:
@@ -41,6 +42,7 @@ class Plan:
             f"{self.space}-space {self.solver}: system {self.size:,}×{self.size:,}, "
             f"~{_fmt_bytes(self.est_bytes)} (budget {_fmt_bytes(self.budget_bytes)}), "
             f"~{self.est_products:,} product columns — {self.reason}"
+            + (f"; {self.prefix_note}" if self.prefix_note else "")
         )
 
 

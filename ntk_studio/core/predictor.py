@@ -8,6 +8,8 @@ checks at construction) lives here once.
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -131,11 +133,12 @@ class LinearizedPredictor:
     def _make_plan(self, X: torch.Tensor, n: int, K: int, rank: int, solver: str | None = None) -> Plan:
         """Return (and keep in :attr:`plan`) the route for n samples with K outputs."""
         self.kernels._decide(X)
-        self.plan = make_plan(
+        plan = make_plan(
             n, K, self.lm.num_params, self.space, solver or self.solver, self.memory_budget,
             itemsize=torch.finfo(self.lm.dtype).bits // 8, dense_jacobian=not self.kernels.use_structured,
             rank=rank, chunk=self.lm.chunk_size,
         )
+        self.plan = dataclasses.replace(plan, prefix_note=self.lm.prefix_note)
         return self.plan
 
     def fit_hyperparameters(self, X=None, y=None, cancel: CancelToken | None = None, **options):  # pragma: no cover

@@ -125,6 +125,39 @@ _SPLITS: list[tuple[weakref.ref, tuple, tuple, tuple]] = []  # (model, names, st
 SPLIT_MEMO = 8
 
 
+def choose_split(model: nn.Module, chosen_names, enabled: bool | None = None) -> tuple[Split | None, str]:
+    """Return (split, '') when a frozen prefix will be cached for this subset, else (None, why not)."""
+    if not (is_enabled() if enabled is None else enabled):
+        return None, "turned off"
+    chosen = set(chosen_names)
+    if all(n in chosen for n, _ in model.named_parameters()):
+        return None, "every parameter is linearized"
+    return find_split(model, chosen_names)
+
+
+def describe(split: Split | None, reason: str, features: int | None) -> str:
+    """Return the plan's line: the frozen prefix that is cached (``features`` per input), or why none is."""
+    if split is None:
+        return f"no frozen prefix: {reason}"
+    size = f"{features:,}" if features is not None else "(after the first data)"
+    return (
+        f"frozen prefix cached: {size} features per input ({split.route} split "
+        f"{split.boundary}; {split.frozen_numel:,} frozen parameters run once per input)"
+    )
+
+
+def features_per_input(split: Split, X: torch.Tensor) -> int | None:
+    """Return how many features the prefix gives one input of X (None when it cannot run on X)."""
+    dtype = next((t.dtype for t in split.state if t.is_floating_point()), None)
+    row = X[:1].to(dtype) if dtype is not None and X.is_floating_point() else X[:1]  # the model's own dtype
+    try:
+        with torch.no_grad(), _eval_mode(split.prefix):
+            Z = split.prefix(row)
+    except Exception:  # noqa: BLE001 - only a number for the plan; the fit verifies the split on data
+        return None
+    return int(Z[0].numel()) if torch.is_tensor(Z) and Z.dim() and Z.shape[0] == 1 else None
+
+
 def find_split(model: nn.Module, chosen_names) -> tuple[Split | None, str]:
     """Return (split, '') for the latest frozen prefix, or (None, why there is none).
 
