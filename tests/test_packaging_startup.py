@@ -176,7 +176,8 @@ def test_install_desktop_entry_flag_points_exec_at_this_launcher(capsys, home, m
         pytest.skip(f"no ntk-studio launcher next to {sys.executable} (install the project into this venv)")
     assert app_main.main(["--install-desktop-entry"]) == 0
     entry = tmp_path / "share" / "applications" / f"{resources.APP_ID}.desktop"
-    assert f"Exec={launcher.absolute()}" in entry.read_text().splitlines()
+    # The entry opens project files given by the file manager (%f, the .ntkproj MIME type).
+    assert f"Exec={launcher.absolute()} %f" in entry.read_text().splitlines()
     assert f"installed {entry}" in capsys.readouterr().out
     assert app_main.main(["--uninstall-desktop-entry"]) == 0 and not entry.exists()
 
