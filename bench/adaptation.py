@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from ntk_studio.core import FineTuneSettings, LinearizedClassifier, LinearizedGP, finetune, finetune_iter
-from ntk_studio.core.compare import PRIOR_VAR_GRID
+from ntk_studio.core.hyper import PRIOR_VAR_GRID
 from ntk_studio.core.data import adaptation_split
 from ntk_studio.core.examples.registry import load_example
-from ntk_studio.core.metrics import gaussian_nll, rmse
+from ntk_studio.core.metrics_regression import gaussian_nll, rmse
 from ntk_studio.core.metrics_classification import accuracy, categorical_nll
 
 SEED = 0

@@ -29,7 +29,7 @@ from ntk_studio.core import LinearizedGP
 from ntk_studio.core.data import adaptation_split
 from ntk_studio.core.examples.registry import load_example
 from ntk_studio.core.examples.sine import load_pretrained_sine
-from ntk_studio.core.metrics import regression_report
+from ntk_studio.core.metrics_regression import regression_report
 from ntk_studio.core.regression_hyper import SELECTIONS, choose
 from ntk_studio.pipeline_defaults import NOISE_FRACTION, settings_for
 

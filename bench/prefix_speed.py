@@ -7,7 +7,7 @@ cache (``prefix.clear_cache()``), so no timed call is answered by a previous rep
 faces (MobileNetV2 body, head of 2,562 parameters linearized; the split of bench/adaptation.py: 40
 images per class to adapt, 120 to test):
 
-* classifier, grid: the evidence search of ``core/compare.py::_best_evidence`` (a classifier at
+* classifier, grid: the evidence search the old ``core/compare.py::_best_evidence`` did (a classifier at
   s² = 1, then one fresh Cholesky classifier per s² in PRIOR_VAR_GRID: 8 fits), then the winner's
   test probabilities. ``before`` builds every LinearizedModel inside ``prefix.disabled()``.
 * classifier, engine search: ``LinearizedClassifier(...).fit(X, y).fit_hyperparameters(selection=
@@ -47,7 +47,7 @@ from ntk_studio.core import prefix  # noqa: E402
 from ntk_studio.core.examples.registry import load_example  # noqa: E402
 from ntk_studio.core.finetune import predict  # noqa: E402
 from ntk_studio.core.hyper import PRIOR_VAR_GRID  # noqa: E402
-from ntk_studio.core.metrics import rmse  # noqa: E402
+from ntk_studio.core.metrics_regression import rmse  # noqa: E402
 from ntk_studio.core.metrics_classification import accuracy  # noqa: E402
 
 FACES = Case("faces", per_class=40, params="head", epochs=100)

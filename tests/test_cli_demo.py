@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ntk_studio.cli.main import main
-from ntk_studio.core.metrics import gaussian_nll, interval_coverage, rmse
+from ntk_studio.core.metrics_regression import gaussian_nll, interval_coverage, rmse
 
 
 def test_demo_writes_metrics_and_the_gp_adapts(tmp_path, capsys):

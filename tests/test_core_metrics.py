@@ -7,26 +7,28 @@ import numpy as np
 import pytest
 import torch
 
-from ntk_studio.core.comparison import (
+from ntk_studio.core.records import (
     ComparisonRecord,
     classification_record,
     format_table,
     regression_record,
 )
 from ntk_studio.core.errors import SettingsError, ShapeError
-from ntk_studio.core.metrics import (
-    DEFAULT_CALIBRATION_LEVELS,
+from ntk_studio.core.metrics_classification import (
     accuracy,
     brier,
-    calibration_curve,
     categorical_nll,
     classification_report,
     expected_calibration_error,
+    reliability_diagram,
+)
+from ntk_studio.core.metrics_regression import (
+    DEFAULT_CALIBRATION_LEVELS,
+    calibration_curve,
     gaussian_nll,
     interval_coverage,
     mae,
     regression_report,
-    reliability_diagram,
     rmse,
 )
 

@@ -10,7 +10,7 @@ from job_runner import run
 from models import mlp, two_output
 from ntk_studio.core import LinearizedClassifier, LinearizedGP, LinearizedTrajectory
 from ntk_studio.core.errors import ModelLoadError, ShapeError
-from ntk_studio.core.metrics import calibration_curve
+from ntk_studio.core.metrics_regression import calibration_curve
 from ntk_studio.jobs.fit_tasks import trajectory_steps
 from ntk_studio.jobs.tasks import WorkerState
 

@@ -13,7 +13,7 @@ import torch
 
 from ntk_studio.core import LinearizedGP
 from ntk_studio.core.examples.registry import load_example
-from ntk_studio.core.metrics import regression_report
+from ntk_studio.core.metrics_regression import regression_report
 from ntk_studio.jobs.client import CANCEL_GRACE_S, MAX_FAILED_STARTS, WORKER_COMMAND, WorkerClient
 
 JOB_TIMEOUT_S = 60.0  # generous: a cold worker imports torch first

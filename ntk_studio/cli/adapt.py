@@ -264,7 +264,7 @@ def _run(args: argparse.Namespace, shard) -> int:
     import dataclasses
 
     from ntk_studio.core.checkpoint import Checkpoint
-    from ntk_studio.core.comparison import format_table
+    from ntk_studio.core.records import format_table
     from ntk_studio.core.data import Standardizer
     from ntk_studio.core.pipeline import SCORING_RULE, plan_run, run, split
 

@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the comparison and print the table; return the exit code."""
-    from ntk_studio.core.comparison import format_table
+    from ntk_studio.core.records import format_table
     from ntk_studio.core.pipeline import SCORING_RULE, plan_run, run, split
 
     device = device_of(args)  # a bad --device fails before any loading

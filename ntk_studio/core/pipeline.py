@@ -2,7 +2,7 @@
 
 split → fit the linearized model (GP for regression, Laplace classifier for classification),
 hyperparameters by evidence → fine-tune the same parameter subset → score every method with one
-rule → :class:`~ntk_studio.core.comparison.ComparisonRecord` per method.
+rule → :class:`~ntk_studio.core.records.ComparisonRecord` per method.
 
 How methods are scored (``SCORING_RULE``, stated once): the linearized GP by its Gaussian
 predictive (noise included); classifiers by their class probabilities; point predictors (the
@@ -23,7 +23,7 @@ from torch import nn
 from ..pipeline_defaults import NOISE_FRACTION, SCORING_RULE, RunSettings, settings_for
 from . import prefix as _prefix
 from .classify import LinearizedClassifier
-from .comparison import ComparisonRecord, classification_record, regression_record
+from .records import ComparisonRecord, classification_record, regression_record
 from .data import adaptation_split
 from .data.dataset import Dataset
 from .errors import DataLoadError, ShapeError

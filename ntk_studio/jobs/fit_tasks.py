@@ -17,7 +17,7 @@ import torch
 from ntk_studio.core import LinearizedTrajectory
 from ntk_studio.core.data.dataset import Dataset
 from ntk_studio.core.errors import MemoryBudgetError, ShapeError, SolverError
-from ntk_studio.core.metrics import calibration_curve
+from ntk_studio.core.metrics_regression import calibration_curve
 from ntk_studio.core.metrics_classification import reliability_diagram
 from ntk_studio.core.pipeline import (
     SCORING_RULE, RunSettings, fine_tune_iter, fit_linearized_iter, hyper_info, score_finetuned, score_linearized,

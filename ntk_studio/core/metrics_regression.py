@@ -1,5 +1,5 @@
-"""Metrics for predictive distributions: regression here (Gaussian mean and variance per point),
-classification in :mod:`.metrics_classification` (re-exported below).
+"""Regression metrics for Gaussian predictive distributions (mean and variance per point): RMSE,
+MAE, NLL, interval coverage, calibration. Classification metrics are in :mod:`.metrics_classification`.
 
 Tensors in, floats (or NumPy arrays of floats) out. Regression inputs have shape (m,) or (m, K);
 with K > 1 outputs every metric pools all m·K entries, as if they were m·K scalar predictions.
@@ -122,33 +122,14 @@ def regression_report(mean: torch.Tensor, var: torch.Tensor, y: torch.Tensor) ->
     return report
 
 
-# Re-exported so that one module serves every metric; the classification code lives apart to keep
-# both files short. It imports nothing from here, so there is no import cycle.
-from .metrics_classification import (  # noqa: E402
-    ReliabilityDiagram,
-    accuracy,
-    brier,
-    categorical_nll,
-    classification_report,
-    expected_calibration_error,
-    reliability_diagram,
-)
-
 __all__ = [
     "DEFAULT_CALIBRATION_LEVELS",
     "REPORT_COVERAGE_LEVELS",
     "CalibrationCurve",
-    "ReliabilityDiagram",
-    "accuracy",
-    "brier",
     "calibration_curve",
-    "categorical_nll",
-    "classification_report",
-    "expected_calibration_error",
     "gaussian_nll",
     "interval_coverage",
     "mae",
     "regression_report",
-    "reliability_diagram",
     "rmse",
 ]

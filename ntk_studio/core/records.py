@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .errors import ShapeError
-from .metrics import calibration_curve, regression_report
+from .metrics_regression import calibration_curve, regression_report
 from .metrics_classification import DEFAULT_BINS, classification_report, reliability_diagram
 
 Task = Literal["regression", "classification"]
