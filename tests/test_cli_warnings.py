@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 
-from ntk_studio.cli import demo
+from ntk_studio.cli.commands import demo
 from ntk_studio.cli.main import main
 from ntk_studio.core.errors import SolverWarning
 from ntk_studio.core.solvers import JitterWarning, NegativeVarianceWarning

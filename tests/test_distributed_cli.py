@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from ntk_studio.cli import adapt as cli_adapt
+from ntk_studio.cli.commands import adapt as cli_adapt
 from ntk_studio.cli.main import main
 from ntk_studio.core import checkpoint, distributed
 

@@ -121,7 +121,7 @@ def test_serve_reports_a_job_error_without_dying():
 
 
 def test_cli_worker_subcommand_serves_stdin(monkeypatch):
-    from ntk_studio.cli import worker_cmd
+    from ntk_studio.cli.commands import worker as worker_cmd
 
     parser = argparse.ArgumentParser()
     worker_cmd.add_parser(parser.add_subparsers(dest="command"))

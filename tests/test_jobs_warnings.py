@@ -71,3 +71,26 @@ def test_a_real_worker_sends_the_warning_before_the_result():
     assert kinds[-1] == "result" and kinds.count("warning") == 1, kinds
     warning = events[kinds.index("warning")]
     assert warning["category"] == "JitterWarning" and "jitter" in warning["message"]
+
+
+def test_a_plain_job_without_events_forwards_its_warnings_and_result():
+    def job(state, args, cancel):  # no events: a plain function returning the result
+        warnings.warn("jittered", NegativeVarianceWarning)
+        return {"done": 1}
+
+    gen = forward_warnings(job)(WorkerState(), {}, CancelToken())
+    assert next(gen) == ("warning", {"message": "jittered", "category": "NegativeVarianceWarning"})
+    with pytest.raises(StopIteration) as stop:
+        next(gen)
+    assert stop.value.value == {"done": 1}
+
+
+def test_a_failing_job_sends_its_warnings_before_the_error():
+    def job(state, args, cancel):
+        warnings.warn("clamped", NegativeVarianceWarning)
+        raise ValueError("boom")
+
+    gen = forward_warnings(job)(WorkerState(), {}, CancelToken())
+    assert next(gen)[0] == "warning"
+    with pytest.raises(ValueError, match="boom"):
+        next(gen)

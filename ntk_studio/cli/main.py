@@ -9,12 +9,14 @@ import sys
 
 from ntk_studio import __version__
 
-from . import adapt, compare_cmd, demo, export_cmd, inspect_cmd, output, predict_cmd, worker_cmd
+from . import output
+from .commands import adapt, compare, demo, export, inspect, predict, worker
 from .arg_types import positive_float, thread_count
 
 DEFAULT_THREADS = 1  # two shared cores: more intra-op threads thrash on small problems
 DEFAULT_ARCH_TIMEOUT_S = 120.0  # import + factory() of a user's architecture file, run isolated first
 ARCH_TIMEOUT_ENV = "NTK_STUDIO_ARCH_TIMEOUT_S"  # read by core.models.architecture (no torch import here)
+COMMAND_MODULES = (demo, adapt, inspect, compare, export, predict, worker)  # `--help` lists them in this order
 EXIT_INTERNAL = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -39,13 +41,8 @@ def _build_parser() -> argparse.ArgumentParser:
         return original(*a, **kw)
 
     sub.add_parser = add_parser
-    demo.add_parser(sub)
-    adapt.add_parser(sub)
-    inspect_cmd.add_parser(sub)
-    compare_cmd.add_parser(sub)
-    export_cmd.add_parser(sub)
-    predict_cmd.add_parser(sub)
-    worker_cmd.add_parser(sub)
+    for command in COMMAND_MODULES:
+        command.add_parser(sub)
     examples = sub.add_parser("examples", help="list the built-in examples and whether they are installed")
     examples.set_defaults(run=_list_examples)
     return parser

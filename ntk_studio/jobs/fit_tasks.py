@@ -198,7 +198,7 @@ def trajectory_steps(lambda_max: float, eigenvalues: torch.Tensor, points: int =
     return np.concatenate([[0], steps])
 
 
-def trajectory_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
+def trajectory_job(state: WorkerState, args: dict, cancel: CancelToken) -> dict[str, Any]:
     """Return the linearized model's predictions along gradient descent on the adaptation split."""
     model, data = state.require_model(), state.require_data()
     if state.task == "classification":
@@ -215,4 +215,3 @@ def trajectory_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGe
     return {"x": X_plot[:, 0] if is_grid else None, "grid": is_grid, "steps": steps,
             "preds": traj.predict(X_plot, times), "train_residual": traj.train_residual(times),
             "lr": traj.lr, "lambda_max": traj.lambda_max, "skipped": None}
-    yield  # pragma: no cover

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from ntk_studio.pipeline_defaults import settings_for
 from .state import WorkerState, available_devices
 from .summaries import data_summary, model_summary, plot_inputs_1d, points_1d, table_columns
 
-JobGen = Generator[tuple[str, dict[str, Any]], None, dict[str, Any]]
 PLAN_ITEMSIZE = 8  # the GP solves in float64
 
 
@@ -44,7 +42,7 @@ def _session(state: WorkerState) -> dict[str, Any]:
             "example": state.example.name if state.example is not None else None}
 
 
-def load_example_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
+def load_example_job(state: WorkerState, args: dict, cancel: CancelToken) -> dict[str, Any]:
     """Load a built-in example (model and data); return its summary and the session."""
     example = load_example(args["name"])
     cancel.raise_if_cancelled()
@@ -58,10 +56,9 @@ def load_example_job(state: WorkerState, args: dict, cancel: CancelToken) -> Job
     return {"name": example.name, "task": example.task, "description": example.description,
             "n_rows": len(target), "input_shape": list(target.X.shape[1:]), "x_range": x_range,
             "notes": list(example.notes), "session": _session(state)}
-    yield  # pragma: no cover - makes this a generator like the other jobs
 
 
-def load_model_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
+def load_model_job(state: WorkerState, args: dict, cancel: CancelToken) -> dict[str, Any]:
     """Load a model file; return its format, SHA-256, notes and the session (data kept)."""
     # expected_sha256 (sent when a project is opened): the bytes loaded must be the bytes the project recorded.
     loaded = load_model(args["path"], arch=args["arch"], trust_pickle=args["trust_pickle"],
@@ -76,10 +73,9 @@ def load_model_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGe
         notes.append(f"The loaded data do not fit this model: {exc}")
     return {"path": str(loaded.path), "format": loaded.format, "sha256": loaded.sha256,
             "notes": notes, "session": _session(state)}
-    yield  # pragma: no cover
 
 
-def load_data_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
+def load_data_job(state: WorkerState, args: dict, cancel: CancelToken) -> dict[str, Any]:
     """Load a data file shaped for the loaded model (image channels and size, task); a table without a
     chosen target returns its columns instead. Args ``task`` (auto|regression|classification),
     ``channels`` and ``image_size`` override what the model says; ``classification`` is the old flag."""
@@ -110,7 +106,6 @@ def load_data_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen
     state.truth = None
     return {"needs_columns": False, "path": str(path), "sha256": state.data.sha256, "task": state.task,
             "task_reason": state.task_reason, "session": _session(state)}
-    yield  # pragma: no cover
 
 
 def _read_data(state: WorkerState) -> None:
@@ -153,7 +148,7 @@ def _dense_jacobian(model: nn.Module, subset: ParamSubset) -> bool:
     return not all(isinstance(modules.get(name), nn.Linear) for name in subset.modules())
 
 
-def plan_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
+def plan_job(state: WorkerState, args: dict, cancel: CancelToken) -> dict[str, Any]:
     """Return the route, system size and memory the GP would use with these settings (nothing is fitted)."""
     model, data = state.require_model(), state.require_data()
     outputs = model_summary(model, data)
@@ -170,4 +165,3 @@ def plan_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
             "outputs": plan.outputs, "params": plan.params, "est_bytes": plan.est_bytes,
             "est_products": plan.est_products, "budget_bytes": plan.budget_bytes,
             "mismatch": outputs["mismatch"]}
-    yield  # pragma: no cover

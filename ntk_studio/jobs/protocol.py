@@ -35,7 +35,8 @@ import numpy as np
 from ntk_studio.errors import NTKStudioError
 from ntk_studio.pipeline_defaults import DEFAULT_SETTINGS as _D  # the one set of run defaults (torch-free)
 
-EVENT_TYPES = ("started", "progress", "epoch", "warning", "result", "error", "cancelled")  # warning: {message, category}
+# A "warning" event carries {"message", "category"}: an engine SolverWarning (jobs/warning_events.py).
+EVENT_TYPES = ("started", "progress", "epoch", "warning", "result", "error", "cancelled")
 TERMINAL_TYPES = frozenset({"result", "error", "cancelled"})
 # Commands answered by the reading loop itself, never queued behind a running job.
 IMMEDIATE_COMMANDS = frozenset({"ping", "cancel", "shutdown"})

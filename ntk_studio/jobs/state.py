@@ -66,12 +66,6 @@ class WorkerState:
             raise DataLoadError("No data is loaded: load an example or a data file first.")
         return self.data
 
-    def require_example(self):
-        """Return the loaded example; raise DataLoadError when none is loaded (kept for old callers)."""
-        if self.example is None:
-            raise DataLoadError("No example is loaded: send load_example first.")
-        return self.example
-
     def split(self, n_adapt: int | None, seed: int) -> tuple[Dataset, Dataset]:
         """Return the (adaptation, test) datasets for this n_adapt and seed by the pipeline's one rule, cached."""
         from ntk_studio.core.pipeline import RunSettings, split

@@ -1,6 +1,7 @@
-"""The jobs a worker runs, as generators over the warm :class:`WorkerState`, by command name.
+"""The jobs a worker runs over the warm :class:`WorkerState`, by command name, as generators.
 
-Each job yields ``(event type, payload)`` pairs (``warning`` events among them, see
+A job module's function either yields progress and returns the result or just returns it; every
+entry of :data:`JOBS` is a generator that yields ``(event type, payload)`` pairs (``warning`` events among them, see
 :mod:`.warning_events`) and returns the result payload; it raises
 :class:`~ntk_studio.core.errors.Cancelled` when its cancel token fires. No protocol I/O happens
 here, so the jobs can be driven in-process (tests, a thread) as well as by the worker's loop.
@@ -18,7 +19,8 @@ from .load_tasks import load_data_job, load_example_job, load_model_job, plan_jo
 from .state import WorkerState
 from .warning_events import forward_warnings
 
-_JOBS: dict[str, Callable[[WorkerState, dict, CancelToken], JobGen]] = {
+# A job is a generator of events returning the result, or a plain function returning it (no events).
+_JOBS: dict[str, Callable[[WorkerState, dict, CancelToken], JobGen | dict]] = {
     "load_example": load_example_job,
     "load_model": load_model_job,
     "load_data": load_data_job,
@@ -29,6 +31,7 @@ _JOBS: dict[str, Callable[[WorkerState, dict, CancelToken], JobGen]] = {
     "export": export_job,
 }
 # Every job forwards the engine's SolverWarnings as ("warning", {"message", "category"}) events.
-JOBS = {name: forward_warnings(job) for name, job in _JOBS.items()}
+JOBS: dict[str, Callable[[WorkerState, dict, CancelToken], JobGen]] = {
+    name: forward_warnings(job) for name, job in _JOBS.items()}
 
 __all__ = ["JOBS", "JobGen", "WorkerState", "plot_inputs"]

@@ -12,6 +12,7 @@ a time and its reading thread does not warn.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -19,32 +20,50 @@ from ntk_studio.core.warning_capture import solver_warnings_to
 
 WARNING_EVENT = "warning"
 
-Job = Callable[..., Generator[tuple[str, dict[str, Any]], None, dict[str, Any]]]
+Job = Callable[..., Generator[tuple[str, dict[str, Any]], None, dict[str, Any]] | dict[str, Any]]
 
 
 def forward_warnings(job: Job) -> Job:
-    """Return ``job`` whose generator also yields a ``warning`` event per distinct SolverWarning."""
+    """Return ``job`` as a generator that also yields a ``warning`` event per distinct SolverWarning.
+
+    ``job`` is a generator function (its events pass through) or a plain function that returns the
+    result payload (then the wrapper yields only the warning events).
+    """
 
     @functools.wraps(job)
     def forwarding(state, args, cancel):
-        gen = job(state, args, cancel)
         seen: set[tuple[str, str]] = set()
         pending: list[dict[str, str]] = []
-        while True:
+
+        def captured(step: Callable[[], Any]):
             try:
                 with solver_warnings_to(pending.append, seen):
-                    event = next(gen)
-            except StopIteration as stop:
-                yield from _drain(pending)
-                return stop.value
+                    value = step()
             except BaseException:
                 yield from _drain(pending)  # a failing job still tells what it warned about first
                 raise
             yield from _drain(pending)
-            yield event
+            return value
+
+        started = yield from captured(lambda: job(state, args, cancel))  # a plain job does all its work here
+        if not inspect.isgenerator(started):
+            return started
+        while True:
+            done, value = yield from captured(lambda: _next(started))
+            if done:
+                return value
+            yield value
 
     forwarding.forwards_warnings = True
     return forwarding
+
+
+def _next(gen: Generator) -> tuple[bool, Any]:
+    """Return (False, next event) or (True, the generator's return value)."""
+    try:
+        return False, next(gen)
+    except StopIteration as stop:
+        return True, stop.value
 
 
 def _drain(pending: list[dict[str, str]]):

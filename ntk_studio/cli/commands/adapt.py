@@ -9,9 +9,9 @@ from pathlib import Path
 
 from ntk_studio.pipeline_defaults import TASK_CHOICES
 
-from .arg_types import bounded_int, nonnegative_int, positive_float, positive_int
-from .output import write_csv, write_json
-from .progress import progress_bar
+from ..arg_types import bounded_int, nonnegative_int, positive_float, positive_int
+from ..output import write_csv, write_json
+from ..progress import progress_bar
 
 # The defaults of core.distributed and core.checkpoint, repeated so that building the parser (and
 # --help) does not import torch; tests/test_distributed_cli.py checks that they agree.

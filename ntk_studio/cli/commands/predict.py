@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .output import write_json
+from ..output import write_json
 
 BATCH_ROWS = 1024  # rows per onnxruntime call: bounds the (batch, K, P) Jacobian inside the graph
 MAX_SAMPLE_ELEMENTS = 100_000_000  # one input row; the metadata of a real export is far below this

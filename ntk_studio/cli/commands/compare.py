@@ -6,13 +6,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..arg_types import nonnegative_int, positive_float, positive_int
+from ..output import write_json
+from ..progress import progress_bar
 from .adapt import (
     add_data_arguments, add_device_argument, add_method_arguments, device_of, load_inputs, print_header, print_hyper,
     run_settings,
 )
-from .arg_types import nonnegative_int, positive_float, positive_int
-from .output import write_json
-from .progress import progress_bar
 
 
 def add_parser(sub) -> None:

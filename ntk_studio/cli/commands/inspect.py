@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..arg_types import input_shape
 from .adapt import add_model_arguments
-from .arg_types import input_shape
 
 
 def add_parser(sub) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..output import write_json
+from ..progress import progress_bar
 from .adapt import add_data_arguments, add_method_arguments, load_inputs, print_header, run_settings
-from .output import write_json
-from .progress import progress_bar
 
 DTYPES = ("float64", "float32")
 
