@@ -22,7 +22,7 @@ def test_block_cg_matches_a_dense_solve_column_by_column(jacobi):
     B = torch.randn(30, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     B[:, 2] = 0.0  # a zero column must come back exactly zero (TINY guards its divisions)
     d = A.diagonal()
-    X, info = solve_cg(lambda V: A @ V, B, 1e-12, 500, (lambda R: R / d[:, None]) if jacobi else None)
+    X, info = solve_cg(lambda V: A @ V, B, 1e-12, 500, precond=(lambda R: R / d[:, None]) if jacobi else None)
     ref = torch.linalg.solve(A, B)
     assert float((X - ref).norm() / ref.norm()) < 1e-9
     assert torch.equal(X[:, 2], torch.zeros(30, dtype=torch.float64))

@@ -39,7 +39,7 @@ def test_resumable_cg_matches_a_dense_solve(jacobi):
     A = spd()
     B = torch.randn(30, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     d = A.diagonal().unsqueeze(-1)
-    x, converged, it = resumable_cg(lambda v: A @ v, B, TOL, 500, (lambda r: r / d) if jacobi else None)
+    x, converged, it = resumable_cg(lambda v: A @ v, B, TOL, 500, precond=(lambda r: r / d) if jacobi else None)
     ref = torch.linalg.solve(A, B)
     assert converged and 0 < it <= 500
     assert float((x - ref).norm() / ref.norm()) < 1e-9

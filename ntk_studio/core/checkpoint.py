@@ -110,21 +110,14 @@ def _cpu(v):
     return v.detach().to("cpu").clone() if torch.is_tensor(v) else v
 
 
-def resumable_cg(
-    matmul: Callable[[torch.Tensor], torch.Tensor],
-    b: torch.Tensor,
-    tol: float,
-    max_iter: int,
-    precond: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    checkpoint: Checkpoint | None = None,
-    key: str = "",
-    name: str = "cg",
-    check: Callable[[], None] | None = None,
-) -> tuple[torch.Tensor, bool, int]:
+def resumable_cg(matmul: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, tol: float, max_iter: int,
+                 checkpoint: Checkpoint | None = None, key: str = "", name: str = "cg",
+                 **cg_options) -> tuple[torch.Tensor, bool, int]:
     """Return (A⁻¹ b by the engine's CG, converged, total iterations), checkpointing its state.
 
     b is (N, c); every column stops at ‖r‖ ≤ tol·‖b‖. With a checkpoint, a saved state of entry
-    `name` whose fingerprint is `key` is continued instead of starting from x = 0.
+    `name` whose fingerprint is `key` is continued instead of starting from x = 0. ``cg_options``
+    are :func:`.solvers.cg`'s precond and check.
     """
     saved = checkpoint.load(name, key) if checkpoint is not None else None
     hook = (lambda state: checkpoint.save(name, key, state)) if checkpoint is not None else None
@@ -135,7 +128,7 @@ def resumable_cg(
         if hook is not None:
             hook(state)
 
-    x, it, converged = cg(matmul, b, tol, max_iter, precond, check, state=saved, on_iteration=on_iteration)
+    x, it, converged = cg(matmul, b, tol, max_iter, state=saved, on_iteration=on_iteration, **cg_options)
     if checkpoint is not None and last:
         checkpoint.save(name, key, last, force=True)
     return x, converged, it

@@ -170,8 +170,8 @@ class LinearizedGP(LinearizedPredictor):
             self.lm.subset.names, self.lm.dtype, st["X"], st["Y"], *self.lm.theta.values(), *self.lm.frozen.values(),
         )
         x, converged, iterations = resumable_cg(
-            op._matmul, rhs.unsqueeze(-1), self.cg_tol, self.cg_max_iter, precond, self.checkpoint, key,
-            check=self.lm.check_cancel,
+            op._matmul, rhs.unsqueeze(-1), self.cg_tol, self.cg_max_iter, self.checkpoint, key,
+            precond=precond, check=self.lm.check_cancel,
         )
         st["checkpoint_key"] = key
         return x, converged, iterations
@@ -273,7 +273,7 @@ class LinearizedGP(LinearizedPredictor):
         return mean, (var[:, 0] if st["vector"] else var)
 
     def _variance_cg(self, op, B: torch.Tensor, precond) -> torch.Tensor:
-        W, info = solve_cg(op._matmul, B, self.cg_tol, self.cg_max_iter, precond, self.lm.check_cancel)
+        W, info = solve_cg(op._matmul, B, self.cg_tol, self.cg_max_iter, precond=precond, check=self.lm.check_cancel)
         self._variance_infos.append(info)
         require_converged(info, "A predictive-variance solve", self._cg_advice(), self.best_effort, self.cg_tol)
         return W

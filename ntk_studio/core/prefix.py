@@ -149,7 +149,8 @@ def describe(split: Split | None, reason: str, features: int | None) -> str:
 def features_per_input(split: Split, X: torch.Tensor) -> int | None:
     """Return how many features the prefix gives one input of X (None when it cannot run on X)."""
     dtype = next((t.dtype for t in split.state if t.is_floating_point()), None)
-    row = X[:1].to(dtype) if dtype is not None and X.is_floating_point() else X[:1]  # the model's own dtype
+    # One input, in the model's own dtype.
+    row = X[:1].to(dtype) if dtype is not None and X.is_floating_point() else X[:1]
     try:
         with torch.no_grad(), _eval_mode(split.prefix):
             Z = split.prefix(row)

@@ -157,19 +157,15 @@ def cg(
     return x, it, converged
 
 
-def solve_cg(
-    matmul: Callable[[torch.Tensor], torch.Tensor],
-    B: torch.Tensor,
-    tol: float,
-    max_iter: int,
-    precond: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    check: Callable[[], None] | None = None,
-    **resume,
-) -> tuple[torch.Tensor, SolveInfo]:
-    """Return (A⁻¹ B, SolveInfo with the true relative residual) by :func:`cg`; B is (N,) or (N, c)."""
+def solve_cg(matmul: Callable[[torch.Tensor], torch.Tensor], B: torch.Tensor, tol: float, max_iter: int,
+             **cg_options) -> tuple[torch.Tensor, SolveInfo]:
+    """Return (A⁻¹ B, SolveInfo with the true relative residual) by :func:`cg`; B is (N,) or (N, c).
+
+    ``cg_options`` are :func:`cg`'s keywords (precond, check, state, on_iteration).
+    """
     vector = B.dim() == 1
     B2 = B.unsqueeze(-1) if vector else B
-    x, it, converged = cg(matmul, B2, tol, max_iter, precond, check, **resume)
+    x, it, converged = cg(matmul, B2, tol, max_iter, **cg_options)
     residual = relative_residual(matmul, x, B2)
     info = SolveInfo("cg", (it + 1) * B2.shape[1], residual, converged=converged, iterations=it)
     return (x[:, 0] if vector else x), info
