@@ -1,5 +1,5 @@
 """One module per `ntk-studio-cli` subcommand, named after it: each has ``add_parser(sub)`` and ``run(args)``.
 
-``adapt`` also holds the model, data and method options that ``compare``, ``export`` and ``inspect``
-share. ``main`` registers them in :data:`COMMAND_MODULES` order.
+The options and inputs several share are in ``cli/run_options.py``, the lines they print about a
+run in ``cli/run_report.py``. ``cli.main`` registers them in its ``COMMAND_MODULES`` order.
 """

@@ -9,10 +9,10 @@ from pathlib import Path
 from ..arg_types import nonnegative_int, positive_float, positive_int
 from ..output import write_json
 from ..progress import progress_bar
-from .adapt import (
-    add_data_arguments, add_device_argument, add_method_arguments, device_of, load_inputs, print_header, print_hyper,
-    run_settings,
+from ..run_options import (
+    add_data_arguments, add_device_argument, add_method_arguments, device_of, load_inputs, run_settings,
 )
+from ..run_report import print_header, print_hyper
 
 
 def add_parser(sub) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..output import write_json
 from ..progress import progress_bar
-from .adapt import add_data_arguments, add_method_arguments, load_inputs, print_header, run_settings
+from ..run_options import add_data_arguments, add_method_arguments, load_inputs, run_settings
+from ..run_report import print_header
 
 DTYPES = ("float64", "float32")
 

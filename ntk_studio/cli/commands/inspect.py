@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..arg_types import input_shape
-from .adapt import add_model_arguments
+from ..run_options import add_model_arguments
 
 
 def add_parser(sub) -> None:
