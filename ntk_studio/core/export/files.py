@@ -42,15 +42,26 @@ def _quiet():
             logging.getLogger(name).setLevel(level)
 
 
-def _atomic_target(path: Path):
-    """Return a temporary path next to `path` (same file system, so os.replace is atomic)."""
+@contextlib.contextmanager
+def _atomic_write(path: Path):
+    """Yield a temporary path next to `path` to write; on success it replaces `path` (os.replace, atomic).
+
+    Same file system, so a kill leaves the previous file intact; an OSError names the user's path,
+    never the temporary file, and the temporary file never outlives the block.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = temp_beside(path, suffix=path.suffix)  # the user's umask, not mkstemp's 0600
-    except OSError as exc:  # name the user's path, never the temporary file
+        os.close(fd)
+    except OSError as exc:
         raise ExportError(f"Cannot write {path}: {exc.strerror or exc}.") from None
-    os.close(fd)
-    return tmp
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ExportError(f"Cannot write {path}: {exc.strerror or exc}.") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def export_program(module: TracedPredictor, example: torch.Tensor) -> torch.export.ExportedProgram:
@@ -71,8 +82,7 @@ def write_onnx(program: torch.export.ExportedProgram, path: Path, output_names: 
     """Write the program as ONNX (atomically) with metadata; return the file size in bytes."""
     import onnx
 
-    tmp = _atomic_target(path)
-    try:
+    with _atomic_write(path) as tmp:
         try:
             with _quiet():
                 onnx_program = torch.onnx.export(
@@ -91,11 +101,6 @@ def write_onnx(program: torch.export.ExportedProgram, path: Path, output_names: 
             entry.key, entry.value = METADATA_PREFIX + key, value
         onnx.checker.check_model(proto, full_check=False)
         onnx.save_model(proto, str(tmp))
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise ExportError(f"Cannot write {path}: {exc.strerror or exc}.") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return path.stat().st_size
 
 
@@ -108,15 +113,8 @@ def _missing_op(exc: BaseException) -> str:
 
 def write_native(program: torch.export.ExportedProgram, path: Path, metadata: dict[str, str]) -> int:
     """Write the torch.export program as .pt2 (atomically) with metadata; return the size in bytes."""
-    tmp = _atomic_target(path)
-    try:
-        with _quiet():
-            torch.export.save(program, str(tmp), extra_files={NATIVE_METADATA_FILE: json.dumps(metadata)})
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise ExportError(f"Cannot write {path}: {exc.strerror or exc}.") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _atomic_write(path) as tmp, _quiet():
+        torch.export.save(program, str(tmp), extra_files={NATIVE_METADATA_FILE: json.dumps(metadata)})
     return path.stat().st_size
 
 
