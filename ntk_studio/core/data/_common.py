@@ -24,6 +24,18 @@ MAX_DATA_FILE_BYTES = 8 * 1024**3
 MAX_IMAGE_FILE_BYTES = 256 * 1024**2
 
 
+def check_data_path(p: Path, extensions: Sequence[str], kind: str) -> Path:
+    """Return `p` if it has one of `extensions` and exists; DataLoadError saying what to do otherwise."""
+    if p.suffix.lower() not in extensions:
+        raise DataLoadError(
+            f"{p.name!r} has extension {p.suffix or '(none)'!r}, but {kind} files must end in "
+            f"{', '.join(extensions)}. Rename the file or pick the matching loader."
+        )
+    if not p.exists():
+        raise DataLoadError(f"No such file: {str(p)!r}. Check the path and try again.")
+    return p
+
+
 def read_file(path: str | Path, extensions: Sequence[str], kind: str,
               expected_sha256: str | None = None) -> tuple[Path, bytes, str]:
     """Return (path, bytes, SHA-256 hex) of a readable, non-empty file with an allowed extension.
@@ -32,14 +44,7 @@ def read_file(path: str | Path, extensions: Sequence[str], kind: str,
     are parsed and the input is never opened for writing. With ``expected_sha256`` a file whose
     bytes hash otherwise is a DataLoadError before anything parses them.
     """
-    p = Path(path)
-    if p.suffix.lower() not in extensions:
-        raise DataLoadError(
-            f"{p.name!r} has extension {p.suffix or '(none)'!r}, but {kind} files must end in "
-            f"{', '.join(extensions)}. Rename the file or pick the matching loader."
-        )
-    if not p.exists():
-        raise DataLoadError(f"No such file: {str(p)!r}. Check the path and try again.")
+    p = check_data_path(Path(path), extensions, kind)
     # Regular files only (a FIFO would block, /dev/zero never ends), and at most the size limit.
     data = read_regular(p, DataLoadError, f"{kind} file", MAX_DATA_FILE_BYTES)
     digest = hashlib.sha256(data).hexdigest()

@@ -24,7 +24,7 @@ import numpy as np
 from ntk_studio.safe_io import check_sha256, open_regular, sha256_file
 
 from ..errors import DataLoadError
-from ._common import MAX_DATA_FILE_BYTES, MAX_LISTED, listing
+from ._common import MAX_DATA_FILE_BYTES, MAX_LISTED, check_data_path, listing
 
 SUPPORTED_EXTENSIONS = (".csv", ".tsv", ".txt")
 KIND = "table (CSV/TSV)"
@@ -88,13 +88,7 @@ class _HashingReader(io.RawIOBase):
 
 def _text_stream(path: Path) -> tuple[io.TextIOWrapper, _HashingReader]:
     """Return (decoded text stream, the hashing reader under it) for a table file."""
-    if path.suffix.lower() not in SUPPORTED_EXTENSIONS:
-        raise DataLoadError(
-            f"{path.name!r} has extension {path.suffix or '(none)'!r}, but {KIND} files must end in "
-            f"{', '.join(SUPPORTED_EXTENSIONS)}. Rename the file or pick the matching loader."
-        )
-    if not path.exists():
-        raise DataLoadError(f"No such file: {str(path)!r}. Check the path and try again.")
+    check_data_path(path, SUPPORTED_EXTENSIONS, KIND)
     fh = open_regular(path, DataLoadError, f"{KIND} file", MAX_DATA_FILE_BYTES)
     try:
         start = fh.read(4)
