@@ -11,7 +11,7 @@ pytest.importorskip("PySide6")
 pytest.importorskip("pyqtgraph")
 pytest.importorskip("pytestqt")
 
-from ntk_studio.app.comparison import ComparisonTable  # noqa: E402
+from ntk_studio.app.comparison_table import ComparisonTable  # noqa: E402
 from ntk_studio.app.eta import eta_seconds, format_eta  # noqa: E402
 from ntk_studio.app.throttle import MAX_REDRAWS_PER_S, PlotThrottle  # noqa: E402
 from ntk_studio.app.views.regression_1d import FitPlot  # noqa: E402

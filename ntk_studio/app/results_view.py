@@ -12,7 +12,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QPlainTextEdit, QSlider, QSplitter, QStackedWidget, QTabWidget,
                                QVBoxLayout, QWidget)
 
-from .comparison import ComparisonTable
+from .comparison_table import ComparisonTable
 from .throttle import PlotThrottle
 from .views.calibration import CalibrationPlot
 from .views.classes import ClassProbView
