@@ -343,7 +343,6 @@ def test_project_with_an_unknown_task_is_refused(tmp_path):
         load_project(write_project(tmp_path / "p.ntkproj", project_header({"data": entry})))
 
 
-@pytest.mark.xfail(strict=True, reason="app/session.py Inputs.load_steps does not send expected_sha256 yet")
 def test_restore_steps_for_a_fresh_worker_carry_the_loaded_hashes(tmp_path):
     """After a worker restart the inputs are loaded again: the bytes must be those loaded (and, for a pickle,
     allowed) before, or a file swapped meanwhile would run on the person's earlier "yes"."""

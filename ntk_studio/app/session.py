@@ -36,15 +36,18 @@ class Inputs:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def load_steps(self) -> list[tuple[str, dict[str, Any]]]:
-        """Return the worker commands that rebuild this state in a fresh worker, in order."""
+        """Return the worker commands that rebuild this state in a fresh worker, in order; each file load carries
+        the SHA-256 of the bytes loaded before (``expected_sha256``), so a file swapped meanwhile is refused."""
         steps: list[tuple[str, dict[str, Any]]] = []
         if self.example:
             steps.append(("load_example", {"name": self.example}))
         if self.model:
-            steps.append(("load_model", {k: self.model.get(k) for k in ("path", "arch", "trust_pickle")}))
+            args = {k: self.model.get(k) for k in ("path", "arch", "trust_pickle")}
+            steps.append(("load_model", {**args, "expected_sha256": self.model.get("sha256")}))
         if self.data:
             keys = [k for k in ("path", "target", "features", "classification", "task") if k in self.data]
-            steps.append(("load_data", {k: self.data.get(k) for k in keys}))
+            args = {k: self.data.get(k) for k in keys}
+            steps.append(("load_data", {**args, "expected_sha256": self.data.get("sha256")}))
         return steps
 
     @property
