@@ -22,6 +22,18 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
+class _DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Append "(default: X)" to an option's help unless the text already states its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        meaningless = default in (None, False, argparse.SUPPRESS) or (isinstance(default, list) and not default)
+        if "default" in text or meaningless or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ntk-studio-cli", description="NTK Studio command line.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -38,6 +50,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     def add_parser(*a, **kw):
         kw.setdefault("parents", [common])
+        kw.setdefault("formatter_class", _DefaultsHelpFormatter)
         return original(*a, **kw)
 
     sub.add_parser = add_parser
@@ -51,6 +64,7 @@ def _build_parser() -> argparse.ArgumentParser:
 def _list_examples(args: argparse.Namespace) -> int:
     from ntk_studio.core.examples.registry import list_examples
 
+    print(f"{'example':<10} {'installed':<20} description")
     for name, description, available in list_examples():
         print(f"{name:<10} {'yes' if available else 'no (extra missing)':<20} {description}")
     return 0

@@ -143,7 +143,7 @@ def _load_faces() -> Example:
 
 _ENTRIES: dict[str, _Entry] = {
     "sine": _Entry(
-        "Sine transfer toy (paper): MLP pretrained on one sine, adapted to an unseen one.",
+        "Sine transfer toy (paper): MLP whose body was pretrained on 8 source sine tasks (head: the first), adapted to an unseen one.",
         _load_sine, (),
     ),
     "diabetes": _Entry(
