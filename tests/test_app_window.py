@@ -32,9 +32,11 @@ TICK_MS = 10
 # 3,000-epoch sine run on the two shared cores at load average 11-13 (Xvfb and offscreen alike):
 # before, longest 235-378 ms, 99th percentile 188-201 ms, the 10 ms timer serviced ~25 % of its
 # ticks; after, longest 87-308 ms (scheduler preemption at that load), 99th percentile 17-110 ms,
-# median 10.2 ms, ~95 % of ticks. The bounds keep a margin over that for a busy machine.
-MAX_STALL_S = 0.4
-MAX_P99_STALL_S = 0.15
+# median 10.2 ms, ~95 % of ticks. On the same machine idle (load < 1, three runs): longest 43-64 ms,
+# 99th percentile 15-17 ms over 411-453 ticks. The bounds are about 4x the idle measurement: a CI
+# machine runs this test alone; at load 11-13 the longest stall alone can exceed them.
+MAX_STALL_S = 0.25
+MAX_P99_STALL_S = 0.08
 LONG_EPOCHS = 1_000_000  # keeps fine-tuning busy until the test stops it
 SHORT_EPOCHS = 30
 MAIN_TIMEOUT_S = 180  # a fresh app process: imports, worker start, load, run, screenshot
