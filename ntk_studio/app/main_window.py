@@ -150,6 +150,7 @@ class MainWindow(FileActions, QMainWindow):
         left_widget.setLayout(left)
         left_widget.setMinimumWidth(PANEL_MIN_WIDTH)
         self.view = ResultsView(self.throttle)
+        self.view.example_selected.connect(self.data_panel.select_row)
         self.main_splitter = QSplitter(Qt.Orientation.Horizontal)
         self.main_splitter.addWidget(left_widget)
         self.main_splitter.addWidget(self.view)

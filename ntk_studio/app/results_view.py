@@ -8,7 +8,7 @@ a run, so the plots do not flicker back to empty.
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QPlainTextEdit, QSlider, QSplitter, QStackedWidget, QTabWidget,
                                QVBoxLayout, QWidget)
 
@@ -17,6 +17,8 @@ from .throttle import PlotThrottle
 from .views.calibration import CalibrationPlot
 from .views.classes import ClassProbView
 from .views.convergence import ConvergencePlot
+from .example_picker import ExamplePicker
+from .views.inspect import ExamplePanel
 from .views.loss import LossPlot
 from .views.pred_true import PredTruePlot
 from .views.regression_1d import FitPlot
@@ -33,6 +35,8 @@ SLIDER_TIP = ("Predictions of the linearized network after t steps of full-batch
 
 class ResultsView(QWidget):
     """Every plot of a run plus the comparison table and the log; `mode` is '1d', 'pred_true' or 'classes'."""
+
+    example_selected = Signal(int)  # a clicked point's row in the loaded data (the data preview selects it)
 
     def __init__(self, throttle: PlotThrottle, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -54,7 +58,12 @@ class ResultsView(QWidget):
         page = QWidget()
         page_layout = QVBoxLayout(page)
         page_layout.setContentsMargins(0, 0, 0, 0)
-        page_layout.addWidget(self.predictions, 1)
+        self.inspector = ExamplePanel()  # opened by a click on a plotted point
+        predictions_row = QHBoxLayout()
+        predictions_row.setContentsMargins(0, 0, 0, 0)
+        predictions_row.addWidget(self.predictions, 1)
+        predictions_row.addWidget(self.inspector)
+        page_layout.addLayout(predictions_row, 1)
         self.slider_row = QWidget()
         self.slider_row.setLayout(slider_row)
         slider_row.setContentsMargins(0, 0, 0, 0)
@@ -93,11 +102,13 @@ class ResultsView(QWidget):
         self._grid_x = np.zeros(0)
         self._test_y = np.zeros(0)
         self._traj: dict | None = None
+        self.picker = ExamplePicker(self)  # clicked points open the example panel
 
     # ------------------------------------------------------------------ data set changes
     def set_data(self, task: str, one_d: bool, feature: str, target: str, classes: list[str]) -> None:
         """Switch the views to a newly loaded data set and empty every plot and the table."""
         self.task = task
+        self.picker.feature = feature
         self.mode = "classes" if task == "classification" else ("1d" if one_d else "pred_true")
         self.predictions.setCurrentIndex(PAGES[self.mode])
         self.slider_row.setVisible(task != "classification")  # the closed-form trajectory is for squared error
@@ -113,6 +124,7 @@ class ResultsView(QWidget):
         self.loss_plot.reset()
         self.loss_plot.refresh()
         self._traj = None
+        self.picker.reset()
         self.slider.setEnabled(False)
         self.step_label.setText("Linearized GD: run Adapt")
 
@@ -134,6 +146,7 @@ class ResultsView(QWidget):
         self.loss_plot.refresh()
         self.table.set_task(self.task)
         self._traj = None
+        self.picker.reset()
         self.slider.setEnabled(False)
         self.step_label.setText("Linearized GD: run Adapt")
 
@@ -160,11 +173,14 @@ class ResultsView(QWidget):
     # ------------------------------------------------------------------ payloads
     def show_gp(self, p: dict) -> None:
         """Draw a fit_gp payload: predictions, calibration, convergence, table rows."""
+        self.picker.reset(p)
         if p.get("task") == "classification":
             labels = arr(p["test_y"]).astype(int)
             self.class_view.set_classes(p.get("class_names") or [])
             self.class_view.set_probs("unadapted", labels, arr(p["base_probs"]))
             self.class_view.set_probs("gp", labels, arr(p["probs"]))
+            self.class_view.gallery.set_examples((p.get("test_rows") or {}).get("thumbnails") or [], labels,
+                                                 arr(p["probs"]), self.class_view.class_names())
             for key, diagram in (("gp", p["reliability"]), ("unadapted", p["base_reliability"])):
                 self.calibration.set_series(key, diagram["confidence"], diagram["accuracy"])
         else:

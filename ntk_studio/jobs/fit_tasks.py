@@ -25,9 +25,10 @@ from ntk_studio.core.pipeline import (
 )
 from ntk_studio.core.finetune import predict
 from ntk_studio.core.progress import MAX_EVENTS_PER_SECOND, CancelToken
+from ntk_studio.core.data.prep import adaptation_split
 
 from .state import WorkerState, resolve_device
-from .summaries import plot_inputs_1d
+from .summaries import held_out_rows, plot_inputs_1d
 
 MAX_GRID_POINTS = 100_000  # a plot needs a few hundred; more is a typo that would eat memory
 TRAJECTORY_POINTS = 60  # slider positions
@@ -104,6 +105,10 @@ def fit_gp_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
                   prior_var=fitted.prior_var, num_params=fitted.lm.num_params,
                   n_adapt=len(adapt), n_test=len(test), wall_time=time.perf_counter() - start,
                   device=str(device), task=state.task)
+    adapt_index, test_index = adaptation_split(len(data), settings.n_adapt, settings.seed)
+    result["test_rows"] = held_out_rows(data, test_index, getattr(state.example, "standardizer", None))
+    if result.get("grid"):  # the 1-D plot's labelled points are the adaptation rows
+        result["adapt_index"] = [int(i) for i in adapt_index]
     return result
 
 

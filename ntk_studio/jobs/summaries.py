@@ -22,6 +22,8 @@ PREVIEW_ROWS = 50  # rows of the data preview table
 PREVIEW_DECIMALS = 6
 THUMBNAILS = 8  # image thumbnails in a data summary
 THUMBNAIL_SIDE = 32  # pixels, the longest side of a thumbnail
+HELD_OUT_ROWS = 300  # held-out rows whose inputs a fit result carries (click a point to see one)
+HELD_OUT_IMAGES = 200  # of image data: 32×32 RGB thumbnails, ~12 kB of JSON each
 GRID_POINTS = 200  # the plotting grid of a 1-D regression (the fit job's default grid_points)
 SNIFF_BYTES = 64 * 1024  # enough text to read a table's header and first rows
 DELIMITERS = ",\t;| "
@@ -92,6 +94,22 @@ def data_summary(data: Dataset, standardizer=None) -> dict[str, Any]:
             "input_shape": list(data.X.shape[1:]), "preview_header": [*header, data.target_name],
             "preview": rows, "source": data.source, "sha256": data.sha256, "notes": list(data.notes),
             "x_range": [float(data.X.min()), float(data.X.max())] if tabular else None}
+
+
+def held_out_rows(data: Dataset, index, standardizer=None, cap: int = HELD_OUT_ROWS) -> dict[str, Any]:
+    """Return the inputs of the first ``cap`` rows ``index`` of ``data`` (the held-out split, in its order).
+
+    ``index``: the rows' positions in ``data``; tabular rows as raw feature values (with the example's
+    ``standardizer``), image rows (at most HELD_OUT_IMAGES) as ≤ THUMBNAIL_SIDE px thumbnails.
+    """
+    index = [int(i) for i in list(index)[:min(cap, HELD_OUT_IMAGES) if data.X.dim() == 4 else cap]]
+    X = data.X[index]
+    if X.dim() == 4:
+        return {"index": index, "thumbnails": thumbnails(X, count=len(index))}
+    if standardizer is not None and X.dim() == 2:
+        X = torch.as_tensor(standardizer.inverse_x(X.double()))
+    return {"index": index, "feature_names": list(data.feature_names),
+            "inputs": X.double().reshape(len(index), -1).tolist()}
 
 
 def thumbnails(X: torch.Tensor, count: int = THUMBNAILS, side: int = THUMBNAIL_SIDE) -> list:

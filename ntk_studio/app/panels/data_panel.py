@@ -158,6 +158,15 @@ class DataPanel(QWidget):
         self.summary.setToolTip(data.get("source", ""))
         self._fill_preview(data["preview_header"], data["preview"], data.get("thumbnails"))
 
+    def select_row(self, row: int) -> bool:
+        """Select data row ``row`` in the preview when the preview shows it; return whether it does."""
+        if not 0 <= row < self.preview.rowCount():
+            self.preview.clearSelection()
+            return False
+        self.preview.selectRow(row)
+        self.preview.scrollToItem(self.preview.item(row, 0))
+        return True
+
     def _fill_preview(self, header: list[str], rows: list[list[str]], thumbnails: list | None = None) -> None:
         if thumbnails:  # images: the rows that have a picture (the text cell of an image is only its label)
             rows = rows[: len(thumbnails)]

@@ -7,6 +7,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
+from .inspect import ExampleGallery
 from .style import (BACKGROUND, FINETUNED_COLOR, FOREGROUND, GP_COLOR, PRETRAINED_COLOR, SMALL_POINT, curve_data,
                     legend, pen, style)
 
@@ -45,7 +46,12 @@ class ClassProbView(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(top)
-        layout.addWidget(self.plot, 1)
+        self.gallery = ExampleGallery()  # beside the plot: a few held-out images (image data only)
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.plot, 1)
+        row.addWidget(self.gallery, 0, Qt.AlignmentFlag.AlignTop)
+        layout.addLayout(row, 1)
         self._labels = np.zeros(0, dtype=int)
         self._probs: dict[str, np.ndarray] = {}
 
@@ -73,7 +79,20 @@ class ClassProbView(QWidget):
     def clear_data(self) -> None:
         """Forget every method's probabilities."""
         self._probs = {}
+        self.gallery.set_examples([], np.zeros(0), np.zeros((0, 0)), [])
         self._redraw()
+
+    def probs(self) -> dict[str, np.ndarray]:
+        """Return each method's (m, C) probabilities shown."""
+        return dict(self._probs)
+
+    def class_names(self) -> list[str]:
+        """Return the class names offered."""
+        return [self.class_box.itemText(i) for i in range(self.class_box.count())]
+
+    def held_out_row(self, position: int) -> int:
+        """Return the held-out row drawn at x = ``position`` (the plot sorts the rows)."""
+        return int(self.order()[position])
 
     def order(self) -> np.ndarray:
         """Return the plotting order: by true class (class k first), then by the classifier's P(k)."""
