@@ -8,24 +8,19 @@ import pytest
 pytest.importorskip("PySide6")
 pytest.importorskip("pyqtgraph")
 pytest.importorskip("pytestqt")
+
+from app_windows import sine_window  # noqa: E402
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from ntk_studio.app.main_window import MainWindow  # noqa: E402
-from ntk_studio.app.recent import Store  # noqa: E402
 
-LOAD_TIMEOUT_MS = 30_000
 RUN_TIMEOUT_MS = 60_000
 EXPORT_TIMEOUT_MS = 120_000  # trace, torch.export, ONNX conversion and three verification batches
 
 
 @pytest.fixture
 def window(qtbot, tmp_path):
-    win = MainWindow("sine", interactive_errors=False, store=Store(tmp_path / "settings.json"))
-    qtbot.addWidget(win)
-    with qtbot.waitSignal(win.loaded, timeout=LOAD_TIMEOUT_MS):
-        win.show()
-    qtbot.waitUntil(lambda: not win.running, timeout=RUN_TIMEOUT_MS)
+    win = sine_window(qtbot, tmp_path)
     yield win
     win.close()
 

@@ -14,24 +14,19 @@ pytest.importorskip("PySide6")
 pytest.importorskip("pyqtgraph")
 pytest.importorskip("pytestqt")
 
+from app_windows import sine_window  # noqa: E402
+
 from PySide6.QtWidgets import QMessageBox  # noqa: E402
 
 from ntk_studio.app import main as app_main  # noqa: E402
-from ntk_studio.app.main_window import MainWindow  # noqa: E402
-from ntk_studio.app.recent import Store  # noqa: E402
 
-LOAD_TIMEOUT_MS = 90_000
 RUN_TIMEOUT_MS = 90_000
 EPOCHS = 10
 
 
 @pytest.fixture
 def adapted(qtbot, tmp_path):
-    win = MainWindow("sine", interactive_errors=False, store=Store(tmp_path / "settings.json"))
-    qtbot.addWidget(win)
-    with qtbot.waitSignal(win.loaded, timeout=LOAD_TIMEOUT_MS):
-        win.show()
-    qtbot.waitUntil(lambda: not win.running, timeout=LOAD_TIMEOUT_MS)
+    win = sine_window(qtbot, tmp_path)
     win.method_panel.epochs.setValue(EPOCHS)
     win.method_panel.solver.setCurrentText("cholesky")
     with qtbot.waitSignal(win.run_finished, timeout=RUN_TIMEOUT_MS) as done:

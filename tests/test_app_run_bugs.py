@@ -16,11 +16,12 @@ pytest.importorskip("PySide6")
 pytest.importorskip("pyqtgraph")
 pytest.importorskip("pytestqt")
 
+from app_windows import sine_window  # noqa: E402
+
 from PySide6.QtCore import QEvent, Qt  # noqa: E402
 from PySide6.QtWidgets import QLineEdit  # noqa: E402
 
 from ntk_studio.app.main_window import MainWindow  # noqa: E402
-from ntk_studio.app.recent import Store  # noqa: E402
 
 LOAD_TIMEOUT_MS = 90_000
 RUN_TIMEOUT_MS = 60_000
@@ -32,11 +33,7 @@ EMPTY = "—"
 
 @pytest.fixture
 def window(qtbot, tmp_path):
-    win = MainWindow("sine", interactive_errors=False, store=Store(tmp_path / "settings.json"))
-    qtbot.addWidget(win)
-    with qtbot.waitSignal(win.loaded, timeout=LOAD_TIMEOUT_MS):
-        win.show()
-    qtbot.waitUntil(lambda: not win.running, timeout=EVENT_TIMEOUT_MS)
+    win = sine_window(qtbot, tmp_path)
     win.activateWindow()
     yield win
     win.close()

@@ -8,10 +8,9 @@ pytest.importorskip("PySide6")
 pytest.importorskip("pyqtgraph")
 pytest.importorskip("pytestqt")
 
-from ntk_studio.app.main_window import MainWindow  # noqa: E402
-from ntk_studio.app.recent import Store  # noqa: E402
+from app_windows import sine_window  # noqa: E402
 
-LOAD_TIMEOUT_MS = 30_000
+
 RUN_TIMEOUT_MS = 60_000
 EVENT_TIMEOUT_MS = 20_000
 LONG_EPOCHS = 1_000_000  # fine-tuning stays busy until the test stops it
@@ -19,11 +18,7 @@ MESSAGE = "Cholesky of the system matrix needed jitter 1e-10 × its mean diagona
 
 
 def test_a_worker_warning_is_logged_and_shown_in_the_status_bar(qtbot, tmp_path):
-    win = MainWindow("sine", interactive_errors=False, store=Store(tmp_path / "settings.json"))
-    qtbot.addWidget(win)
-    with qtbot.waitSignal(win.loaded, timeout=LOAD_TIMEOUT_MS):
-        win.show()
-    qtbot.waitUntil(lambda: not win.running, timeout=EVENT_TIMEOUT_MS)
+    win = sine_window(qtbot, tmp_path)
     win.method_panel.epochs.setValue(LONG_EPOCHS)
     win.adapt_button.click()
     qtbot.waitSignal(win.bridge.epoch, timeout=RUN_TIMEOUT_MS, check_params_cb=lambda job, ev: ev["epoch"] > 0).wait()
