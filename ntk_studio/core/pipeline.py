@@ -217,7 +217,8 @@ def score_point(method: str, task: str, pred_test: torch.Tensor, pred_adapt: tor
         {"mean": mean, "var": var}
 
 
-def _model_predict(model: nn.Module, X: torch.Tensor, task: str) -> torch.Tensor:
+def point_predictions(model: nn.Module, X: torch.Tensor, task: str) -> torch.Tensor:
+    """Return a point predictor's outputs on X: class probabilities, or (n,) / (n, K) regression values."""
     with torch.no_grad():
         out = predict(model, X, task=task)
     return out if task == "classification" else out.reshape(X.shape[0], -1).squeeze(-1)
@@ -281,8 +282,8 @@ def run_split(
     if unknown:
         raise ShapeError(f"methods must be among {METHODS}; got {sorted(unknown)}.")
     records, preds = [], {}
-    base_te, t = _timed(lambda: _model_predict(model, test.X, task))
-    base_tr = None if task == "classification" else _model_predict(model, adapt.X, task)
+    base_te, t = _timed(lambda: point_predictions(model, test.X, task))
+    base_tr = None if task == "classification" else point_predictions(model, adapt.X, task)
     rec, preds["unadapted"] = score_point("unadapted", task, base_te, base_tr, adapt, test, t)
     records.append(rec)
     if "fine-tuned" in methods or "ensemble" in methods:

@@ -20,10 +20,9 @@ from ntk_studio.core.errors import MemoryBudgetError, ShapeError, SolverError
 from ntk_studio.core.metrics_regression import calibration_curve
 from ntk_studio.core.metrics_classification import reliability_diagram
 from ntk_studio.core.pipeline import (
-    SCORING_RULE, RunSettings, fine_tune_iter, fit_linearized_iter, hyper_info, score_finetuned, score_linearized,
-    score_point,
+    SCORING_RULE, RunSettings, fine_tune_iter, fit_linearized_iter, hyper_info, point_predictions, score_finetuned,
+    score_linearized, score_point,
 )
-from ntk_studio.core.finetune import predict
 from ntk_studio.core.progress import MAX_EVENTS_PER_SECOND, CancelToken
 from ntk_studio.core.data.prep import adaptation_split
 
@@ -90,8 +89,8 @@ def fit_gp_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
     cancel.raise_if_cancelled()
     fit_time = time.perf_counter() - start
     record, preds = score_linearized(fitted, state.task, test, fit_time)
-    base_test = _model_outputs(model, test, state.task)
-    base_adapt = None if state.task == "classification" else _model_outputs(model, adapt, state.task)
+    base_test = point_predictions(model, test.X, state.task)
+    base_adapt = None if state.task == "classification" else point_predictions(model, adapt.X, state.task)
     base_record, base_preds = score_point("unadapted", state.task, base_test, base_adapt, adapt, test, 0.0)
     state.gp = fitted
     if state.task == "classification":
@@ -110,12 +109,6 @@ def fit_gp_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
     if result.get("grid"):  # the 1-D plot's labelled points are the adaptation rows
         result["adapt_index"] = [int(i) for i in adapt_index]
     return result
-
-
-def _model_outputs(model, ds: Dataset, task: str) -> torch.Tensor:
-    with torch.no_grad():
-        out = predict(model, ds.X, task=task)
-    return out if task == "classification" else out.reshape(len(ds), -1).squeeze(-1)
 
 
 def _regression_payload(state, gp, data, adapt, test, args, preds, base_preds, convergence, cancel) -> dict[str, Any]:
