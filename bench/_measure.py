@@ -21,8 +21,9 @@ from datetime import datetime, timezone
 
 import torch
 
+from ntk_studio.core.device import cpu_name, meminfo_bytes
+
 MIN_SAMPLE_S = 0.05  # a timed sample repeats a fast operation until it lasts at least this long
-KIB = 1024
 GIB = 1024**3
 
 
@@ -107,28 +108,16 @@ def reset_peak_rss() -> bool:
 
 def mem_available_bytes() -> int:
     """Return MemAvailable from /proc/meminfo in bytes (what new allocations can use without swap)."""
-    with open("/proc/meminfo") as fh:
-        for line in fh:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * KIB
-    raise RuntimeError("MemAvailable not found in /proc/meminfo")
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    avail = meminfo_bytes("MemAvailable")
+    if avail is None:
+        raise RuntimeError("MemAvailable not found in /proc/meminfo")
+    return avail
 
 
 def machine_info(threads: int) -> dict:
     """Return the machine and software facts a benchmark result depends on."""
     return {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_name(),
         "logical_cpus": os.cpu_count(),
         "mem_total_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB, 1),
         "torch_version": torch.__version__,

@@ -147,7 +147,8 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
 
 
 # ----------------------------------------------------------------------------- facts
-def _meminfo_bytes(field: str) -> int | None:
+def meminfo_bytes(field: str) -> int | None:
+    """Return a /proc/meminfo field (e.g. 'MemAvailable') in bytes, None where there is no such file or field."""
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
@@ -158,7 +159,8 @@ def _meminfo_bytes(field: str) -> int | None:
     return None
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """Return the CPU's model name (/proc/cpuinfo), else what the platform module knows."""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
@@ -170,13 +172,13 @@ def _cpu_name() -> str:
 
 
 def _cpu_memory() -> tuple[int, int]:
-    total = _meminfo_bytes("MemTotal")
+    total = meminfo_bytes("MemTotal")
     if total is None:
         try:
             total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         except (ValueError, OSError, AttributeError):
             total = 0
-    free = _meminfo_bytes("MemAvailable")
+    free = meminfo_bytes("MemAvailable")
     return int(total), int(free if free is not None else total)
 
 
@@ -192,7 +194,7 @@ def device_info(device: str | torch.device | None = "auto") -> DeviceInfo:
     dev = resolve_device(device)
     if dev.type == "cpu":
         total, free = _cpu_memory()
-        return DeviceInfo("cpu", _cpu_name(), total, free, None, FLOAT64_CPU)
+        return DeviceInfo("cpu", cpu_name(), total, free, None, FLOAT64_CPU)
     props = torch.cuda.get_device_properties(dev.index)
     free, total = torch.cuda.mem_get_info(dev.index)
     cc = (int(props.major), int(props.minor))
