@@ -19,6 +19,7 @@ from torch.func import functional_call, jacrev, jvp, vjp, vmap
 from . import prefix as _prefix
 from .distributed import SINGLE_PROCESS, SingleProcess
 from .errors import SettingsError, ShapeError
+from .options import choice
 from .params import ParamSpec, ParamSubset
 from .progress import Reporter
 
@@ -34,7 +35,8 @@ class LinearizedModel:
     The model is evaluated in eval mode (BatchNorm uses running statistics, dropout is off), so
     every sample's output depends on that sample only; its own train/eval flags are restored after
     each call. Parameters and floating buffers are copied to `dtype` and `device`; the user's
-    module keeps its own weights untouched.
+    module keeps its own weights untouched. A frozen prefix (see :mod:`.prefix`) runs in the
+    model's own dtype (`prefix_dtype="model"`) or in `dtype` (`"engine"`); its features are cast to `dtype`.
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class LinearizedModel:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         shard: SingleProcess | None = None,
         prefix: bool | None = None,
+        prefix_dtype: str = "model",
     ) -> None:
         self.model = model
         # Which rows of each data set this process works on; the default owns them all.
@@ -83,16 +86,22 @@ class LinearizedModel:
             for module in model.modules():
                 for store in (module._parameters, module._buffers):
                     self._slots.extend((store, key, t) for key, t in store.items())
-        self._init_prefix(_prefix.is_enabled() if prefix is None else prefix)
+        self._init_prefix(_prefix.is_enabled() if prefix is None else prefix, prefix_dtype)
 
     # ------------------------------------------------------------ frozen prefix (see .prefix)
-    def _init_prefix(self, enabled: bool) -> None:
+    def _init_prefix(self, enabled: bool, prefix_dtype: str = "model") -> None:
+        # "model": the frozen prefix runs in the model's own dtype and its features are cast to
+        # self.dtype; "engine": it runs in self.dtype (see .prefix).
+        self.prefix_dtype = choice(_prefix.PrefixDtype, prefix_dtype, "prefix_dtype")
         self.prefix: _prefix.Split | None = None
         self._prefix_features: int | None = None
+        self._prefix_probe_error: float | None = None
         self.prefix, self._prefix_reason = _prefix.choose_split(self.model, self.subset.names, enabled)
         if self.prefix is not None:
             self._prefix_state = [(t, t._version) for t in self.prefix.state]
             self._prefix_checked = False
+            self._prefix_dtype = _prefix.run_dtype(self.prefix, self.dtype, self.prefix_dtype)
+            self._prefix_cast: tuple[torch.device, dict[str, torch.Tensor]] | None = None
             if self._aliases:
                 seen = {id(m) for m in self.model.modules()}
                 for part in (self.prefix.prefix, self.prefix.suffix):
@@ -103,47 +112,103 @@ class LinearizedModel:
 
     @property
     def prefix_note(self) -> str:
-        """Return one line for the plan: the frozen prefix that is cached, or why there is none."""
-        return _prefix.describe(self.prefix, self._prefix_reason, self._prefix_features)
+        """Return one line for the plan: the frozen prefix that is cached (and its dtype), or why there is none."""
+        return _prefix.describe(self.prefix, self._prefix_reason, self._prefix_features, self.dtype, self.prefix_dtype)
+
+    @property
+    def prefix_run_dtype(self) -> torch.dtype | None:
+        """Return the dtype the frozen prefix runs in (None without a prefix)."""
+        return None if self.prefix is None else self._prefix_dtype
+
+    @property
+    def prefix_probe_error(self) -> float | None:
+        """Return max|Z − Z_engine| / max|Z_engine| of the prefix's features on the probe rows (None: same dtype / not run yet)."""
+        return self._prefix_probe_error if self.prefix is not None else None
 
     def _drop_prefix(self, reason: str) -> None:
         self.prefix, self._prefix_reason = None, reason
+
+    def _prefix_values(self) -> dict[str, torch.Tensor]:
+        """Return the prefix's tensors in its run dtype on this device, cast once from the engine's copies.
+
+        The engine's copies hold the model's values exactly (a widening cast), so casting back gives
+        the user's own weights as they were at construction.
+        """
+        if self.prefix is None or self._prefix_dtype == self.dtype:
+            return self.theta
+        if self._prefix_cast is None or self._prefix_cast[0] != self.device:
+            wanted = set(self.prefix.names(self.prefix.prefix)) | set(self._aliases.values())
+            dtype = self._prefix_dtype
+            values = {
+                k: t.to(dtype) if t.is_floating_point() else t
+                for k, t in {**self.frozen, **self.theta}.items() if k in wanted
+            }
+            self._prefix_cast = (self.device, values)
+        return self._prefix_cast[1]
+
+    def _run_prefix(self, X: torch.Tensor) -> torch.Tensor:
+        """Return the prefix's features of prepared X in self.dtype: chunked, no autograd, in its run dtype."""
+        split, dtype = self.prefix, self._prefix_dtype
+        values = self._prefix_values()
+        rows = _prefix.chunk_rows(X, dtype, self.device, self.chunk_size)
+        parts = []
+        with torch.no_grad():
+            for s in self.chunks(X.shape[0], rows):
+                Xc = X[s].to(dtype) if X.is_floating_point() else X[s]
+                Z = self._call(split.prefix, values, Xc)
+                parts.append(Z.to(self.dtype) if Z.is_floating_point() else Z)
+            if not parts:
+                Z = self._call(split.prefix, values, X.to(dtype) if X.is_floating_point() else X)
+                parts.append(Z.to(self.dtype) if Z.is_floating_point() else Z)
+        return torch.cat(parts)
 
     def _inputs(self, X: torch.Tensor, store: bool = True) -> torch.Tensor:
         """Return what the linearized part reads for prepared X: X, or its frozen-prefix features (cached)."""
         split = self.prefix
         if split is None:
             return X
-        key = (split.route, split.boundary, self.dtype, self.device)
+        key = (split.route, split.boundary, self.dtype, self._prefix_dtype, self.device)
         Z = _prefix.CACHE.lookup(self.model, key, self._prefix_state, X)
         if Z is not None:
             return Z
         try:
-            with torch.no_grad():
-                parts = [self._call(split.prefix, self.theta, X[s]) for s in self.chunks(X.shape[0])]
-                Z = torch.cat(parts) if parts else self._call(split.prefix, self.theta, X)
+            Z = self._run_prefix(X)
         except (ShapeError, RuntimeError, TypeError) as exc:
             self._drop_prefix(f"the prefix failed on the data ({type(exc).__name__}: {str(exc)[:100]})")
             return X
         if Z.dim() == 0 or Z.shape[0] != X.shape[0]:
             self._drop_prefix(f"the value at the boundary has shape {tuple(Z.shape)}, not one row per input")
             return X
-        if not self._prefix_checked and X.shape[0]:
-            m = min(_prefix.PROBE_SAMPLES, X.shape[0])
-            with torch.no_grad():
-                whole = self._call(self.model, self.theta, X[:m]).reshape(m, -1)
-                split_out = self._g(self.theta, Z[:m])
-            rtol = _prefix.PROBE_RTOL.get(self.dtype, 1e-3)
-            if whole.shape != split_out.shape or not torch.allclose(
-                split_out, whole, rtol=rtol, atol=rtol * float(whole.abs().max())
-            ):
-                self._drop_prefix("the split model disagreed with the whole model on a probe")
-                return X
-            self._prefix_checked = True
+        if not self._prefix_checked and X.shape[0] and not self._probe(X, Z):
+            return X
         self._prefix_features = int(Z[0].numel()) if Z.shape[0] else self._prefix_features
         if store:
             _prefix.CACHE.store(self.model, key, self._prefix_state, X, Z)
         return Z
+
+    def _probe(self, X: torch.Tensor, Z: torch.Tensor) -> bool:
+        """Return whether the split reproduces the whole model on a few rows (else drop the prefix).
+
+        The structure is checked in self.dtype (a prefix run in another dtype is re-run here on the
+        probe rows), so the tolerance is the engine's; the measured difference of the run-dtype
+        features from the engine-dtype ones is kept as :attr:`prefix_probe_error`.
+        """
+        m = min(_prefix.PROBE_SAMPLES, X.shape[0])
+        with torch.no_grad():
+            whole = self._call(self.model, self.theta, X[:m]).reshape(m, -1)
+            exact = Z[:m] if self._prefix_dtype == self.dtype else self._call(self.prefix.prefix, self.theta, X[:m])
+            split_out = self._g(self.theta, exact)
+        rtol = _prefix.PROBE_RTOL.get(self.dtype, 1e-3)
+        if whole.shape != split_out.shape or not torch.allclose(
+            split_out, whole, rtol=rtol, atol=rtol * float(whole.abs().max())
+        ):
+            self._drop_prefix("the split model disagreed with the whole model on a probe")
+            return False
+        if self._prefix_dtype != self.dtype and exact.shape == Z[:m].shape and exact.is_floating_point():
+            scale = float(exact.abs().max())
+            self._prefix_probe_error = float((Z[:m] - exact).abs().max()) / scale if scale > 0 else 0.0
+        self._prefix_checked = True
+        return True
 
     # ------------------------------------------------------------------ basics
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> LinearizedModel:
