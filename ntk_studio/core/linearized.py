@@ -17,16 +17,21 @@ from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
 from . import prefix as _prefix
+from .caching import InputCache
 from .distributed import SINGLE_PROCESS, SingleProcess
 from .errors import SettingsError, ShapeError
 from .options import choice
 from .params import ParamSpec, ParamSubset
+from .primal_cache import PrimalCache
 from .progress import Reporter
+from .structured import StructuredKernel, StructuredProducts
 
 DEFAULT_CHUNK_SIZE = 1024
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes for any dense object the engine materializes
 JACOBIAN_CHUNK_BYTES = 256 * 1024**2  # one chunk of the dense Jacobian (chunk · K · P floats)
 FD_DEFAULT_EPS = {torch.float64: 1e-5, torch.float32: 1e-3}
+OPERATOR_CACHE_BYTES = 1024**3  # features / graphs kept for repeated products on the same inputs
+PRODUCT_ROUTES = ("auto", "primal", "recompute")
 
 
 class LinearizedModel:
@@ -86,6 +91,7 @@ class LinearizedModel:
             for module in model.modules():
                 for store in (module._parameters, module._buffers):
                     self._slots.extend((store, key, t) for key, t in store.items())
+        self._init_operators()
         self._init_prefix(_prefix.is_enabled() if prefix is None else prefix, prefix_dtype)
 
     # ------------------------------------------------------------ frozen prefix (see .prefix)
@@ -210,6 +216,66 @@ class LinearizedModel:
         self._prefix_checked = True
         return True
 
+    # ------------------------------------------------------------ kept features for products
+    def _init_operators(self) -> None:
+        # "auto": structured per-layer features where the model has them (.structured), else kept
+        # autograd graphs (.primal_cache); "primal": kept graphs only; "recompute": run the network
+        # for every product (the pre-#17 behaviour, kept for comparison and as the fallback).
+        self.product_route = "auto"
+        self.operator_cache_bytes = OPERATOR_CACHE_BYTES
+        self.operator_note = ""
+        self._structured_kernel: StructuredKernel | None = None
+        self._products = InputCache(entries=2)
+
+    @property
+    def structured(self) -> StructuredKernel:
+        """Return this model's structured-feature helper (one per LinearizedModel, shared with KernelBuilder)."""
+        if self._structured_kernel is None:
+            self._structured_kernel = StructuredKernel(self)
+        return self._structured_kernel
+
+    def clear_operator_cache(self) -> None:
+        """Forget the features kept for products (benchmarks time uncached builds)."""
+        self._products.clear()
+
+    def _product_cache(self, X: torch.Tensor, build: bool):
+        """Return what products on X's rows reuse (structured features or kept graphs), or None to recompute.
+
+        Keyed on the caller's tensor object and its ``_version`` (and device, dtype, rows), so an
+        in-place change of X is never answered from the cache. With `build` False only a hit is returned.
+        """
+        if self.product_route not in PRODUCT_ROUTES:
+            raise SettingsError(f"product_route must be one of {', '.join(PRODUCT_ROUTES)}; got {self.product_route!r}.")
+        if not torch.is_tensor(X) or X.dim() == 0 or self.product_route == "recompute":
+            return None
+        if X.requires_grad and torch.is_grad_enabled():
+            return None  # a caller differentiating with respect to X needs the network's graph, not kept features
+        rows = self.shard.rows(X.shape[0])
+        tag = (self.device, self.dtype, rows.start, rows.stop)
+        hit = self._products.get(X, tag)
+        if hit is not None or not build or rows.stop <= rows.start:
+            return hit
+        Xp = self.prepare(X)
+        budget = int(self.operator_cache_bytes)
+        sk = self.structured
+        if self.product_route == "auto" and sk.check(Xp):
+            estimate = sk.feature_bytes(rows.stop - rows.start)
+            if estimate > budget:
+                self.operator_note = f"products recompute the network: structured features would need ~{estimate / 2**20:,.0f} MiB > budget {budget / 2**20:,.0f} MiB"
+                return None
+            cache, kind = StructuredProducts(self, sk.features(Xp, rows)), "structured features (Linear/Conv2d)"
+        else:
+            why = sk.reason if self.product_route == "auto" else "product_route='primal'"
+            cache, kind = PrimalCache(self, self._inputs(Xp), rows, budget), f"kept autograd graphs ({why})"
+            if cache.refusal:
+                self.operator_note = f"products recompute the network: {cache.refusal}"
+                return None
+        if not self._products.put(X, cache, cache.nbytes, budget, tag):
+            self.operator_note = f"products recompute the network: {kind} need {cache.nbytes / 2**20:,.0f} MiB > budget {budget / 2**20:,.0f} MiB"
+            return None
+        self.operator_note = f"products from {kind}, {cache.nbytes / 2**20:,.1f} MiB kept"
+        return cache
+
     # ------------------------------------------------------------------ basics
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> LinearizedModel:
         """Return self with θ* and the frozen tensors moved to `device` (the user's module is untouched).
@@ -323,8 +389,13 @@ class LinearizedModel:
     # ------------------------------------------------------------ J and Jᵀ
     def jvp(self, X: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Return J(X) v: (n, K) for v of shape (P,), or (c, n, K) for v of shape (c, P)."""
+        cache = self._product_cache(X, build=False)
         X = self.prepare(X)
         batched = v.dim() == 2
+        if cache is not None:
+            vv = v.to(self.device, self.dtype)
+            out = self.shard.gather_rows(cache.jvp(vv if batched else vv.unsqueeze(0)), X.shape[0], dim=1)
+            return out if batched else out[0]
         tangents = self.subset.unflatten(v.to(self.device, self.dtype))
         outs = []
         Z = self._inputs(X)
@@ -343,12 +414,18 @@ class LinearizedModel:
 
     def vjp(self, X: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Return J(X)ᵀ u: (P,) for u of shape (n, K), or (c, P) for u of shape (c, n, K)."""
+        cache = self._product_cache(X, build=False)
         X = self.prepare(X)
         K = self._ensure_output_dim(X)
         batched = u.dim() == 3
         u = u.to(self.device, self.dtype)
         if u.shape[-2:] != (X.shape[0], K):
             raise ShapeError(f"u must end in shape ({X.shape[0]}, {K}); got {tuple(u.shape)}.")
+        if cache is not None:
+            rows = self.shard.rows(X.shape[0])
+            total = cache.vjp((u if batched else u.unsqueeze(0))[:, rows])
+            total = self.shard.all_reduce(total)
+            return total if batched else total[0]
         total = torch.zeros(*u.shape[:-2], self.num_params, dtype=self.dtype, device=self.device)
         Z = self._inputs(X)
         for s in self.local_chunks(X.shape[0]):
@@ -412,8 +489,13 @@ class LinearizedModel:
         Rows and columns are sample-major (index i·K + k). With `independent`, cross-output blocks
         are dropped: K[(i,a),(j,b)] = δ_ab J_a(x_i)·J_a(x_j).
         """
-        X1, X2 = self.prepare(X1), self.prepare(X2)
-        K = self._ensure_output_dim(X2)
+        X1 = X1 if torch.is_tensor(X1) else self.prepare(X1)
+        X2 = X2 if torch.is_tensor(X2) else self.prepare(X2)
+        # Products come in series (CG iterations, preconditioner rows): keep each side's features.
+        self._product_cache(X2, build=True)
+        if X1 is not X2:
+            self._product_cache(X1, build=True)
+        K = self._ensure_output_dim(self.prepare(X2))
         vector = V.dim() == 1
         V = V.to(self.device, self.dtype).reshape(X2.shape[0], K, -1).permute(2, 0, 1)  # (c, n2, K)
         c = V.shape[0]
@@ -431,9 +513,17 @@ class LinearizedModel:
     # ------------------------------------------------------------ GGN / Fisher
     def ggn_matvec(self, X: torch.Tensor, v: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Return Jᵀ Λ J v, exact (jvp then vjp per chunk); v is (P,) or (c, P), Λ per-sample (n, K, K)."""
+        cache = self._product_cache(X, build=True)
         X = self.prepare(X)
         batched = v.dim() == 2
         vv = v if batched else v.unsqueeze(0)
+        if cache is not None:
+            rows = self.shard.rows(X.shape[0])
+            Jv = cache.jvp(vv.to(self.device, self.dtype))  # (c, n_local, K)
+            if weights is not None:
+                Jv = torch.einsum("nab,cnb->cna", weights[rows].to(self.device, self.dtype), Jv)
+            total = self.shard.all_reduce(cache.vjp(Jv))
+            return total if batched else total[0]
         tangents = self.subset.unflatten(vv.to(self.device, self.dtype))
         total = torch.zeros(vv.shape[0], self.num_params, dtype=self.dtype, device=self.device)
         Z = self._inputs(X)
