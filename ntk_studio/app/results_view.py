@@ -1,4 +1,4 @@
-"""The right-hand side of the window: prediction views, calibration, solver, fine-tuning loss, table, log.
+"""The right-hand side of the window: prediction views, calibration, solver, hyperparameters, loss, table, log.
 
 It turns worker payloads into plot data. Live data (fine-tuning epochs) goes through the window's
 `PlotThrottle`; final results are drawn at once. Curves are updated in place, never cleared during
@@ -13,10 +13,12 @@ from PySide6.QtWidgets import (QHBoxLayout, QLabel, QPlainTextEdit, QSlider, QSp
                                QVBoxLayout, QWidget)
 
 from .comparison_table import ComparisonTable
+from .run_records import FinetuneResult, GpResult
 from .throttle import PlotThrottle
-from .views.calibration import CalibrationPlot
+from .views.calibration import CalibrationPage, CalibrationPlot
 from .views.classes import ClassProbView
 from .views.convergence import ConvergencePlot
+from .views.hyper_choice import HyperChoiceView
 from .example_picker import ExamplePicker
 from .views.inspect import ExamplePanel
 from .views.loss import LossPlot
@@ -70,10 +72,15 @@ class ResultsView(QWidget):
         page_layout.addWidget(self.slider_row)
 
         self.calibration, self.convergence, self.loss_plot = CalibrationPlot(), ConvergencePlot(), LossPlot()
+        self.calibration_page = CalibrationPage(self.calibration)  # the plot with each method's numbers beside it
+        self.hyper_view = HyperChoiceView()
         self.tabs = QTabWidget()
         self.tabs.addTab(page, "Predictions")
-        self.tabs.addTab(self.calibration, "Calibration")
+        self.tabs.addTab(self.calibration_page, "Calibration")
         self.tabs.addTab(self.convergence, "Solver")
+        self.tabs.addTab(self.hyper_view, "Hyperparameters")
+        self.tabs.setTabToolTip(1, "Is the stated uncertainty right? Each method on the held-out rows.")
+        self.tabs.setTabToolTip(3, "The linearized model's s², σ² or τ: the values, the rule that chose them and why.")
         self.table = ComparisonTable()
         self.table.setFixedHeight(TABLE_HEIGHT)
         self.log = QPlainTextEdit()
@@ -116,6 +123,8 @@ class ResultsView(QWidget):
         self.pred_true.set_labels(target)
         self.class_view.set_classes(classes)
         self.calibration.set_task(task)
+        self.calibration_page.set_task(task)
+        self.hyper_view.clear_data()
         self.loss_plot.set_task(task)
         self.table.set_task(task)
         self.throttle.discard()
@@ -139,7 +148,7 @@ class ResultsView(QWidget):
         for key, curve in self.fit_plot.curves.items():
             if key not in keep:
                 curve.setData([], [])
-        for view in (self.pred_true, self.class_view, self.calibration):
+        for view in (self.pred_true, self.class_view, self.calibration, self.calibration_page, self.hyper_view):
             view.clear_data()
         self.convergence.clear_data()
         self.loss_plot.reset()
@@ -168,12 +177,16 @@ class ResultsView(QWidget):
     def current_plot(self) -> QWidget:
         """Return the plot the user is looking at (for File → Save plot)."""
         page = self.tabs.currentWidget()
-        return self.predictions.currentWidget() if page is self.tabs.widget(0) else page
+        if page is self.tabs.widget(0):
+            return self.predictions.currentWidget()
+        return page  # the calibration and hyperparameter pages are saved whole: plot, numbers and legend
 
     # ------------------------------------------------------------------ payloads
     def show_gp(self, p: dict) -> None:
-        """Draw a fit_gp payload: predictions, calibration, convergence, table rows."""
+        """Draw a fit_gp payload: predictions, calibration, convergence, hyperparameters, table rows."""
         self.picker.reset(p)
+        record = GpResult.from_event(p)
+        summary = self.calibration_page.summary
         if p.get("task") == "classification":
             labels = arr(p["test_y"]).astype(int)
             self.class_view.set_classes(p.get("class_names") or [])
@@ -181,8 +194,10 @@ class ResultsView(QWidget):
             self.class_view.set_probs("gp", labels, arr(p["probs"]))
             self.class_view.gallery.set_examples((p.get("test_rows") or {}).get("thumbnails") or [], labels,
                                                  arr(p["probs"]), self.class_view.class_names())
-            for key, diagram in (("gp", p["reliability"]), ("unadapted", p["base_reliability"])):
+            for key, diagram, cal in (("gp", p["reliability"], record.calibration),
+                                      ("unadapted", p["base_reliability"], record.unadapted_calibration)):
                 self.calibration.set_series(key, diagram["confidence"], diagram["accuracy"])
+                summary.set_row(key, cal, diagram)
         else:
             self._test_y = arr(p["test_y"])
             if p.get("grid"):
@@ -197,13 +212,24 @@ class ResultsView(QWidget):
                 self.pred_true.set_gp(self._test_y, arr(p["test_mean"]).ravel(), arr(p["test_std"]).ravel())
                 self.pred_true.set_points("unadapted", self._test_y, arr(p["test_base"]).ravel())
                 self.pred_true.hold_range()
-            self.calibration.set_series("gp", p["calibration"]["expected"], p["calibration"]["observed"])
-            base = p.get("base_calibration")
-            if base:
-                self.calibration.set_series("unadapted", base["expected"], base["observed"])
+            # Projects saved before the coverage curve existed show their quantile calibration curve.
+            self.calibration.set_task("regression", "coverage" if p.get("coverage") else "quantile")
+            self._regression_calibration("gp", p, "coverage", "calibration")
+            self._regression_calibration("unadapted", p, "base_coverage", "base_calibration")
+            summary.set_row("gp", record.calibration)
+            summary.set_row("unadapted", record.unadapted_calibration)
+        self.calibration_page.set_hyper(record.hyper)
+        self.hyper_view.set_hyper(record.hyper)
         self.convergence.set_convergence(p.get("convergence") or {})
         self.table.set_row("unadapted", p.get("unadapted_metrics") or {})
         self.table.set_row("gp", p.get("metrics") or {}, p.get("wall_time"))
+
+    def _regression_calibration(self, key: str, p: dict, coverage: str, quantile: str) -> None:
+        """Draw one method's coverage curve (or quantile curve, as the plot's kind says) when the payload has it."""
+        if self.calibration.kind == "coverage" and p.get(coverage):
+            self.calibration.set_series(key, p[coverage]["level"], p[coverage]["observed"])
+        elif self.calibration.kind == "quantile" and p.get(quantile):
+            self.calibration.set_series(key, p[quantile]["expected"], p[quantile]["observed"])
 
     def show_epoch(self, event: dict) -> None:
         """Record one fine-tuning epoch; its curve and loss point are drawn at the throttled rate."""
@@ -226,6 +252,8 @@ class ResultsView(QWidget):
         if p.get("task") == "classification":
             self.class_view.set_probs("finetuned", arr(p["test_y"]).astype(int), arr(p["probs"]))
             self.calibration.set_series("finetuned", p["reliability"]["confidence"], p["reliability"]["accuracy"])
+            self.calibration_page.summary.set_row("finetuned", FinetuneResult.from_event(p).calibration,
+                                                  p["reliability"])
         else:
             if p.get("start_pred") is not None:
                 self._draw_finetuned(0, arr(p["start_pred"]).ravel())
@@ -233,8 +261,8 @@ class ResultsView(QWidget):
                 self._draw_finetuned(max(int(p.get("epochs_run", 1)), 1), arr(p["grid_pred"]).ravel())
             self.fit_plot.follow_data()
             self.pred_true.follow_data()
-            if p.get("calibration"):
-                self.calibration.set_series("finetuned", p["calibration"]["expected"], p["calibration"]["observed"])
+            self._regression_calibration("finetuned", p, "coverage", "calibration")
+            self.calibration_page.summary.set_row("finetuned", FinetuneResult.from_event(p).calibration)
         if p.get("history"):
             self.loss_plot.reset()
             for epoch, loss in p["history"]:

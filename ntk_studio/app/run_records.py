@@ -21,9 +21,153 @@ def _float(value: Any) -> float | None:
     return out if math.isfinite(out) else None
 
 
+COVERAGE_KEYS = ((0.5, "coverage50"), (0.9, "coverage90"), (0.95, "coverage95"))  # metrics' interval coverages
+
+
+def _floats(values: Any) -> list[float] | None:
+    """Return ``values`` as a list of floats (NaN where not a number), or None when it is not a list."""
+    if not isinstance(values, (list, tuple)):
+        return None
+    return [math.nan if (v := _float(x)) is None else v for x in values] if values else None
+
+
+@dataclass(frozen=True)
+class MethodCalibration:
+    """One method's calibration on the held-out rows, from its metrics.
+
+    Classification: ``ece`` (expected calibration error) and ``accuracy``. Regression: ``coverage``,
+    the fraction of targets inside the central 50/90/95 % predictive intervals, and
+    ``calibration_error`` (mean |observed − expected| of the quantile curve). Missing values are None.
+    """
+
+    ece: float | None = None
+    accuracy: float | None = None
+    coverage: dict[float, float | None] = field(default_factory=dict)
+    calibration_error: float | None = None
+
+    @classmethod
+    def from_metrics(cls, metrics: dict[str, Any] | None) -> MethodCalibration:
+        """Return the calibration part of a metrics dict (any key may be missing)."""
+        m = metrics or {}
+        return cls(ece=_float(m.get("ece")), accuracy=_float(m.get("accuracy")),
+                   coverage={level: _float(m.get(key)) for level, key in COVERAGE_KEYS},
+                   calibration_error=_float(m.get("calibration_error")))
+
+
+@dataclass(frozen=True)
+class HyperCurve:
+    """One line of the hyperparameter search: a criterion over the prior variances s² tried."""
+
+    prior_var: list[float]
+    value: list[float]
+    label: str  # legend text, e.g. 'τ = 1 (plain Laplace)'
+    criterion: str  # 'heldout_nll' (lower is better) or 'evidence' (higher is better)
+
+
+@dataclass(frozen=True)
+class HyperChoice:
+    """The hyperparameters a fit used, how they were chosen and the numbers behind the choice.
+
+    Parsed from a ``fit_gp`` payload's ``hyper`` dict (pipeline.hyper_info). Projects saved before a
+    key existed read it as None (no ``hyper`` at all: the payload's own prior_var and noise).
+    ``selection``: 'heldout', 'evidence', 'floor', 'map2', 'as given', … ``floor_active``: σ² sits
+    on its floor (the evidence wanted less noise). ``curves``: the search over s², when it was a grid.
+    """
+
+    task: str
+    fitted: bool | None
+    selection: str | None
+    method: str | None
+    why: str | None
+    prior_var: float | None
+    noise: float | None
+    cov_scale: float | None
+    temperature: float | None  # the classifier's logit temperature T (None: none was sent, i.e. T = 1)
+    initial_prior_var: float | None
+    initial_noise: float | None
+    log_evidence: float | None
+    initial_log_evidence: float | None
+    heldout_nll: float | None
+    heldout_nll_unscaled: float | None  # at the chosen s² with τ = 1 (the plain Laplace posterior)
+    evidence_prior_var: float | None  # the s² the evidence alone picks, when the search computed it
+    folds: int | None
+    noise_floor: float | None
+    floor_active: bool | None
+    curves: tuple[HyperCurve, ...] = ()
+
+    @classmethod
+    def from_payload(cls, p: dict[str, Any]) -> HyperChoice:
+        """Return the record of a fit_gp payload's hyperparameters (robust to missing keys)."""
+        task = str(p.get("task") or "regression")
+        h = p.get("hyper") if isinstance(p.get("hyper"), dict) else {}
+        search = h.get("search") if isinstance(h.get("search"), dict) else {}
+        fitted = h.get("fitted")
+        selection = h.get("selection") or search.get("selection")
+        if selection is None and fitted is False:
+            selection = "as given"
+        start = search.get("start") if isinstance(search.get("start"), dict) else {}
+        heldout = _float(h.get("heldout_nll"))
+        if heldout is None:
+            heldout = _float(search.get("chosen_heldout_nll"))
+        folds = h.get("folds", search.get("folds"))
+        floor_active = h.get("floor_active")
+        return cls(
+            task=task, fitted=None if fitted is None else bool(fitted), selection=selection,
+            method=h.get("method") if h.get("method") != selection else search.get("method"),
+            why=h.get("why") or search.get("why"),
+            prior_var=_float(h.get("prior_var", p.get("prior_var"))),
+            noise=None if task == "classification" else _float(h.get("noise", p.get("noise"))),
+            cov_scale=_float(h.get("cov_scale")) if task == "classification" else None,
+            temperature=_float(h.get("temperature")) if task == "classification" else None,
+            initial_prior_var=_float(h.get("initial_prior_var")), initial_noise=_float(h.get("initial_noise")),
+            log_evidence=_float(h.get("log_evidence")),
+            initial_log_evidence=_float(start.get("log_marginal_likelihood")),
+            heldout_nll=heldout, heldout_nll_unscaled=_float(search.get("heldout_nll_unscaled")),
+            evidence_prior_var=_float(search.get("chosen_evidence_prior_var")),
+            folds=None if _float(folds) is None else int(folds),
+            noise_floor=_float(h.get("noise_floor")), floor_active=None if floor_active is None else bool(floor_active),
+            curves=_search_curves(search))
+
+
+def _search_curves(search: dict[str, Any]) -> tuple[HyperCurve, ...]:
+    """Return the s² search's lines: held-out NLL (best τ at each s², and τ = 1), else the evidence over s².
+
+    Reads both forms the classifier has written: a profile over a continuous search
+    ('heldout_profile' with a 'heldout_nll' table over 'cov_scale' columns) and the older grid table
+    (no profile: the column at the chosen τ). Lines whose lengths do not match are left out.
+    """
+    grid = _floats(search.get("prior_var"))
+    curves: list[HyperCurve] = []
+    if grid:
+        profile = _floats(search.get("heldout_profile"))
+        if profile and len(profile) == len(grid):
+            both = _floats(search.get("heldout_profile_temperature")) is not None
+            curves.append(HyperCurve(grid, profile, "best τ, T at each s²" if both else "best τ at each s²",
+                                     "heldout_nll"))
+        table, scales = search.get("heldout_nll"), _floats(search.get("cov_scale"))
+        rows = [_floats(row) for row in table] if isinstance(table, list) and len(table) == len(grid) else []
+        if scales and rows and all(row is not None and len(row) == len(scales) for row in rows):
+            chosen = _float(search.get("chosen_cov_scale"))
+            picks = [] if curves or chosen is None else [j for j, t in enumerate(scales) if math.isclose(t, chosen)]
+            picks += [j for j, t in enumerate(scales) if t == 1.0 and j not in picks]
+            curves += [HyperCurve(grid, [row[j] for row in rows],
+                                  "τ = 1 (plain Laplace)" if scales[j] == 1.0 else f"τ = {_short(scales[j])}",
+                                  "heldout_nll") for j in picks]
+    if not curves:
+        x = _floats(search.get("evidence_prior_var")) or grid
+        evidence = _floats(search.get("evidence"))
+        if x and evidence and len(evidence) == len(x):
+            curves.append(HyperCurve(x, evidence, "log evidence (Laplace)", "evidence"))
+    return tuple(curves)
+
+
+def _short(x: float) -> str:
+    return f"{x:.3g}"
+
+
 @dataclass(frozen=True)
 class GpResult:
-    """A ``fit_gp`` result: the route, the hyperparameters used, scores and timing."""
+    """A ``fit_gp`` result: the route, the hyperparameters used, scores, calibration and timing."""
 
     task: str
     route: str | None
@@ -41,6 +185,21 @@ class GpResult:
                    noise=_float(e.get("noise")), wall_time=_float(e.get("wall_time")),
                    metrics=dict(e.get("metrics") or {}), unadapted_metrics=dict(e.get("unadapted_metrics") or {}),
                    payload=e)
+
+    @property
+    def hyper(self) -> HyperChoice:
+        """Return the chosen hyperparameters and why."""
+        return HyperChoice.from_payload(self.payload)
+
+    @property
+    def calibration(self) -> MethodCalibration:
+        """Return the linearized model's calibration on the held-out rows."""
+        return MethodCalibration.from_metrics(self.metrics)
+
+    @property
+    def unadapted_calibration(self) -> MethodCalibration:
+        """Return the unadapted model's calibration on the held-out rows."""
+        return MethodCalibration.from_metrics(self.unadapted_metrics)
 
 
 @dataclass(frozen=True)
@@ -74,6 +233,11 @@ class FinetuneResult:
         return cls(task=str(e.get("task") or "regression"), epochs_run=int(e.get("epochs_run") or 0),
                    test_loss=_float(e.get("test_loss")), wall_time=_float(e.get("wall_time")),
                    metrics=dict(e.get("metrics") or {}), payload=e)
+
+    @property
+    def calibration(self) -> MethodCalibration:
+        """Return the fine-tuned model's calibration on the held-out rows."""
+        return MethodCalibration.from_metrics(self.metrics)
 
 
 @dataclass(frozen=True)

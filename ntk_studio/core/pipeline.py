@@ -23,6 +23,7 @@ from torch import nn
 from ..pipeline_defaults import NOISE_FRACTION, SCORING_RULE, RunSettings, settings_for
 from . import prefix as _prefix
 from .classify import LinearizedClassifier
+from . import regression_hyper
 from .records import ComparisonRecord, classification_record, regression_record
 from .data import adaptation_split
 from .data.dataset import Dataset
@@ -42,6 +43,7 @@ PLAN_ITEMSIZE = 8  # solves run in float64
 LINEARIZED_NAMES = {"regression": "linearized GP", "classification": "linearized classifier"}
 POINT_RULE = "Gaussian, var = own adaptation MSE"  # short form of SCORING_RULE for point predictors
 
+FLOOR_ACTIVE_RTOL = 1e-6  # σ² within this of the floor: the floor, not the evidence, set it
 __all__ = [
     "METHODS", "PRIOR_VAR_GRID", "SCORING_RULE", "PreparedData", "RunResult", "RunSettings", "drain", "fine_tune_iter",
     "fit_linearized_iter", "load_data_for", "plan_run", "prepare", "resolve_task", "run", "run_split", "score_linearized",
@@ -170,20 +172,53 @@ def drain(gen: Generator, on_event: Callable | None = None):
 
 
 def hyper_info(fitted, adapt: Dataset, settings: RunSettings, task: str) -> dict[str, Any]:
-    """Return the hyperparameters used (fitted or given), their starting values and the log evidence."""
+    """Return the hyperparameters used (fitted or given), how and why they were chosen, and the log evidence.
+
+    Flat keys every reader uses: 'fitted', 'selection' ('heldout', 'evidence', 'floor', 'map2', … or
+    'as given'), 'method' (in words), 'why' (one line, when the selection gives one), 'prior_var',
+    'noise', 'cov_scale' and 'temperature' (classifier's τ and logit T), their starting values, 'log_evidence' at the result;
+    classifiers chosen by held-out NLL add 'heldout_nll' (at the chosen s², τ) and 'folds';
+    regression with the σ² floor adds 'noise_floor' and 'floor_active'. 'search' is the predictor's
+    own record of the search (its candidates and tables), as JSON-ready data.
+    """
     try:
         evidence = fitted.log_marginal_likelihood()
     except Exception:  # noqa: BLE001 - CG classifiers have no evidence; the run is still valid
         evidence = None
-    info = getattr(fitted, "hyper_info", None) or {}
-    return {"fitted": settings.fit_hyper,
-            "method": (info.get("method") or info.get("selection")) if settings.fit_hyper else "as given",
-            "prior_var": fitted.prior_var,
-            "noise": None if task == "classification" else fitted.noise,
-            "cov_scale": getattr(fitted, "cov_scale", None),
-            "initial_prior_var": settings.prior_var,
-            "initial_noise": None if task == "classification" else initial_noise(adapt, settings),
-            "log_evidence": evidence}
+    info = (getattr(fitted, "hyper_info", None) or {}) if settings.fit_hyper else {}
+    selection = (info.get("selection") or info.get("method")) if settings.fit_hyper else "as given"
+    out = {"fitted": settings.fit_hyper,
+           "selection": selection,
+           "method": (info.get("method") or info.get("selection")) if settings.fit_hyper else "as given",
+           "why": info.get("why"),
+           "prior_var": fitted.prior_var,
+           "noise": None if task == "classification" else fitted.noise,
+           "cov_scale": getattr(fitted, "cov_scale", None),
+           "temperature": getattr(fitted, "logit_temperature", None),
+           "initial_prior_var": settings.prior_var,
+           "initial_noise": None if task == "classification" else initial_noise(adapt, settings),
+           "log_evidence": evidence,
+           "search": _plain(info) if info else None}
+    if info.get("chosen_heldout_nll") is not None:
+        out.update(heldout_nll=info["chosen_heldout_nll"], folds=info.get("folds"))
+    if task == "regression" and selection == "floor":
+        floor = info.get("noise_floor")
+        floor = regression_hyper.noise_floor(adapt.y) if floor is None else float(floor)
+        out.update(noise_floor=floor, floor_active=bool(fitted.noise <= floor * (1 + FLOOR_ACTIVE_RTOL)))
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """Return ``value`` with tensors and NumPy values as Python numbers and lists (JSON-ready)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if hasattr(value, "tolist"):  # NumPy arrays and scalars
+        return value.tolist()
+    return value
 
 
 def score_linearized(fitted, task: str, test: Dataset, wall_time_s: float) -> tuple[ComparisonRecord, dict]:

@@ -17,7 +17,7 @@ import torch
 from ntk_studio.core import LinearizedTrajectory
 from ntk_studio.core.data.dataset import Dataset
 from ntk_studio.core.errors import MemoryBudgetError, ShapeError, SolverError
-from ntk_studio.core.metrics_regression import calibration_curve
+from ntk_studio.core.metrics_regression import calibration_curve, interval_coverage
 from ntk_studio.core.metrics_classification import reliability_diagram
 from ntk_studio.core.pipeline import (
     SCORING_RULE, RunSettings, fine_tune_iter, fit_linearized_iter, hyper_info, point_predictions, score_finetuned,
@@ -32,6 +32,8 @@ from .summaries import held_out_rows, plot_inputs_1d
 MAX_GRID_POINTS = 100_000  # a plot needs a few hundred; more is a typo that would eat memory
 TRAJECTORY_POINTS = 60  # slider positions
 TRAJECTORY_MAX_STEPS = 10**6
+# Nominal levels of the coverage curve (central predictive intervals): every 5 %, and 99 %.
+COVERAGE_LEVELS = tuple(k / 20 for k in range(1, 20)) + (0.99,)
 TRAJECTORY_DECAY = 5.0  # run until the slowest non-null mode has decayed by e^-5 (or MAX_STEPS)
 
 JobGen = Generator[tuple[str, dict[str, Any]], None, dict[str, Any]]
@@ -62,6 +64,14 @@ def run_settings(state: WorkerState, args: dict) -> RunSettings:
 
 def _calibration(curve) -> dict[str, Any]:
     return {"expected": curve.expected, "observed": curve.observed, "error": curve.error}
+
+def _coverage(mean: torch.Tensor, var: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """Return the coverage curve: the fraction of held-out targets inside each central predictive interval."""
+    mean, var, y = mean.double().reshape(-1), var.double().reshape(-1), y.double().reshape(-1)
+    if not (torch.isfinite(mean).all() and torch.isfinite(y).all()) or var.isnan().any():  # a diverged fit
+        return {"level": list(COVERAGE_LEVELS), "observed": [float("nan")] * len(COVERAGE_LEVELS)}
+    return {"level": list(COVERAGE_LEVELS), "observed": [interval_coverage(mean, var, y, p) for p in COVERAGE_LEVELS]}
+
 
 
 def _fit_events(fit, convergence: list) -> JobGen:
@@ -98,7 +108,8 @@ def fit_gp_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
     else:
         result = _regression_payload(state, fitted, data, adapt, test, args, preds, base_preds, convergence, cancel)
     result.update(metrics=record.metrics, unadapted_metrics=base_record.metrics,
-                  records=[base_record.to_dict(), record.to_dict()], hyper=hyper_info(fitted, adapt, settings, state.task),
+                  records=[base_record.to_dict(), record.to_dict()],
+                  hyper=hyper_info(fitted, adapt, settings, state.task),
                   task_reason=state.task_reason, scoring_rule=SCORING_RULE,
                   plan=fitted.plan.describe(), route=f"{fitted.plan.space}/{fitted.plan.solver}",
                   prior_var=fitted.prior_var, num_params=fitted.lm.num_params,
@@ -128,6 +139,7 @@ def _regression_payload(state, gp, data, adapt, test, args, preds, base_preds, c
         "test_y": test.y, "test_mean": test_mean, "test_std": test_var.clamp_min(0).sqrt(),
         "test_base": base_test,
         "calibration": _calibration(calibration_curve(test_mean, test_var, test.y)),
+        "coverage": _coverage(test_mean, test_var, test.y), "base_coverage": _coverage(base_test, base_var, test.y),
         "base_calibration": _calibration(calibration_curve(base_test, base_var, test.y)),
     }
 
@@ -182,7 +194,8 @@ def finetune_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
         out["test_loss"] = out["metrics"]["nll"]
     else:
         pred_test, var = preds["mean"], preds["var"]
-        out.update(test_pred=pred_test, calibration=_calibration(calibration_curve(pred_test, var, test.y)))
+        out.update(test_pred=pred_test, calibration=_calibration(calibration_curve(pred_test, var, test.y)),
+                   coverage=_coverage(pred_test, var, test.y))
         out["test_loss"] = float(((pred_test - test.y.double()) ** 2).mean())
     return out
 
