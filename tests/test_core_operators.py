@@ -38,7 +38,7 @@ CASES = [(name, spec) for name in MODELS for spec in ("all", "last:1")] + [("cnn
 def case(request):
     name, spec = request.param
     model = MODELS[name]()
-    lm = LinearizedModel(model, spec, chunk_size=4)  # chunk < n: every loop crosses chunk edges
+    lm = LinearizedModel(model, spec, chunk_size=4, prefix_dtype="engine")  # chunk < n: every loop crosses chunk edges
     X = inputs(name, N)
     J = reference_jacobian(MODELS[name](), X, lm.subset.names)
     return lm, X, J
@@ -130,14 +130,17 @@ def test_finite_difference_fisher_error_is_reported_honestly(case):
     assert actual < 20 * estimate + 1e-9
 
 
-def test_structured_path_is_used_for_mlps_and_refused_for_cnns():
+def test_structured_path_covers_linear_and_conv_and_refuses_batchnorm_with_a_reason():
     mlp_builder = KernelBuilder(LinearizedModel(MODELS["mlp"](), "all"))
     mlp_builder.diag(inputs("mlp", 4))
     assert mlp_builder.path == "structured"
+    conv_builder = KernelBuilder(LinearizedModel(MODELS["cnn"](), "conv,head"))
+    conv_builder.diag(inputs("cnn", 4))
+    assert conv_builder.path == "structured" and conv_builder.fallback_reason == ""
     cnn_builder = KernelBuilder(LinearizedModel(MODELS["cnn"](), "all"))
     cnn_builder.diag(inputs("cnn", 4))
     assert cnn_builder.path == "jacobian"
-    assert "not in an nn.Linear" in cnn_builder.fallback_reason
+    assert cnn_builder.fallback_reason == "parameters of bn are in BatchNorm2d, which has no structured form here (Linear and Conv2d have one)"
 
 
 def test_structured_path_rejects_weight_sharing():

@@ -14,6 +14,7 @@ from torch import nn
 
 from ntk_studio.core import LinearizedClassifier, LinearizedGP
 from ntk_studio.core import prefix as prefix_mod
+from ntk_studio.core.errors import SettingsError
 from ntk_studio.core.linearized import LinearizedModel
 
 TOL = 1e-12
@@ -139,7 +140,7 @@ def test_mlp_prefix_products_equal_uncached(params):
     assert b.prefix_note == "no frozen prefix: turned off"
     assert_products_equal(a, b, X, X2)
     width = 12 if params in ("last:1", "4") else 16
-    assert a.prefix_note.startswith(f"frozen prefix cached: {width} features per input")
+    assert a.prefix_note.startswith(f"frozen prefix cached: {width} features per input (run in float64; ")
 
 
 def test_head_kernel_matches_dense_reference():
@@ -297,3 +298,121 @@ def test_features_changed_in_place_are_not_served_again():
     Z = lm._inputs(lm.prepare(X))
     Z.mul_(3.0)  # e.g. a suffix that modifies its input in place
     assert rel(lm.forward(X), LinearizedModel(model, "last:1", prefix=False).forward(X)) < TOL
+
+
+# ---------------------------------------------------------------- the prefix in the model's own dtype
+# A float32 prefix rounds each layer's output to float32: with random-sign rounding a layer that sums
+# `fan_in` terms adds about sqrt(fan_in)·eps relative error, and the errors of `depth` such layers add
+# up. The bound below is that sum (SmallCNN's prefix: conv1, bn, conv2, pool; fan-in ≤ 36); it is ~20×
+# the measured 1.3e-7, ~300× below what a float16 prefix (eps 9.8e-4) would give, and a wrong split or
+# stale features are O(1). Products of two features (kernel) and the MAP logits carry at most twice it.
+EPS32 = torch.finfo(torch.float32).eps
+CNN_PREFIX_DEPTH, CNN_MAX_FAN_IN = 4, 36
+TOL32 = CNN_PREFIX_DEPTH * CNN_MAX_FAN_IN**0.5 * EPS32  # 2.9e-6
+
+
+def cnn32() -> nn.Module:
+    return cnn().float().eval()
+
+
+def test_float32_model_runs_its_prefix_in_float32_and_the_suffix_exactly_in_float64():
+    model = cnn32()
+    X = torch.randn(13, 2, 8, 8, generator=torch.Generator().manual_seed(11))
+    lm = LinearizedModel(model, "head", chunk_size=5)
+    assert lm.prefix_dtype == "model" and lm.prefix_run_dtype == torch.float32 and lm.dtype == torch.float64
+    Z = lm._inputs(lm.prepare(X))
+    assert Z.dtype == torch.float64
+    with torch.no_grad():
+        Z32 = lm.prefix.prefix(X)  # the user's own float32 layers, run directly
+    assert Z32.dtype == torch.float32
+    assert rel(Z, Z32.double()) < 1e-6  # the same float32 arithmetic (chunks of 5 vs one batch)
+    # Everything after the features is exact in float64: the head-only kernel is (Z Zᵀ + 1) ⊗ I.
+    ref = torch.kron(Z @ Z.T + 1.0, torch.eye(3, dtype=torch.float64))
+    assert rel(lm.kernel_matmul(X, X, torch.eye(13 * 3, dtype=torch.float64)), ref) < TOL
+    J = lm.jacobian(X).reshape(-1, lm.num_params)
+    assert rel(J @ J.T, ref) < TOL
+
+
+def test_float32_prefix_against_the_float64_prefix():
+    model = cnn32()
+    g = torch.Generator().manual_seed(12)
+    X = torch.randn(13, 2, 8, 8, generator=g)
+    X2 = torch.randn(6, 2, 8, 8, generator=g)
+    a = LinearizedModel(model, "head", chunk_size=5)
+    b = LinearizedModel(model, "head", chunk_size=5, prefix_dtype="engine")
+    c = LinearizedModel(model, "head", chunk_size=5, prefix=False)  # the whole float64 network every time
+    assert b.prefix_run_dtype == torch.float64
+    Za, Zb = a._inputs(a.prepare(X)), b._inputs(b.prepare(X))
+    err = rel(Za, Zb)
+    assert 0 < err < TOL32  # not the float64 features, and within float32 rounding of them
+    assert a.prefix_probe_error is not None and 0 < a.prefix_probe_error < TOL32
+    assert b.prefix_probe_error is None
+    assert_products_equal(b, c, X, X2)  # "engine" is the exact path
+    assert rel(a.forward(X), c.forward(X)) < 2 * TOL32
+    W = torch.randn(X2.shape[0] * 3, 4, generator=g, dtype=torch.float64)
+    assert rel(a.kernel_matmul(X, X2, W), c.kernel_matmul(X, X2, W)) < 2 * TOL32
+    v = torch.randn(a.num_params, generator=g, dtype=torch.float64)
+    assert rel(a.jvp(X2, v), c.jvp(X2, v)) < 2 * TOL32
+
+
+def test_float32_prefix_classifier_against_the_float64_network():
+    model = cnn32()
+    g = torch.Generator().manual_seed(13)
+    X = torch.randn(24, 2, 8, 8, generator=g)
+    y = torch.arange(24) % 3
+    Xs = torch.randn(10, 2, 8, 8, generator=g)
+    a = LinearizedClassifier(model, params="head", prior_var=0.5, chunk_size=5).fit(X, y)
+    with prefix_mod.disabled():
+        b = LinearizedClassifier(model, params="head", prior_var=0.5, chunk_size=5).fit(X, y)
+    assert a.lm.prefix_run_dtype == torch.float32 and b.lm.prefix is None
+    (ma, ca), (mb, cb) = a.predict_logits(Xs), b.predict_logits(Xs)
+    assert rel(ma, mb) < 2 * TOL32 and rel(ca, cb) < 2 * TOL32
+    assert rel(a.predict_proba(Xs), b.predict_proba(Xs)) < 2 * TOL32
+    assert torch.equal(a.predict(Xs), b.predict(Xs))
+    assert "run in float32, the model's dtype, features cast to float64" in a.plan.describe()
+
+
+def test_float64_model_keeps_the_exact_path():
+    model = cnn()
+    X = torch.randn(9, 2, 8, 8, generator=torch.Generator().manual_seed(14), dtype=torch.float64)
+    a = LinearizedModel(model, "head")
+    b = LinearizedModel(model, "head", prefix_dtype="engine")
+    assert a.prefix_run_dtype == b.prefix_run_dtype == torch.float64
+    fa = a.forward(X)
+    prefix_mod.clear_cache()
+    assert torch.equal(fa, b.forward(X))
+    assert a.prefix_probe_error is None
+    assert "(run in float64; torch.fx split before head;" in a.prefix_note
+
+
+def test_the_prefix_is_never_run_wider_than_the_engine():
+    model = cnn()  # float64 weights, float32 engine: the prefix runs in float32
+    X = torch.randn(7, 2, 8, 8, generator=torch.Generator().manual_seed(15))
+    lm = LinearizedModel(model, "head", dtype=torch.float32)
+    assert lm.prefix_run_dtype == torch.float32
+    ref = LinearizedModel(model, "head", dtype=torch.float32, prefix=False).forward(X)
+    assert rel(lm.forward(X), ref) < 1e-5
+    assert "(run in float32; " in lm.prefix_note
+
+
+def test_cached_features_are_not_shared_across_prefix_dtypes():
+    model = cnn32()
+    X = torch.randn(8, 2, 8, 8, generator=torch.Generator().manual_seed(16))
+    fast = LinearizedModel(model, "head").forward(X)  # float32 features cached first
+    exact = LinearizedModel(model, "head", prefix_dtype="engine").forward(X)
+    assert prefix_mod.CACHE.hits == 0 and prefix_mod.CACHE.misses == 2
+    assert rel(exact, LinearizedModel(model, "head", prefix=False).forward(X)) < TOL
+    assert 0 < rel(fast, exact) < 2 * TOL32
+
+
+def test_prefix_dtype_is_validated_and_named_in_the_plan_note():
+    model = cnn32()
+    with pytest.raises(SettingsError, match="prefix_dtype must be one of 'model', 'engine'; got 'half'"):
+        LinearizedModel(model, "head", prefix_dtype="half")
+    note = LinearizedModel(model, "head").prefix_note
+    assert note.startswith("frozen prefix cached: (after the first data) features per input (run in float32, "
+                           "the model's dtype, features cast to float64; torch.fx split before head;")
+    engine = LinearizedModel(model, "head", prefix_dtype="engine").prefix_note
+    assert "(run in float64; torch.fx split before head;" in engine
+    # The planner, before any fit, says the same as a fitted model.
+    assert prefix_mod.describe(*prefix_mod.choose_split(model, ["head.weight", "head.bias"]), None) == note

@@ -6,16 +6,15 @@ import torch
 
 from .caching import LastInputCache
 from .linearized import LinearizedModel
-from .structured import StructuredKernel
 
 
 class KernelBuilder:
-    """Chooses between the structured Linear-layer form and dense per-sample Jacobians, once per model."""
+    """Chooses between the structured (Linear/Conv2d) form and dense per-sample Jacobians, once per model."""
 
     def __init__(self, lm: LinearizedModel, independent: bool = False, structured: bool | None = None) -> None:
         self.lm = lm
         self.independent = independent
-        self._structured = StructuredKernel(lm) if structured is not False else None
+        self._structured = lm.structured if structured is not False else None
         self._checked = structured is False
         self.use_structured = False
         # The right-hand set is usually the training set, reused for every test chunk.
@@ -27,8 +26,9 @@ class KernelBuilder:
             self._checked = True
 
     def clear_cache(self) -> None:
-        """Forget the cached right-hand Jacobian and structured features (benchmarks time uncached calls)."""
+        """Forget the cached right-hand Jacobian, structured features and product features (benchmarks time uncached calls)."""
         self._jacobian_cached.clear()
+        self.lm.clear_operator_cache()
         if self._structured is not None:
             self._structured._features_cached.clear()
 

@@ -17,15 +17,21 @@ from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
 from . import prefix as _prefix
+from .caching import InputCache
 from .distributed import SINGLE_PROCESS, SingleProcess
 from .errors import SettingsError, ShapeError
+from .options import choice
 from .params import ParamSpec, ParamSubset
+from .primal_cache import PrimalCache
 from .progress import Reporter
+from .structured import StructuredKernel, StructuredProducts
 
 DEFAULT_CHUNK_SIZE = 1024
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes for any dense object the engine materializes
 JACOBIAN_CHUNK_BYTES = 256 * 1024**2  # one chunk of the dense Jacobian (chunk · K · P floats)
 FD_DEFAULT_EPS = {torch.float64: 1e-5, torch.float32: 1e-3}
+OPERATOR_CACHE_BYTES = 1024**3  # features / graphs kept for repeated products on the same inputs
+PRODUCT_ROUTES = ("auto", "primal", "recompute")
 
 
 class LinearizedModel:
@@ -34,7 +40,8 @@ class LinearizedModel:
     The model is evaluated in eval mode (BatchNorm uses running statistics, dropout is off), so
     every sample's output depends on that sample only; its own train/eval flags are restored after
     each call. Parameters and floating buffers are copied to `dtype` and `device`; the user's
-    module keeps its own weights untouched.
+    module keeps its own weights untouched. A frozen prefix (see :mod:`.prefix`) runs in the
+    model's own dtype (`prefix_dtype="model"`) or in `dtype` (`"engine"`); its features are cast to `dtype`.
     """
 
     def __init__(
@@ -46,6 +53,7 @@ class LinearizedModel:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         shard: SingleProcess | None = None,
         prefix: bool | None = None,
+        prefix_dtype: str = "model",
     ) -> None:
         self.model = model
         # Which rows of each data set this process works on; the default owns them all.
@@ -83,16 +91,23 @@ class LinearizedModel:
             for module in model.modules():
                 for store in (module._parameters, module._buffers):
                     self._slots.extend((store, key, t) for key, t in store.items())
-        self._init_prefix(_prefix.is_enabled() if prefix is None else prefix)
+        self._init_operators()
+        self._init_prefix(_prefix.is_enabled() if prefix is None else prefix, prefix_dtype)
 
     # ------------------------------------------------------------ frozen prefix (see .prefix)
-    def _init_prefix(self, enabled: bool) -> None:
+    def _init_prefix(self, enabled: bool, prefix_dtype: str = "model") -> None:
+        # "model": the frozen prefix runs in the model's own dtype and its features are cast to
+        # self.dtype; "engine": it runs in self.dtype (see .prefix).
+        self.prefix_dtype = choice(_prefix.PrefixDtype, prefix_dtype, "prefix_dtype")
         self.prefix: _prefix.Split | None = None
         self._prefix_features: int | None = None
+        self._prefix_probe_error: float | None = None
         self.prefix, self._prefix_reason = _prefix.choose_split(self.model, self.subset.names, enabled)
         if self.prefix is not None:
             self._prefix_state = [(t, t._version) for t in self.prefix.state]
             self._prefix_checked = False
+            self._prefix_dtype = _prefix.run_dtype(self.prefix, self.dtype, self.prefix_dtype)
+            self._prefix_cast: tuple[torch.device, dict[str, torch.Tensor]] | None = None
             if self._aliases:
                 seen = {id(m) for m in self.model.modules()}
                 for part in (self.prefix.prefix, self.prefix.suffix):
@@ -103,47 +118,163 @@ class LinearizedModel:
 
     @property
     def prefix_note(self) -> str:
-        """Return one line for the plan: the frozen prefix that is cached, or why there is none."""
-        return _prefix.describe(self.prefix, self._prefix_reason, self._prefix_features)
+        """Return one line for the plan: the frozen prefix that is cached (and its dtype), or why there is none."""
+        return _prefix.describe(self.prefix, self._prefix_reason, self._prefix_features, self.dtype, self.prefix_dtype)
+
+    @property
+    def prefix_run_dtype(self) -> torch.dtype | None:
+        """Return the dtype the frozen prefix runs in (None without a prefix)."""
+        return None if self.prefix is None else self._prefix_dtype
+
+    @property
+    def prefix_probe_error(self) -> float | None:
+        """Return max|Z − Z_engine| / max|Z_engine| of the prefix's features on the probe rows (None: same dtype / not run yet)."""
+        return self._prefix_probe_error if self.prefix is not None else None
 
     def _drop_prefix(self, reason: str) -> None:
         self.prefix, self._prefix_reason = None, reason
+
+    def _prefix_values(self) -> dict[str, torch.Tensor]:
+        """Return the prefix's tensors in its run dtype on this device, cast once from the engine's copies.
+
+        The engine's copies hold the model's values exactly (a widening cast), so casting back gives
+        the user's own weights as they were at construction.
+        """
+        if self.prefix is None or self._prefix_dtype == self.dtype:
+            return self.theta
+        if self._prefix_cast is None or self._prefix_cast[0] != self.device:
+            wanted = set(self.prefix.names(self.prefix.prefix)) | set(self._aliases.values())
+            dtype = self._prefix_dtype
+            values = {
+                k: t.to(dtype) if t.is_floating_point() else t
+                for k, t in {**self.frozen, **self.theta}.items() if k in wanted
+            }
+            self._prefix_cast = (self.device, values)
+        return self._prefix_cast[1]
+
+    def _run_prefix(self, X: torch.Tensor) -> torch.Tensor:
+        """Return the prefix's features of prepared X in self.dtype: chunked, no autograd, in its run dtype."""
+        split, dtype = self.prefix, self._prefix_dtype
+        values = self._prefix_values()
+        rows = _prefix.chunk_rows(X, dtype, self.device, self.chunk_size)
+        parts = []
+        with torch.no_grad():
+            for s in self.chunks(X.shape[0], rows):
+                Xc = X[s].to(dtype) if X.is_floating_point() else X[s]
+                Z = self._call(split.prefix, values, Xc)
+                parts.append(Z.to(self.dtype) if Z.is_floating_point() else Z)
+            if not parts:
+                Z = self._call(split.prefix, values, X.to(dtype) if X.is_floating_point() else X)
+                parts.append(Z.to(self.dtype) if Z.is_floating_point() else Z)
+        return torch.cat(parts)
 
     def _inputs(self, X: torch.Tensor, store: bool = True) -> torch.Tensor:
         """Return what the linearized part reads for prepared X: X, or its frozen-prefix features (cached)."""
         split = self.prefix
         if split is None:
             return X
-        key = (split.route, split.boundary, self.dtype, self.device)
+        key = (split.route, split.boundary, self.dtype, self._prefix_dtype, self.device)
         Z = _prefix.CACHE.lookup(self.model, key, self._prefix_state, X)
         if Z is not None:
             return Z
         try:
-            with torch.no_grad():
-                parts = [self._call(split.prefix, self.theta, X[s]) for s in self.chunks(X.shape[0])]
-                Z = torch.cat(parts) if parts else self._call(split.prefix, self.theta, X)
+            Z = self._run_prefix(X)
         except (ShapeError, RuntimeError, TypeError) as exc:
             self._drop_prefix(f"the prefix failed on the data ({type(exc).__name__}: {str(exc)[:100]})")
             return X
         if Z.dim() == 0 or Z.shape[0] != X.shape[0]:
             self._drop_prefix(f"the value at the boundary has shape {tuple(Z.shape)}, not one row per input")
             return X
-        if not self._prefix_checked and X.shape[0]:
-            m = min(_prefix.PROBE_SAMPLES, X.shape[0])
-            with torch.no_grad():
-                whole = self._call(self.model, self.theta, X[:m]).reshape(m, -1)
-                split_out = self._g(self.theta, Z[:m])
-            rtol = _prefix.PROBE_RTOL.get(self.dtype, 1e-3)
-            if whole.shape != split_out.shape or not torch.allclose(
-                split_out, whole, rtol=rtol, atol=rtol * float(whole.abs().max())
-            ):
-                self._drop_prefix("the split model disagreed with the whole model on a probe")
-                return X
-            self._prefix_checked = True
+        if not self._prefix_checked and X.shape[0] and not self._probe(X, Z):
+            return X
         self._prefix_features = int(Z[0].numel()) if Z.shape[0] else self._prefix_features
         if store:
             _prefix.CACHE.store(self.model, key, self._prefix_state, X, Z)
         return Z
+
+    def _probe(self, X: torch.Tensor, Z: torch.Tensor) -> bool:
+        """Return whether the split reproduces the whole model on a few rows (else drop the prefix).
+
+        The structure is checked in self.dtype (a prefix run in another dtype is re-run here on the
+        probe rows), so the tolerance is the engine's; the measured difference of the run-dtype
+        features from the engine-dtype ones is kept as :attr:`prefix_probe_error`.
+        """
+        m = min(_prefix.PROBE_SAMPLES, X.shape[0])
+        with torch.no_grad():
+            whole = self._call(self.model, self.theta, X[:m]).reshape(m, -1)
+            exact = Z[:m] if self._prefix_dtype == self.dtype else self._call(self.prefix.prefix, self.theta, X[:m])
+            split_out = self._g(self.theta, exact)
+        rtol = _prefix.PROBE_RTOL.get(self.dtype, 1e-3)
+        if whole.shape != split_out.shape or not torch.allclose(
+            split_out, whole, rtol=rtol, atol=rtol * float(whole.abs().max())
+        ):
+            self._drop_prefix("the split model disagreed with the whole model on a probe")
+            return False
+        if self._prefix_dtype != self.dtype and exact.shape == Z[:m].shape and exact.is_floating_point():
+            scale = float(exact.abs().max())
+            self._prefix_probe_error = float((Z[:m] - exact).abs().max()) / scale if scale > 0 else 0.0
+        self._prefix_checked = True
+        return True
+
+    # ------------------------------------------------------------ kept features for products
+    def _init_operators(self) -> None:
+        # "auto": structured per-layer features where the model has them (.structured), else kept
+        # autograd graphs (.primal_cache); "primal": kept graphs only; "recompute": run the network
+        # for every product (the pre-#17 behaviour, kept for comparison and as the fallback).
+        self.product_route = "auto"
+        self.operator_cache_bytes = OPERATOR_CACHE_BYTES
+        self.operator_note = ""
+        self._structured_kernel: StructuredKernel | None = None
+        self._products = InputCache(entries=2)
+
+    @property
+    def structured(self) -> StructuredKernel:
+        """Return this model's structured-feature helper (one per LinearizedModel, shared with KernelBuilder)."""
+        if self._structured_kernel is None:
+            self._structured_kernel = StructuredKernel(self)
+        return self._structured_kernel
+
+    def clear_operator_cache(self) -> None:
+        """Forget the features kept for products (benchmarks time uncached builds)."""
+        self._products.clear()
+
+    def _product_cache(self, X: torch.Tensor, build: bool):
+        """Return what products on X's rows reuse (structured features or kept graphs), or None to recompute.
+
+        Keyed on the caller's tensor object and its ``_version`` (and device, dtype, rows), so an
+        in-place change of X is never answered from the cache. With `build` False only a hit is returned.
+        """
+        if self.product_route not in PRODUCT_ROUTES:
+            raise SettingsError(f"product_route must be one of {', '.join(PRODUCT_ROUTES)}; got {self.product_route!r}.")
+        if not torch.is_tensor(X) or X.dim() == 0 or self.product_route == "recompute":
+            return None
+        if X.requires_grad and torch.is_grad_enabled():
+            return None  # a caller differentiating with respect to X needs the network's graph, not kept features
+        rows = self.shard.rows(X.shape[0])
+        tag = (self.device, self.dtype, rows.start, rows.stop)
+        hit = self._products.get(X, tag)
+        if hit is not None or not build or rows.stop <= rows.start:
+            return hit
+        Xp = self.prepare(X)
+        budget = int(self.operator_cache_bytes)
+        sk = self.structured
+        if self.product_route == "auto" and sk.check(Xp):
+            estimate = sk.feature_bytes(rows.stop - rows.start)
+            if estimate > budget:
+                self.operator_note = f"products recompute the network: structured features would need ~{estimate / 2**20:,.0f} MiB > budget {budget / 2**20:,.0f} MiB"
+                return None
+            cache, kind = StructuredProducts(self, sk.features(Xp, rows)), "structured features (Linear/Conv2d)"
+        else:
+            why = sk.reason if self.product_route == "auto" else "product_route='primal'"
+            cache, kind = PrimalCache(self, self._inputs(Xp), rows, budget), f"kept autograd graphs ({why})"
+            if cache.refusal:
+                self.operator_note = f"products recompute the network: {cache.refusal}"
+                return None
+        if not self._products.put(X, cache, cache.nbytes, budget, tag):
+            self.operator_note = f"products recompute the network: {kind} need {cache.nbytes / 2**20:,.0f} MiB > budget {budget / 2**20:,.0f} MiB"
+            return None
+        self.operator_note = f"products from {kind}, {cache.nbytes / 2**20:,.1f} MiB kept"
+        return cache
 
     # ------------------------------------------------------------------ basics
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> LinearizedModel:
@@ -258,8 +389,13 @@ class LinearizedModel:
     # ------------------------------------------------------------ J and Jᵀ
     def jvp(self, X: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Return J(X) v: (n, K) for v of shape (P,), or (c, n, K) for v of shape (c, P)."""
+        cache = self._product_cache(X, build=False)
         X = self.prepare(X)
         batched = v.dim() == 2
+        if cache is not None:
+            vv = v.to(self.device, self.dtype)
+            out = self.shard.gather_rows(cache.jvp(vv if batched else vv.unsqueeze(0)), X.shape[0], dim=1)
+            return out if batched else out[0]
         tangents = self.subset.unflatten(v.to(self.device, self.dtype))
         outs = []
         Z = self._inputs(X)
@@ -278,12 +414,18 @@ class LinearizedModel:
 
     def vjp(self, X: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Return J(X)ᵀ u: (P,) for u of shape (n, K), or (c, P) for u of shape (c, n, K)."""
+        cache = self._product_cache(X, build=False)
         X = self.prepare(X)
         K = self._ensure_output_dim(X)
         batched = u.dim() == 3
         u = u.to(self.device, self.dtype)
         if u.shape[-2:] != (X.shape[0], K):
             raise ShapeError(f"u must end in shape ({X.shape[0]}, {K}); got {tuple(u.shape)}.")
+        if cache is not None:
+            rows = self.shard.rows(X.shape[0])
+            total = cache.vjp((u if batched else u.unsqueeze(0))[:, rows])
+            total = self.shard.all_reduce(total)
+            return total if batched else total[0]
         total = torch.zeros(*u.shape[:-2], self.num_params, dtype=self.dtype, device=self.device)
         Z = self._inputs(X)
         for s in self.local_chunks(X.shape[0]):
@@ -347,8 +489,13 @@ class LinearizedModel:
         Rows and columns are sample-major (index i·K + k). With `independent`, cross-output blocks
         are dropped: K[(i,a),(j,b)] = δ_ab J_a(x_i)·J_a(x_j).
         """
-        X1, X2 = self.prepare(X1), self.prepare(X2)
-        K = self._ensure_output_dim(X2)
+        X1 = X1 if torch.is_tensor(X1) else self.prepare(X1)
+        X2 = X2 if torch.is_tensor(X2) else self.prepare(X2)
+        # Products come in series (CG iterations, preconditioner rows): keep each side's features.
+        self._product_cache(X2, build=True)
+        if X1 is not X2:
+            self._product_cache(X1, build=True)
+        K = self._ensure_output_dim(self.prepare(X2))
         vector = V.dim() == 1
         V = V.to(self.device, self.dtype).reshape(X2.shape[0], K, -1).permute(2, 0, 1)  # (c, n2, K)
         c = V.shape[0]
@@ -366,9 +513,17 @@ class LinearizedModel:
     # ------------------------------------------------------------ GGN / Fisher
     def ggn_matvec(self, X: torch.Tensor, v: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Return Jᵀ Λ J v, exact (jvp then vjp per chunk); v is (P,) or (c, P), Λ per-sample (n, K, K)."""
+        cache = self._product_cache(X, build=True)
         X = self.prepare(X)
         batched = v.dim() == 2
         vv = v if batched else v.unsqueeze(0)
+        if cache is not None:
+            rows = self.shard.rows(X.shape[0])
+            Jv = cache.jvp(vv.to(self.device, self.dtype))  # (c, n_local, K)
+            if weights is not None:
+                Jv = torch.einsum("nab,cnb->cna", weights[rows].to(self.device, self.dtype), Jv)
+            total = self.shard.all_reduce(cache.vjp(Jv))
+            return total if batched else total[0]
         tangents = self.subset.unflatten(vv.to(self.device, self.dtype))
         total = torch.zeros(vv.shape[0], self.num_params, dtype=self.dtype, device=self.device)
         Z = self._inputs(X)

@@ -1,7 +1,27 @@
-"""Route planning: function or weight space, Cholesky or CG, from a cost and memory estimate."""
+"""Route planning: function or weight space, Cholesky or CG, from a time and memory estimate.
+
+Memory decides whether a dense route may run at all; within the budget, weight-space routes are
+chosen by estimated time (:func:`estimate_seconds`). The time model counts flops:
+
+* dense linear algebra at its operation count (JᵀJ: 2·N·P², a Cholesky of order s: s³/3,
+  triangular solves: s² a column);
+* one per-sample Jacobian row (``vmap(jacrev)``) as JACOBIAN_FLOPS·P, one GGN/kernel product column over
+  N rows as PRODUCT_FLOPS·N·P (torch.func runs far below the matmul rate, so these constants are
+  large; both measured with ``bench/weight_space.py`` on MLPs, docs/benchmarks.md "Weight space");
+* CG as its preconditioner sketch (rank columns) plus CG_ITERATIONS[space] products per right-hand
+  side, the variances as one more solve per test point.
+
+Flops become seconds at :func:`flops_per_second` (one 512×512 float64 matmul, timed once per
+process); the rate only scales the shown estimate, the choice depends on the flop counts alone.
+The plan budgets for `test_points` predictive variances (PLAN_TEST_POINTS unless given), because
+a route that fits fast but answers variances slowly is not the faster route for a user who asks
+for them.
+"""
 
 from __future__ import annotations
 
+import functools
+import time
 from dataclasses import dataclass
 
 from .errors import MemoryBudgetError
@@ -14,6 +34,12 @@ WEIGHT_SPACE_RATIO = 1.0
 TYPICAL_CG_ITERATIONS = 100
 KERNEL_COPIES = 3  # n·K × n·K matrices alive at the peak of a function-space Cholesky fit
 WEIGHT_COPIES = 3  # P × P matrices alive at the peak of a weight-space Cholesky fit
+PLAN_TEST_POINTS = 1000  # predictive variances the time estimate budgets for (the issue's benchmark size)
+JACOBIAN_FLOPS = 1000.0  # flop-equivalents per parameter of one per-sample Jacobian row (measured, see module doc)
+PRODUCT_FLOPS = 40.0  # flop-equivalents per parameter and row of one GGN/kernel product column (measured)
+CG_ITERATIONS = {"function": 50, "weight": 100}  # typical preconditioned iterations (measured, rank 64)
+STRUCTURED_KERNEL_FLOPS = 8.0  # structured kernel entry ≈ this × √P flops (an MLP of width ≈ √P/… ; display only)
+CALIBRATION_SIZE = 512
 
 
 @dataclass(frozen=True)
@@ -30,6 +56,7 @@ class Plan:
     budget_bytes: int
     reason: str
     prefix_note: str = ""  # the frozen-prefix route: "frozen prefix cached: …" or "no frozen prefix: <why>"
+    est_seconds: float = 0.0  # fit plus PLAN_TEST_POINTS (or the asked number of) variances, from the flop model
 
     @property
     def size(self) -> int:
@@ -41,7 +68,7 @@ class Plan:
         return (
             f"{self.space}-space {self.solver}: system {self.size:,}×{self.size:,}, "
             f"~{_fmt_bytes(self.est_bytes)} (budget {_fmt_bytes(self.budget_bytes)}), "
-            f"~{self.est_products:,} product columns — {self.reason}"
+            f"~{self.est_products:,} product columns, ~{_fmt_seconds(self.est_seconds)} est. — {self.reason}"
             + (f"; {self.prefix_note}" if self.prefix_note else "")
         )
 
@@ -52,6 +79,46 @@ def _fmt_bytes(b: float) -> str:
             return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
         b /= 1024
     return f"{b:.1f} TiB"
+
+
+def _fmt_seconds(t: float) -> str:
+    return f"{t * 1000:.0f} ms" if t < 1 else f"{t:.1f} s" if t < 100 else f"{t:,.0f} s"
+
+
+@functools.cache
+def flops_per_second() -> float:
+    """Return this process's float64 matmul rate in flop/s (one CALIBRATION_SIZE² product, best of 3)."""
+    import torch
+
+    a = torch.ones(CALIBRATION_SIZE, CALIBRATION_SIZE, dtype=torch.float64)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - start)
+    return 2 * CALIBRATION_SIZE**3 / max(best, 1e-9)
+
+
+def estimate_flops(space: str, solver: str, n: int, K: int, P: int, dense_jacobian: bool, rank: int,
+                   test_points: int) -> float:
+    """Return the flop-equivalents of a fit plus `test_points` predictive variances on one route (module doc)."""
+    N, m = n * K, test_points * K
+    product = PRODUCT_FLOPS * N * P  # one GGN / kernel product column over the training rows
+    if space == "function" and solver == "cholesky":
+        kernel = (JACOBIAN_FLOPS * N * P + 2.0 * N * N * P if dense_jacobian
+                  else STRUCTURED_KERNEL_FLOPS * N * N * P**0.5)
+        cross = kernel * m / max(N, 1)  # the test rows' kernel against the training rows
+        return kernel + N**3 / 3 + cross + m * N * N
+    if space == "weight" and solver == "cholesky":
+        jac = JACOBIAN_FLOPS * (N + m) * P
+        return jac + 2.0 * N * P * P + P**3 / 3 + m * P * P
+    iterations = CG_ITERATIONS[space]
+    return (rank + iterations * (1 + m)) * product + JACOBIAN_FLOPS * m * P
+
+
+def estimate_seconds(*args, **kwargs) -> float:
+    """Return :func:`estimate_flops` in seconds at this process's :func:`flops_per_second`."""
+    return estimate_flops(*args, **kwargs) / flops_per_second()
 
 
 def cholesky_bytes(space: str, n: int, K: int, P: int, itemsize: int, dense_jacobian: bool) -> int:
@@ -70,7 +137,7 @@ def cg_bytes(space: str, n: int, K: int, P: int, itemsize: int, rank: int, chunk
     N = n * K
     if space == "function":
         return (N * (rank + 8) + P * 16 + chunk * K * P // max(chunk, 1)) * itemsize
-    return P * 16 * itemsize
+    return P * (16 + rank) * itemsize  # CG vectors and the Nyström preconditioner's P × rank basis
 
 
 def make_plan(
@@ -84,14 +151,35 @@ def make_plan(
     dense_jacobian: bool = True,
     rank: int = 50,
     chunk: int = 1024,
+    *,
+    test_points: int = PLAN_TEST_POINTS,
+    dual: bool = True,
 ) -> Plan:
-    """Return the route for n samples, K outputs, P parameters under a memory budget."""
+    """Return the route for n samples, K outputs, P parameters under a memory budget.
+
+    Function space against weight space: the smaller system (n·K against P), or as forced. In function
+    space the solver follows the memory budget. In weight space it is the fastest route by
+    :func:`estimate_flops` among those within the budget: the dense P × P Cholesky, Nyström-preconditioned
+    CG, and, when weight space is forced with P > n·K and the solver left to the planner, the same
+    posterior through the dual identity (JᵀJ + λI)⁻¹Jᵀ = Jᵀ(JJᵀ + λI)⁻¹, i.e. the n·K × n·K
+    function-space system; the reason says which and why. `dual=False` keeps forced weight space in
+    weight space (independent outputs have no weight-space form to take the dual of).
+    """
     space, solver = choice(Space, space, "space").value, choice(Solver, solver, "solver").value
     N = n * K
     reasons = []
+    forced_weight = space == "weight"
     if space == "auto":
         space = "function" if N <= WEIGHT_SPACE_RATIO * P else "weight"
         reasons.append(f"n·K = {N:,} {'≤' if space == 'function' else '>'} P = {P:,}")
+
+    def seconds(sp: str, so: str) -> float:
+        return estimate_seconds(sp, so, n, K, P, dense_jacobian, rank, test_points)
+
+    if space == "weight" and solver == "auto":
+        space, solver, why = _fastest_weight_route(n, K, P, budget_bytes, itemsize, dense_jacobian,
+                                                   forced_weight and dual, test_points, seconds)
+        reasons.append(why)
     chol = cholesky_bytes(space, n, K, P, itemsize, dense_jacobian)
     if solver == "auto":
         solver = "cholesky" if chol <= budget_bytes else "cg"
@@ -108,5 +196,29 @@ def make_plan(
         est_bytes, products = chol, size
     else:
         est_bytes = cg_bytes(space, n, K, P, itemsize, rank, chunk)
-        products = min(size, TYPICAL_CG_ITERATIONS) + (rank if space == "function" else 0)
-    return Plan(space, solver, n, K, P, int(est_bytes), int(products), int(budget_bytes), "; ".join(reasons) or "as requested")
+        products = min(size, TYPICAL_CG_ITERATIONS) + rank
+    return Plan(space, solver, n, K, P, int(est_bytes), int(products), int(budget_bytes),
+                "; ".join(reasons) or "as requested", est_seconds=seconds(space, solver))
+
+
+def _fastest_weight_route(n, K, P, budget_bytes, itemsize, dense_jacobian, forced, test_points, seconds):
+    """Return (space, solver, reason) of the fastest weight-space route within the memory budget."""
+    N = n * K
+    routes = {("weight", "cg"): "Nyström-preconditioned CG"}
+    if cholesky_bytes("weight", n, K, P, itemsize, dense_jacobian) <= budget_bytes:
+        routes[("weight", "cholesky")] = "P × P Cholesky"
+    if forced and P > N:
+        fits = cholesky_bytes("function", n, K, P, itemsize, dense_jacobian) <= budget_bytes
+        routes[("function", "cholesky" if fits else "cg")] = "dual identity"
+    est = {route: seconds(*route) for route in routes}
+    best = min(est, key=est.get)
+    others = ", ".join(f"{routes[r]} ~{_fmt_seconds(t)}" for r, t in est.items() if r != best)
+    why = f"fastest weight-space route by estimated time (fit and {test_points:,} variances): {routes[best]}"
+    if best[0] == "function":
+        why = (f"weight space asked, P = {P:,} > n·K = {N:,}: (JᵀJ + λI)⁻¹Jᵀ = Jᵀ(JJᵀ + λI)⁻¹ solves the same "
+               f"posterior in the n·K × n·K system (dual identity, {best[1]})")
+    if others:
+        why += f"; against {others}"
+    if ("weight", "cholesky") not in routes:
+        why += "; the P × P factor exceeds the memory budget"
+    return best[0], best[1], why

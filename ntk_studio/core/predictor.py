@@ -136,7 +136,7 @@ class LinearizedPredictor:
         plan = make_plan(
             n, K, self.lm.num_params, self.space, solver or self.solver, self.memory_budget,
             itemsize=torch.finfo(self.lm.dtype).bits // 8, dense_jacobian=not self.kernels.use_structured,
-            rank=rank, chunk=self.lm.chunk_size,
+            rank=rank, chunk=self.lm.chunk_size, dual=not self.kernels.independent,
         )
         self.plan = dataclasses.replace(plan, prefix_note=self.lm.prefix_note)
         return self.plan

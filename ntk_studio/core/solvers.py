@@ -43,6 +43,8 @@ class SolveInfo:
     jitter: float = 0.0
     converged: bool = True
     iterations: int = 0
+    # Variance solves: the largest relative error any returned variance can have (from the true residual).
+    max_relative_error_bound: float | None = None
 
 
 def cholesky(A: torch.Tensor, what: str = "the system matrix") -> tuple[torch.Tensor, float]:
@@ -93,10 +95,12 @@ def relative_residual(matmul, x: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def merge_infos(infos: list[SolveInfo]) -> SolveInfo:
-    """Return one SolveInfo for several solves: summed products, worst residual and iterations."""
+    """Return one SolveInfo for several solves: summed products, worst residual, iterations and error bound."""
+    bounds = [i.max_relative_error_bound for i in infos if i.max_relative_error_bound is not None]
     return SolveInfo(
         infos[0].solver, sum(i.products for i in infos), max(i.residual for i in infos),
         max(i.jitter for i in infos), all(i.converged for i in infos), max(i.iterations for i in infos),
+        max(bounds) if bounds else None,
     )
 
 
@@ -122,12 +126,15 @@ def cg(
     check: Callable[[], None] | None = None,
     state: dict | None = None,
     on_iteration: Callable[[dict], None] | None = None,
+    done: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, int, bool]:
     """Return (A⁻¹ B, iterations, converged) by preconditioned CG on every column of B (N, c) at once.
 
-    Each column stops updating at ‖r‖ ≤ tol·‖b‖ (its step sizes become 0). `check` runs before
-    every product (cancel); `state` (keys CG_STATE_KEYS) continues an earlier run instead of
-    starting at x = 0, and `on_iteration(state)` receives the state after every step (checkpoints).
+    A column stops at ‖r‖ ≤ tol·‖b‖, or when ``done(x, r)`` (a (c,) bool tensor, optional) says so;
+    a stopped column is no longer multiplied (products and the preconditioner see the active
+    columns only). `check` runs before every product (cancel); `state` (keys CG_STATE_KEYS)
+    continues an earlier run instead of starting at x = 0, and `on_iteration(state)` receives the
+    state after every step (checkpoints).
     """
     M = precond or (lambda t: t)
     if state is not None:
@@ -138,23 +145,37 @@ def cg(
         z = M(r)
         p, rz, it = z.clone(), (r * z).sum(0), 0
     target = tol * B.norm(dim=0)
-    while it < max_iter and bool((r.norm(dim=0) > target).any()):
+
+    def active() -> torch.Tensor:
+        act = r.norm(dim=0) > target
+        return act & ~done(x, r) if done is not None else act
+
+    act = active()
+    while it < max_iter and bool(act.any()):
         if check is not None:
             check()
-        Ap = matmul(p)
-        pAp = (p * Ap).sum(0)
-        active = (pAp > TINY) & (r.norm(dim=0) > target)
-        alpha = torch.where(active, rz / pAp.clamp_min(TINY), torch.zeros_like(rz))
-        x = x + alpha * p
-        r = r - alpha * Ap
-        z = M(r)
-        rz_new = (r * z).sum(0)
-        p = z + (rz_new / rz.clamp_min(TINY)) * p
-        rz, it = rz_new, it + 1
+        every = bool(act.all())
+        idx = None if every else act.nonzero()[:, 0]
+        pa, ra, rza = (p, r, rz) if every else (p[:, idx], r[:, idx], rz[idx])
+        Ap = matmul(pa)
+        pAp = (pa * Ap).sum(0)
+        alpha = torch.where(pAp > TINY, rza / pAp.clamp_min(TINY), torch.zeros_like(rza))
+        ra = ra - alpha * Ap
+        za = M(ra)
+        rz_new = (ra * za).sum(0)
+        pa = za + (rz_new / rza.clamp_min(TINY)) * pa
+        # Out-of-place updates: states handed to on_iteration stay valid after the next step.
+        if every:
+            x, r, z, p, rz = x + alpha * p, ra, za, pa, rz_new
+        else:
+            x = x.index_add(1, idx, alpha * p[:, idx])
+            r, z, p = r.index_copy(1, idx, ra), z.index_copy(1, idx, za), p.index_copy(1, idx, pa)
+            rz = rz.index_copy(0, idx, rz_new)
+        it += 1
         if on_iteration is not None:
             on_iteration(dict(zip(CG_STATE_KEYS, (x, r, z, p, rz, it))))
-    converged = not bool((r.norm(dim=0) > target).any())
-    return x, it, converged
+        act = active()
+    return x, it, not bool(act.any())
 
 
 def solve_cg(matmul: Callable[[torch.Tensor], torch.Tensor], B: torch.Tensor, tol: float, max_iter: int,
@@ -169,6 +190,59 @@ def solve_cg(matmul: Callable[[torch.Tensor], torch.Tensor], B: torch.Tensor, to
     residual = relative_residual(matmul, x, B2)
     info = SolveInfo("cg", (it + 1) * B2.shape[1], residual, converged=converged, iterations=it)
     return (x[:, 0] if vector else x), info
+
+
+def quadratic_forms(
+    matmul: Callable[[torch.Tensor], torch.Tensor],
+    B: torch.Tensor,
+    floor: float,
+    max_iter: int,
+    enough: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    precond: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    check: Callable[[], None] | None = None,
+    restarts: int = 2,
+) -> tuple[torch.Tensor, torch.Tensor, SolveInfo]:
+    """Return (q, bound, SolveInfo) with 0 ≤ b_jᵀA⁻¹b_j − q_j ≤ bound_j for every column b_j of B (N, c).
+
+    For any W and its true residual R = B − AW, bᵀA⁻¹b = bᵀw + wᵀr + rᵀA⁻¹r, and
+    0 ≤ rᵀA⁻¹r ≤ ‖r‖²/λ_min(A) ≤ ‖r‖²/floor when `floor` ≤ λ_min(A) (e.g. σ² for s²K + σ²I): so
+    q = bᵀw + wᵀr errs by the residual *squared*. W comes from one block :func:`cg` over all the
+    columns; a column stops when ``enough(q, bound)`` holds on CG's recurrence residual, and is
+    checked again on the true residual (one more product): a column that fails there is continued
+    from its W (at most `restarts` times). SolveInfo.converged says whether every column met `enough`.
+    """
+    columns = [0]
+
+    def counted(V: torch.Tensor) -> torch.Tensor:
+        columns[0] += V.shape[-1]
+        return matmul(V)
+
+    def forms(Bs, W, R):
+        return (Bs * W).sum(0) + (W * R).sum(0), (R * R).sum(0) / floor
+
+    W = torch.zeros_like(B)
+    R = B.clone()
+    q, bound = forms(B, W, R)
+    todo = ~enough(q, bound)
+    iterations = 0
+    for _ in range(restarts + 1):
+        if not bool(todo.any()) or iterations >= max_iter:
+            break
+        idx = todo.nonzero()[:, 0]
+        Bs, W0 = B[:, idx], W[:, idx]
+
+        def done(x, r, Bs=Bs, W0=W0):
+            return enough(*forms(Bs, W0 + x, r))
+
+        dW, it, _ = cg(counted, R[:, idx], 0.0, max_iter - iterations, precond, check, done=done)
+        iterations += it
+        W = W.index_add(1, idx, dW)
+        R = R.index_copy(1, idx, Bs - counted(W[:, idx]))
+        q, bound = forms(B, W, R)
+        todo = ~enough(q, bound)
+    residual = float((R.norm(dim=0) / B.norm(dim=0).clamp_min(TINY)).max()) if B.shape[1] else 0.0
+    info = SolveInfo("cg", columns[0], residual, converged=not bool(todo.any()), iterations=iterations)
+    return q, bound, info
 
 
 def require_converged(info: SolveInfo, what: str, advice: str, best_effort: bool, tol: float) -> None:

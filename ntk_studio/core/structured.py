@@ -1,44 +1,48 @@
-"""The structured NTK for Linear layers (Novak et al., ICML 2022): no P-sized object is ever formed.
+"""Structured features (Novak et al., ICML 2022): per-layer inputs and output signals instead of J.
 
-For a Linear layer with per-sample input a_i and backpropagated output signal g_i (one per model
-output k), its share of the kernel is (a_i·a_j + 1)(g_ik·g_jl) for weight and bias, so
-K = Σ_layers (A Aᵀ + 1) ⊙ (G Gᵀ) needs one forward and K backward passes over the data.
-Models it does not cover (convolutions, weight sharing, sequence inputs, parameters outside Linear
-layers) use the generic torch.func path; :meth:`StructuredKernel.check` decides, and verifies the
-result against the generic path on a few samples before the structured form is trusted.
+A Linear layer (on (n, in) or (n, *, in) inputs) and a Conv2d layer (through ``F.unfold`` patches:
+stride, padding, dilation, groups, bias) act on unfolded inputs U, so a sample's weight gradient for
+output k is Σ_l G[k, l]ᵀ U[l] over positions l and its bias gradient Σ_l G[k, l], G being the signal
+backpropagated to the layer's output. One forward and K backward passes over the data give U and G
+for every layer; from then on kernel blocks, J·v and Jᵀ·u are matrix products (:mod:`.structured_ops`)
+with no forward or backward pass. Models it does not cover — linearized parameters in other layer
+types (BatchNorm, LayerNorm, Embedding, Conv1d…), non-zero padding modes, shared weights, a layer
+called twice — use the generic torch.func path; :attr:`StructuredKernel.reason` says why, and
+:meth:`StructuredKernel.check` verifies the structured kernel against torch.func on a few samples
+before it is trusted.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from . import structured_ops as ops
 from .caching import LastInputCache
-from .linearized import LinearizedModel
+from .structured_ops import LayerFeatures
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .linearized import LinearizedModel
 
 PROBE_SAMPLES = 3
 PROBE_RTOL = 1e-6
-
-
-@dataclass
-class LayerFeatures:
-    """One Linear layer's per-sample inputs A (n, in) and output signals G (n, K, out)."""
-
-    A: torch.Tensor | None  # None when the weight is not linearized
-    G: torch.Tensor
-    has_bias: bool
+FEATURE_CHUNK_BYTES = 256 * 1024**2  # factors of one chunk while features are extracted
+FEATURE_OVERHEAD = 3  # activations and graph held per chunk, as a multiple of its factors (rough)
 
 
 class StructuredKernel:
-    """Kernel matrices and diagonals from per-layer features, for models made of Linear layers."""
+    """Kernel matrices, diagonals and products from per-layer features, for Linear and Conv2d layers."""
 
     def __init__(self, lm: LinearizedModel) -> None:
         self.lm = lm
         self.reason = ""
-        self.layers: dict[str, tuple[bool, bool]] = {}  # module -> (weight chosen, bias chosen)
+        self.layers: dict[str, tuple[str | None, str | None]] = {}  # module -> (weight name, bias name)
+        self._sample_bytes = 0
         self.supported = self._static_check()
+        self._checked = False
         # The right-hand set is usually the training set, reused for every test chunk.
         self._features_cached = LastInputCache(self.features)
 
@@ -49,10 +53,16 @@ class StructuredKernel:
             owner, _, leaf = name.rpartition(".")
             owners.setdefault(owner, []).append(leaf)
         for owner, leaves in owners.items():
-            if not isinstance(modules.get(owner), nn.Linear):
-                self.reason = f"parameters of {owner or 'the root module'} are not in an nn.Linear"
+            module = modules.get(owner)
+            why = _refusal(owner or "the root module", module, leaves)
+            if why:
+                self.reason = why
                 return False
-            self.layers[owner] = ("weight" in leaves, "bias" in leaves)
+            prefix = f"{owner}." if owner else ""
+            self.layers[owner] = (
+                prefix + "weight" if "weight" in leaves else None,
+                prefix + "bias" if "bias" in leaves else None,
+            )
         seen: dict[int, str] = {}
         for name, p in self.lm.model.named_parameters(remove_duplicate=False):
             if id(p) in seen and seen[id(p)] != name:
@@ -62,9 +72,9 @@ class StructuredKernel:
         return True
 
     def check(self, X: torch.Tensor) -> bool:
-        """Return whether the structured form applies, verified against torch.func on a few samples."""
-        if not self.supported:
-            return False
+        """Return whether the structured form applies, verified against torch.func on a few samples (once)."""
+        if not self.supported or self._checked:
+            return self.supported
         try:
             probe = self.lm.prepare(X)[:PROBE_SAMPLES]
             fast = self.matrix(probe, probe)
@@ -76,36 +86,43 @@ class StructuredKernel:
         ref = J @ J.T
         ok = bool(torch.allclose(fast, ref, rtol=PROBE_RTOL, atol=PROBE_RTOL * float(ref.abs().max())))
         if not ok:
-            self.reason = "the structured kernel disagreed with torch.func on a probe (the model uses a Linear layer's weights outside its forward)"
+            self.reason = "the structured kernel disagreed with torch.func on a probe (the model uses a layer's weights outside its forward)"
             self.supported = False
+        self._checked = True
         return ok
 
-    def features(self, X: torch.Tensor) -> list[LayerFeatures]:
-        """Return per-layer (A, G) for the samples X (one forward, K backward passes per chunk)."""
+    # ------------------------------------------------------------ features
+    def features(self, X: torch.Tensor, rows: slice | None = None) -> list[LayerFeatures]:
+        """Return per-layer features for the samples X[rows] (one forward, K backward passes per chunk)."""
         X = self.lm.prepare(X)
+        if rows is not None:
+            X = X[rows]
+        step = self.lm.chunk_size
+        if self._sample_bytes:
+            step = max(1, min(step, FEATURE_CHUNK_BYTES // self._sample_bytes))
         # Gradients are needed even when called under no_grad (e.g. inside linear_operator's
         # autograd Functions, which run their forward with grad mode off).
         with torch.enable_grad():
-            parts = [self._chunk_features(X[s]) for s in self.lm.chunks(X.shape[0])]
+            parts = [self._chunk_features(X[s]) for s in self.lm.chunks(X.shape[0], step)]
+        if not parts:
+            return []
         out = []
         for layer in zip(*parts):
-            A = None if layer[0].A is None else torch.cat([f.A for f in layer])
-            out.append(LayerFeatures(A, torch.cat([f.G for f in layer]), layer[0].has_bias))
+            cat = (lambda attr: None if getattr(layer[0], attr) is None else torch.cat([getattr(f, attr) for f in layer]))
+            out.append(LayerFeatures(layer[0].weight, layer[0].bias, cat("U"), cat("G"), cat("J")))
         return out
 
     def _chunk_features(self, X: torch.Tensor) -> list[LayerFeatures]:
         lm = self.lm
         modules = dict(lm.model.named_modules())
-        inputs: dict[str, torch.Tensor] = {}
+        unfolded: dict[str, torch.Tensor] = {}
         probes: dict[str, torch.Tensor] = {}
 
         def hook_for(name: str):
             def hook(module, args, output):
-                if name in inputs:
+                if name in unfolded:
                     raise _Unsupported(f"{name} is called more than once per forward")
-                if args[0].dim() != 2:
-                    raise _Unsupported(f"{name} sees inputs of shape {tuple(args[0].shape)}, not (n, features)")
-                inputs[name] = args[0].detach()
+                unfolded[name] = _unfold(name, module, args[0].detach(), output)
                 # A zero leaf added to the output: its gradient is ∂f/∂(layer output).
                 probes[name] = torch.zeros_like(output, requires_grad=True)
                 return output + probes[name]
@@ -125,54 +142,130 @@ class StructuredKernel:
             raise _Unsupported(f"{', '.join(missing)} never ran in the forward pass")
         K = out.shape[1]
         lm._output_dim = K
-        grads = [[] for _ in names]
+        grads: list[list[torch.Tensor]] = [[] for _ in names]
         for k in range(K):
             gk = torch.autograd.grad(out[:, k].sum(), [probes[n] for n in names], retain_graph=k < K - 1, allow_unused=True)
             for i, g in enumerate(gk):
                 grads[i].append(torch.zeros_like(probes[names[i]]) if g is None else g)
-        feats = []
+        feats, total = [], 0
         for i, name in enumerate(names):
-            w, b = self.layers[name]
-            feats.append(LayerFeatures(inputs[name] if w else None, torch.stack(grads[i], dim=1), b))
+            U = unfolded[name]
+            G = torch.stack([_positions(modules[name], g, U) for g in grads[i]], dim=1)  # (n, K, L, g, o)
+            weight, bias = self.layers[name]
+            f = LayerFeatures(weight, bias, U if weight else None, G)
+            total += f.nbytes()
+            feats.append(_compact(f))
+        self._sample_bytes = max(self._sample_bytes, FEATURE_OVERHEAD * total // max(1, X.shape[0]))
         return feats
 
+    # ------------------------------------------------------------ dense kernels
     def matrix(self, X1: torch.Tensor, X2: torch.Tensor, independent: bool = False) -> torch.Tensor:
         """Return the dense kernel J(X1) J(X2)ᵀ of size (n1·K, n2·K), sample-major."""
         F2 = self._features_cached(X2)
         F1 = F2 if X1 is X2 else self.features(X1)
-        n1, K = F1[0].G.shape[:2]
-        n2 = F2[0].G.shape[0]
+        return self.matrix_from(F1, F2, independent)
+
+    def matrix_from(self, F1: list[LayerFeatures], F2: list[LayerFeatures], independent: bool = False) -> torch.Tensor:
+        """Return J(X1) J(X2)ᵀ (n1·K, n2·K) from both sides' features."""
+        n1, K = F1[0].n, F1[0].G.shape[1] if F1[0].G is not None else F1[0].J.shape[1]
+        n2 = F2[0].n
         total = torch.zeros(n1, K, n2, K, dtype=self.lm.dtype, device=self.lm.device)
-        idx = torch.arange(K, device=self.lm.device)
-        # In-place accumulation: peak memory is the result plus one n1×n2 and one n1·K×n2·K temporary.
         for f1, f2 in zip(F1, F2):
-            if f1.A is not None:
-                scale = f1.A @ f2.A.T
-                if f1.has_bias:
-                    scale.add_(1.0)
-            else:
-                scale = torch.ones(n1, n2, dtype=self.lm.dtype, device=self.lm.device)
-            if independent:
-                gg = torch.einsum("iko,jko->kij", f1.G, f2.G).mul_(scale)
-                total[:, idx, :, idx] += gg
-            else:
-                gg = (f1.G.reshape(n1 * K, -1) @ f2.G.reshape(n2 * K, -1).T).view(n1, K, n2, K)
-                total.add_(gg.mul_(scale[:, None, :, None]))
-            del gg, scale
+            ops.kernel_block(f1, f2, total, independent)
         return total.reshape(n1 * K, n2 * K)
 
     def diag(self, X: torch.Tensor) -> torch.Tensor:
         """Return ‖J_k(x_i)‖² as (n, K)."""
-        total = None
-        for f in self.features(X):
-            scale = torch.zeros(f.G.shape[0], dtype=self.lm.dtype, device=self.lm.device)
-            if f.A is not None:
-                scale = scale + (f.A * f.A).sum(-1)
-            if f.has_bias:
-                scale = scale + 1.0
-            part = scale[:, None] * (f.G * f.G).sum(-1)
-            total = part if total is None else total + part
-        return total
+        return sum(ops.diag(f) for f in self.features(X))
+
+    def feature_bytes(self, n: int) -> int:
+        """Return an estimate of the bytes kept by n samples' features (after the probe in :meth:`check`)."""
+        return self._sample_bytes * n // FEATURE_OVERHEAD
+
+
+class StructuredProducts:
+    """J·v and Jᵀ·u over some rows from their kept per-layer features: matrix products, no network pass."""
+
+    def __init__(self, lm: LinearizedModel, features: list[LayerFeatures]) -> None:
+        self.lm = lm
+        self.features = features
+        self.shapes = dict(zip(lm.subset.names, lm.subset.shapes))
+        self.nbytes = sum(f.nbytes() for f in features)
+
+    def jvp(self, v: torch.Tensor) -> torch.Tensor:
+        """Return J v as (c, n_rows, K) for flat tangents v (c, P)."""
+        tangents = self.lm.subset.unflatten(v)
+        self.lm.check_cancel()
+        return sum(ops.jvp(f, tangents, self.shapes) for f in self.features)
+
+    def vjp(self, u: torch.Tensor) -> torch.Tensor:
+        """Return Jᵀ u as (c, P) for u of shape (c, n_rows, K)."""
+        grads: dict[str, torch.Tensor] = {}
+        self.lm.check_cancel()
+        for f in self.features:
+            grads.update(ops.vjp(f, u, self.shapes))
+        return self.lm.subset.flatten(grads, batch_dims=1)
+
+
+def _refusal(owner: str, module: nn.Module | None, leaves: list[str]) -> str:
+    """Return why the layer holding linearized `leaves` has no structured form here ('' if it has)."""
+    if not isinstance(module, (nn.Linear, nn.Conv2d)):
+        kind = "no module" if module is None else type(module).__name__
+        return f"parameters of {owner} are in {kind}, which has no structured form here (Linear and Conv2d have one)"
+    extra = [leaf for leaf in leaves if leaf not in ("weight", "bias")]
+    if extra:
+        return f"{owner} holds linearized parameters other than weight and bias ({', '.join(extra)})"
+    if isinstance(module, nn.Conv2d):
+        if module.padding_mode != "zeros":
+            return f"{owner} pads with mode '{module.padding_mode}' (unfold pads with zeros only)"
+        if isinstance(module.padding, str) and module.padding == "same":
+            if any(d * (k - 1) % 2 for d, k in zip(module.dilation, module.kernel_size)):
+                return f"{owner} uses padding='same' with an even effective kernel (asymmetric padding)"
+    return ""
+
+
+def _conv_padding(module: nn.Conv2d) -> tuple[int, int]:
+    if isinstance(module.padding, str):
+        if module.padding == "valid":
+            return (0, 0)
+        return tuple(d * (k - 1) // 2 for d, k in zip(module.dilation, module.kernel_size))
+    return tuple(module.padding)
+
+
+def _unfold(name: str, module: nn.Module, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """Return the layer's unfolded input (n, L, g, a) for the batch x."""
+    if isinstance(module, nn.Conv2d):
+        if x.dim() != 4:
+            raise _Unsupported(f"{name} sees inputs of shape {tuple(x.shape)}, not (n, C, H, W)")
+        n, g = x.shape[0], module.groups
+        cols = F.unfold(x, module.kernel_size, module.dilation, _conv_padding(module), module.stride)  # (n, C·kh·kw, L)
+        L = cols.shape[-1]
+        if L != output.shape[-1] * output.shape[-2]:
+            raise _Unsupported(f"{name}'s unfolded input does not match its output positions")
+        return cols.view(n, g, -1, L).permute(0, 3, 1, 2)
+    if x.dim() < 2:
+        raise _Unsupported(f"{name} sees inputs of shape {tuple(x.shape)}, not (n, …, features)")
+    return x.reshape(x.shape[0], -1, 1, x.shape[-1])
+
+
+def _positions(module: nn.Module, grad: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """Return an output-shaped signal as (n, L, g, o), positions aligned with the unfolded input."""
+    n, L, g = U.shape[:3]
+    if isinstance(module, nn.Conv2d):
+        return grad.reshape(n, g, -1, L).permute(0, 3, 1, 2)
+    return grad.reshape(n, L, 1, grad.shape[-1])
+
+
+def _compact(f: LayerFeatures) -> LayerFeatures:
+    """Return the smaller of the factors and the per-sample Jacobian (factors always for one position)."""
+    n, K, L, g, o = f.G.shape
+    if L == 1:
+        return f
+    a = 0 if f.U is None else f.U.shape[-1]
+    layer_params = g * o * a * (f.weight is not None) + g * o * (f.bias is not None)
+    if K * layer_params < L * g * (a + K * o):
+        return LayerFeatures(f.weight, f.bias, J=f.jacobian())
+    return f
 
 
 class _Unsupported(Exception):

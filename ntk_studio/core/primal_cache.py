@@ -1,0 +1,116 @@
+"""The generic path's primal, computed once: per-chunk autograd graphs of f for repeated J·v and Jᵀ·u.
+
+For models without a structured form, every product used to run the network again (vjp: forward +
+backward; jvp: forward + tangent). Here each chunk's forward runs once with the linearized parameters
+as autograd leaves and the graph is kept: Jᵀ u is one backward through it, and J v the backward of
+that backward with respect to its (zero) output cotangent — a linear map whose transpose is J — so
+no forward pass is repeated. The graphs hold the activations, so their size is measured
+(``saved_tensors_hooks`` on the first chunk) and the cache is refused when the projection for all
+chunks exceeds the budget; the products then recompute as before.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .linearized import LinearizedModel
+
+
+class _Chunk:
+    def __init__(self, lm: LinearizedModel, Z: torch.Tensor) -> None:
+        self.leaves = {n: t.detach().requires_grad_(True) for n, t in lm.theta.items()}
+        with torch.enable_grad():
+            self.out = lm._g(self.leaves, Z)
+        self.u0: torch.Tensor | None = None
+        self.grads: tuple[torch.Tensor, ...] | None = None
+
+    def backward_graph(self) -> None:
+        """Build Jᵀ u0 as a differentiable function of u0 (for J v by a second backward)."""
+        with torch.enable_grad():
+            self.u0 = torch.zeros_like(self.out, requires_grad=True)
+            self.grads = torch.autograd.grad(
+                self.out, list(self.leaves.values()), self.u0, create_graph=True, allow_unused=True, materialize_grads=True
+            )
+
+
+class PrimalCache:
+    """J·v and Jᵀ·u over the rows of prepared inputs Z from kept per-chunk graphs (see module doc)."""
+
+    def __init__(self, lm: LinearizedModel, Z: torch.Tensor, rows: slice, budget: int) -> None:
+        self.lm = lm
+        self.rows = rows
+        self.chunks: list[tuple[slice, _Chunk]] = []
+        self.nbytes = 0
+        self.refusal = ""
+        own = {t.data_ptr() for t in (*lm.theta.values(), *lm.frozen.values())}
+        seen: set[tuple[int, int]] = set()
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            key = (t.data_ptr(), t.numel())
+            if t.data_ptr() not in own and key not in seen:
+                seen.add(key)
+                self.nbytes += t.numel() * t.element_size()
+            return t
+
+        slices = list(lm.chunks(rows.stop - rows.start))
+        for i, s in enumerate(slices):
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                chunk = _Chunk(lm, Z[rows.start + s.start : rows.start + s.stop])
+                chunk.backward_graph()
+            self.chunks.append((s, chunk))
+            projected = self.nbytes * len(slices) // (i + 1)
+            if projected > budget:
+                self.refusal = f"the kept graphs would need ~{projected / 2**20:,.0f} MiB > budget {budget / 2**20:,.0f} MiB"
+                self.chunks = []
+                return
+
+    def jvp(self, tangents: torch.Tensor) -> torch.Tensor:
+        """Return J v over the rows as (c, n_rows, K) for flat tangents (c, P)."""
+        sizes = self.lm.subset.sizes
+        parts = []
+        for _, ch in self.chunks:
+            self.lm.check_cancel()
+            cols = tuple(t for t in torch.split(tangents, sizes, dim=-1))
+            cols = [c.reshape(c.shape[0], *p.shape) for c, p in zip(cols, ch.leaves.values())]
+            # Parameters the output does not reach have constant (zero) gradients: no J v share.
+            live = [i for i, g in enumerate(ch.grads) if g.requires_grad]
+            if live:
+                (out,) = _batched_grad(tuple(ch.grads[i] for i in live), (ch.u0,), tuple(cols[i] for i in live))
+            else:
+                out = ch.out.new_zeros(tangents.shape[0], *ch.out.shape)
+            parts.append(out)
+        return torch.cat(parts, dim=1)
+
+    def vjp(self, u: torch.Tensor) -> torch.Tensor:
+        """Return Jᵀ u as (c, P) for u of shape (c, n_rows, K)."""
+        total = torch.zeros(u.shape[0], self.lm.num_params, dtype=self.lm.dtype, device=self.lm.device)
+        for s, ch in self.chunks:
+            self.lm.check_cancel()
+            grads = _batched_grad((ch.out,), tuple(ch.leaves.values()), (u[:, s],))
+            total += torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=-1)
+        return total
+
+
+def _batched_grad(outputs, inputs, cotangents) -> tuple[torch.Tensor, ...]:
+    """Return d(outputs)/d(inputs) applied to each of c cotangents (leading dim c), keeping the graph."""
+    # A caller differentiating through the product (linear_operator's tests do) gets a result that
+    # tracks the cotangents: the backward is then recorded too.
+    create = torch.is_grad_enabled() and any(c.requires_grad for c in cotangents)
+    with torch.enable_grad():
+        try:
+            return torch.autograd.grad(
+                outputs, inputs, cotangents, retain_graph=True, create_graph=create, is_grads_batched=True,
+                allow_unused=True, materialize_grads=True,
+            )
+        except RuntimeError:  # an op without a batching rule: one column at a time
+            cols = [
+                torch.autograd.grad(
+                    outputs, inputs, tuple(c[j] for c in cotangents), retain_graph=True, create_graph=create,
+                    allow_unused=True, materialize_grads=True,
+                )
+                for j in range(cotangents[0].shape[0])
+            ]
+            return tuple(torch.stack(parts) for parts in zip(*cols))
