@@ -119,7 +119,10 @@ class LinearizedModel:
     @property
     def prefix_note(self) -> str:
         """Return one line for the plan: the frozen prefix that is cached (and its dtype), or why there is none."""
-        return _prefix.describe(self.prefix, self._prefix_reason, self._prefix_features, self.dtype, self.prefix_dtype)
+        dtype = None if self.prefix is None else self._prefix_dtype
+        return _prefix.describe(
+            self.prefix, self._prefix_reason, self._prefix_features, self.dtype, self.prefix_dtype, dtype
+        )
 
     @property
     def prefix_run_dtype(self) -> torch.dtype | None:
@@ -128,7 +131,8 @@ class LinearizedModel:
 
     @property
     def prefix_probe_error(self) -> float | None:
-        """Return max|Z − Z_engine| / max|Z_engine| of the prefix's features on the probe rows (None: same dtype / not run yet)."""
+        """Return max|f_split − f| / max|f| on the probe rows, the split run in the prefix's dtype and the whole model in
+        the engine's (None: the same dtype, or no data seen yet)."""
         return self._prefix_probe_error if self.prefix is not None else None
 
     def _drop_prefix(self, reason: str) -> None:
@@ -186,35 +190,43 @@ class LinearizedModel:
             self._drop_prefix(f"the value at the boundary has shape {tuple(Z.shape)}, not one row per input")
             return X
         if not self._prefix_checked and X.shape[0] and not self._probe(X, Z):
-            return X
+            # Dropped (the whole network runs), or switched to the engine's dtype: compute again.
+            return X if self.prefix is None else self._inputs(X, store)
         self._prefix_features = int(Z[0].numel()) if Z.shape[0] else self._prefix_features
         if store:
             _prefix.CACHE.store(self.model, key, self._prefix_state, X, Z)
         return Z
 
     def _probe(self, X: torch.Tensor, Z: torch.Tensor) -> bool:
-        """Return whether the split reproduces the whole model on a few rows (else drop the prefix).
+        """Return whether the split reproduces the whole model (in self.dtype) on a few rows.
 
-        The structure is checked in self.dtype (a prefix run in another dtype is re-run here on the
-        probe rows), so the tolerance is the engine's; the measured difference of the run-dtype
-        features from the engine-dtype ones is kept as :attr:`prefix_probe_error`.
+        Within the tolerance of the prefix's run dtype: the split is kept and the outputs' relative
+        difference is :attr:`prefix_probe_error`. Otherwise, when the prefix ran in a narrower dtype, it
+        is checked again in self.dtype: if that agrees, the features' precision was the problem and the
+        prefix runs in self.dtype from now on (said in the plan note); if not, the prefix is dropped.
+        Returns False when the caller must compute the features again (or use X).
         """
         m = min(_prefix.PROBE_SAMPLES, X.shape[0])
+        run = self._prefix_dtype
         with torch.no_grad():
             whole = self._call(self.model, self.theta, X[:m]).reshape(m, -1)
-            exact = Z[:m] if self._prefix_dtype == self.dtype else self._call(self.prefix.prefix, self.theta, X[:m])
-            split_out = self._g(self.theta, exact)
-        rtol = _prefix.PROBE_RTOL.get(self.dtype, 1e-3)
-        if whole.shape != split_out.shape or not torch.allclose(
-            split_out, whole, rtol=rtol, atol=rtol * float(whole.abs().max())
-        ):
-            self._drop_prefix("the split model disagreed with the whole model on a probe")
+            split_out = self._g(self.theta, Z[:m])
+        scale = float(whole.abs().max()) if whole.numel() else 0.0
+        diff = float((split_out - whole).abs().max()) / scale if whole.shape == split_out.shape and scale > 0 else None
+        rtol = max(_prefix.PROBE_RTOL.get(self.dtype, 1e-3), _prefix.PROBE_RTOL.get(run, 1e-2))
+        if whole.shape == split_out.shape and torch.allclose(split_out, whole, rtol=rtol, atol=rtol * scale):
+            self._prefix_probe_error = diff if run != self.dtype else None
+            self._prefix_checked = True
+            return True
+        if run != self.dtype:
+            self._prefix_dtype = self.dtype
+            self._prefix_reason = (
+                f"the model's {str(run).removeprefix('torch.')} prefix changed the outputs by {diff:.1e} > {rtol:g} "
+                "on a probe" if diff is not None else "the model's dtype failed the probe"
+            )
             return False
-        if self._prefix_dtype != self.dtype and exact.shape == Z[:m].shape and exact.is_floating_point():
-            scale = float(exact.abs().max())
-            self._prefix_probe_error = float((Z[:m] - exact).abs().max()) / scale if scale > 0 else 0.0
-        self._prefix_checked = True
-        return True
+        self._drop_prefix("the split model disagreed with the whole model on a probe")
+        return False
 
     # ------------------------------------------------------------ kept features for products
     def _init_operators(self) -> None:

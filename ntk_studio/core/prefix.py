@@ -48,7 +48,10 @@ CACHE_BYTES = 512 * 1024**2
 CACHE_ENTRIES = 4
 SOURCES = 8  # tensors remembered per entry as holding its inputs
 PROBE_SAMPLES = 2
-PROBE_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
+# The split's output may differ from the whole model's by this much (relative to its largest value) on
+# the probe rows, by the dtype the prefix ran in: a wrong split differs by O(1); a float32 body by ~1e-6
+# (faces' MobileNetV2: 4e-6 in the features).
+PROBE_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 # Rows per prefix chunk on the CPU: this many bytes of input (≈42 images of 3×64×64 float32). On 1-2
 # cores MobileNetV2 ran 200 images 1.5-2× faster in chunks of 16-32 than in one batch (activations
 # stay in cache); other devices use the model's chunk_size.
@@ -183,20 +186,23 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 def describe(
     split: Split | None, reason: str, features: int | None, engine: torch.dtype = torch.float64,
-    mode: PrefixDtype | str = PrefixDtype.MODEL,
+    mode: PrefixDtype | str = PrefixDtype.MODEL, dtype: torch.dtype | None = None,
 ) -> str:
     """Return the plan's line: the frozen prefix that is cached (``features`` per input, its dtype), or why none is.
 
     `engine` is the dtype the features are cast to and `mode` the prefix_dtype setting, so the planner
-    (before any fit) and a fitted LinearizedModel say the same.
+    (before any fit) and a fitted LinearizedModel say the same; `dtype` is the run dtype when a probe
+    changed it, and `reason` then says why.
     """
     if split is None:
         return f"no frozen prefix: {reason}"
     size = f"{features:,}" if features is not None else "(after the first data)"
-    dtype = run_dtype(split, engine, mode)
+    dtype = dtype or run_dtype(split, engine, mode)
     how = f"run in {_dtype_name(dtype)}"
     if dtype != engine:
         how += f", the model's dtype, features cast to {_dtype_name(engine)}"
+    if reason:
+        how += f" ({reason})"
     return (
         f"frozen prefix cached: {size} features per input ({how}; {split.route} split "
         f"{split.boundary}; {split.frozen_numel:,} frozen parameters run once per input)"
