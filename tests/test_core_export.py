@@ -105,11 +105,28 @@ def test_classifier_posterior_form_equals_dense_inverse():
     assert float((post.gradient_covariance(G) - cov).abs().max() / cov.abs().max()) < 1e-8
 
 
+def test_exported_classifier_applies_cov_scale_and_temperature():
+    """The export's program gives the engine's logits and probabilities after a search set τ and T ≠ 1."""
+    from ntk_studio.core.export.program import predictor_function
+
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 3))
+    X, y = torch.randn(6, 2), torch.tensor([0, 1, 2, 1, 0, 2])
+    clf = LinearizedClassifier(net, prior_var=2.0).fit(X, y)
+    clf.cov_scale, clf.logit_temperature = 0.3, 2.5
+    Xs = torch.randn(5, 2, dtype=torch.float64)
+    proba, mean, cov = predictor_function(clf.lm, posterior_from_classifier(clf), None, 2)(Xs)
+    ref_mean, ref_cov = clf.predict_logits(Xs)
+    assert float((mean - ref_mean).abs().max() / ref_mean.abs().max()) < 1e-10
+    assert float((cov - ref_cov).abs().max() / ref_cov.abs().max()) < 1e-10
+    assert float((proba - clf.predict_proba(Xs)).abs().max()) < 1e-10
+
+
 @pytest.mark.parametrize("params", ["all", "last:2", "1"])
 def test_per_sample_jacobian_equals_torch_func(params):
     net = cnn_classifier()
     X = torch.randn(5, 3, 12, 12, dtype=torch.float64)
-    lm = LinearizedModel(net, params)
+    lm = LinearizedModel(net, params, prefix_dtype="engine")  # float32 net: the exact float64 prefix
     f, J = PerSampleJacobian(_exportable_copy(net).double(), lm.subset.names, lm.subset.sizes)(X)
     ref = lm.jacobian(X)
     assert J.shape == ref.shape

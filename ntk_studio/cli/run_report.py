@@ -20,8 +20,12 @@ def print_hyper(result) -> None:
     noise = "" if h["noise"] is None else f", σ² = {h['noise']:.4g} (started at {h['initial_noise']:.4g})"
     if h.get("cov_scale") not in (None, 1.0):
         noise += f", logit-covariance scale τ = {h['cov_scale']:.4g}"
+    if h.get("temperature") not in (None, 1.0):
+        noise += f", logit temperature T = {h['temperature']:.4g}"
     lml = "" if h["log_evidence"] is None else f"; log evidence {h['log_evidence']:.4g}"
     print(f"hyperparameters {how}: s² = {h['prior_var']:.4g} (started at {h['initial_prior_var']:.4g}){noise}{lml}")
+    if h.get("why"):
+        print(f"  why: {h['why']}")
 
 
 def print_per_class(result, class_names) -> None:
