@@ -9,7 +9,7 @@ import os
 import torch
 from torch import nn
 
-from . import hyper, regression_hyper, weight_precond
+from . import cg_variance, hyper, regression_hyper, weight_precond
 from .checkpoint import Checkpoint, fingerprint, resumable_cg
 from .distributed import SingleProcess
 from .errors import SettingsError, ShapeError
@@ -60,9 +60,12 @@ class LinearizedGP(LinearizedPredictor):
         shard: SingleProcess | None = None,
         checkpoint: Checkpoint | str | os.PathLike | None = None,
         best_effort: bool = False,
+        variance_rtol: float = cg_variance.VARIANCE_RTOL,
     ) -> None:
         self.outputs: Outputs = choice(Outputs, outputs, "outputs")
         self.noise = positive(noise, "noise")
+        # Function-space CG variances stop once their bound from the true residual is this share of the variance.
+        self.variance_rtol = positive(variance_rtol, "variance_rtol")
         self.precond_rank = count(precond_rank, "precond_rank", minimum=0)
         super().__init__(
             model, params=params, prior_var=prior_var, space=space, solver=solver, dtype=dtype, device=device,
@@ -73,6 +76,8 @@ class LinearizedGP(LinearizedPredictor):
             checkpoint = Checkpoint(checkpoint, writer=self.lm.shard.is_writer)
         self.checkpoint = checkpoint
         self.variance_solve_info: SolveInfo | None = None
+        # Absolute error bound of each variance of the last predict (function-space CG route; None elsewhere).
+        self.variance_error_bound: torch.Tensor | None = None
         self._state: dict = {}
 
     # ------------------------------------------------------------------ fitting
@@ -138,8 +143,15 @@ class LinearizedGP(LinearizedPredictor):
         st = self._state
         counter = MatvecCounter(max_calls=self.cg_max_iter, stage="solve")
         op = self._train_operator(counter)
+        st.pop("var_precond", None)  # built for the old prior and noise
+        precond = None
+        if "Kxx" in st and self.precond_rank > 0:
+            # A stored kernel makes a sketch one matrix product: the fit and the variance solves share
+            # a Nyström preconditioner whose rank is chosen for the variance solves' many columns.
+            rep.emit("precondition", 0.0, force=True, message="Nyström sketch of the stored kernel")
+            precond = self._variance_preconditioner(op._matmul, cg_variance.STORED_PRECOND_COLUMNS)
         rep.emit("solve", 0.0, force=True, message="preconditioned CG")
-        alpha = self._cg(op, st["r"], counter, self.precond_rank)
+        alpha = self._cg(op, st["r"], counter, self.precond_rank, precond=precond)
         st.update(alpha=alpha, op=op)
         self._finish_function_space(alpha)
 
@@ -190,13 +202,37 @@ class LinearizedGP(LinearizedPredictor):
             self.checkpoint.save("delta_theta", st["checkpoint_key"], {"delta_theta": st["delta_theta"]}, force=True)
 
     def _train_operator(self, counter: MatvecCounter | None = None):
+        """Return s²K + σ²I for CG: the stored kernel when it fits the memory budget, else matrix-free."""
         st = self._state
-        K = JacobianKernelOperator(
-            st["X"], st["X"], lm=self.lm, independent=self.outputs == "independent", counter=counter,
-            diag_fn=self.kernels.diag,
-        )
+        Kxx = self._stored_kernel()
+        if Kxx is not None:
+            K = cg_variance.StoredKernel(Kxx)
+            K.counter, K.lm = counter, self.lm
+        else:
+            K = JacobianKernelOperator(
+                st["X"], st["X"], lm=self.lm, independent=self.outputs == "independent", counter=counter,
+                diag_fn=self.kernels.diag,
+            )
         diag = torch.full((K.shape[0],), self.noise, dtype=self.lm.dtype, device=self.lm.device)
         return (K * self.prior_var).add_diagonal(diag)
+
+    def _stored_kernel(self) -> torch.Tensor | None:
+        """Return the training kernel as a dense matrix if it fits the memory budget (filled once), else None.
+
+        One matrix product per CG step instead of a vjp and a jvp over the data; a run split across
+        ranks stays matrix-free (each rank holds its rows only).
+        """
+        st = self._state
+        if "Kxx" in st:
+            return st["Kxx"]
+        n, K = st["Y"].shape
+        self.kernels._decide(st["X"])
+        need = cg_variance.stored_kernel_bytes(n, K, self.lm.num_params, torch.finfo(self.lm.dtype).bits // 8,
+                                               self.kernels.use_structured)
+        if self.lm.shard.world_size > 1 or need > self.memory_budget:
+            return None
+        st["Kxx"] = cg_variance.fill_kernel(self.kernels, st["X"], K)
+        return st["Kxx"]
 
     def _finish_function_space(self, alpha: torch.Tensor) -> None:
         st = self._state
@@ -306,16 +342,25 @@ class LinearizedGP(LinearizedPredictor):
         """Return (posterior mean, posterior variance), each (m,) or (m, K); noise added on request.
 
         With `cancel`, every data chunk (and CG product) checks the token and raises Cancelled.
-        CG variance solves are reported in :attr:`variance_solve_info` and raise like the fit's.
+        CG variance solves are reported in :attr:`variance_solve_info` and raise like the fit's. On the
+        function-space CG route all test points of a chunk are one block solve, each variance has an
+        absolute error bound from its true residual in :attr:`variance_error_bound` (same shape), and
+        ``variance_solve_info.max_relative_error_bound`` is the largest relative one (≤ variance_rtol
+        when converged).
         """
         st = self._require_fit()
         Xs = self.lm.prepare(Xs)
         self._variance_infos: list[SolveInfo] = []
+        self._variance_bounds: list[torch.Tensor] = []
         with self._reporting(self._reporter(cancel)):
             mean = self.predict_mean(Xs)
             parts = [self._variance_chunk(Xs[s]) for s in self.lm.chunks(Xs.shape[0])]
         if self._variance_infos:
             self.variance_solve_info = merge_infos(self._variance_infos)
+        self.variance_error_bound = None
+        if self._variance_bounds:
+            bound = torch.cat(self._variance_bounds)
+            self.variance_error_bound = bound[:, 0] if st["vector"] else bound
         var = clamp_variance(torch.cat([v for v, _ in parts]), torch.cat([p for _, p in parts]))
         if include_noise:
             var = var + self.noise
@@ -334,13 +379,11 @@ class LinearizedGP(LinearizedPredictor):
         m = Xc.shape[0]
         if plan.space == "function":
             prior = s2 * self.kernels.diag(Xc)  # (m, K)
-            if plan.solver == "cholesky":
-                Kx = self.kernels.matrix(Xc, st["X"]).T
-                V = torch.linalg.solve_triangular(st["L"], Kx, upper=False)
-                corr = (V * V).sum(0)
-            else:
-                Kx = self._cross_kernel(Xc)
-                corr = (Kx * self._variance_cg(st["op"], Kx, st.get("precond"))).sum(0)
+            if plan.solver == "cg":
+                return self._bounded_variances(self._cross_kernel(Xc), prior).reshape(m, K), prior
+            Kx = self.kernels.matrix(Xc, st["X"]).T
+            V = torch.linalg.solve_triangular(st["L"], Kx, upper=False)
+            corr = (V * V).sum(0)
             return prior - s2 * s2 * corr.reshape(m, K), prior
         J = self.lm.jacobian(Xc).reshape(m * K, -1).T  # (P, m·K)
         prior = s2 * (J * J).sum(0).reshape(m, K)
@@ -351,12 +394,54 @@ class LinearizedGP(LinearizedPredictor):
             quad = (J * self._variance_cg(st["op_w"], J, st.get("precond_w"))).sum(0)
         return self.noise * quad.reshape(m, K), prior
 
-    def _cross_kernel(self, Xc: torch.Tensor) -> torch.Tensor:
-        """Return K(X_train, Xc) of size (N, m·K), matrix-free (vjp on Xc, jvp on the training set)."""
+    def _bounded_variances(self, Kx: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        """Return the variances of the columns of Kx = K(X, x*) by one block solve; record bounds and the solve."""
         st = self._state
-        K = st["Y"].shape[1]
-        eye = torch.eye(Xc.shape[0] * K, dtype=self.lm.dtype, device=self.lm.device)
-        return self.lm.kernel_matmul(st["X"], Xc, eye, independent=self.outputs == "independent")
+        op = st["op"]
+        itemsize = torch.finfo(self.lm.dtype).bits // 8
+        matmul = op._matmul if "Kxx" in st else cg_variance.column_blocked(op._matmul, self.lm.num_params, itemsize)
+        if "var_precond" not in st:  # built once per fit, for every chunk of test points
+            self._variance_preconditioner(matmul, Kx.shape[1])
+        var, err, info = cg_variance.bounded_variances(
+            matmul, Kx, prior.reshape(-1), self.prior_var, self.noise, self.variance_rtol, self.cg_max_iter,
+            st["var_precond"], self.lm.check_cancel, tol=self.cg_tol,
+        )
+        self._variance_infos.append(info)
+        self._variance_bounds.append(err.reshape(prior.shape))
+        require_converged(info, "A predictive-variance solve", self._cg_advice() + " Or raise variance_rtol "
+                          f"(now {self.variance_rtol:g}; bound reached {info.max_relative_error_bound:.1e}).",
+                          self.best_effort, self.cg_tol)
+        return var
+
+    def _variance_preconditioner(self, matmul, columns: int):
+        """Return (and keep for the variance solves) the Nyström preconditioner of s²K + σ²I; matmul applies it."""
+        st = self._state
+        st["var_precond"], st["var_precond_rank"] = cg_variance.variance_preconditioner(
+            lambda V: matmul(V) - self.noise * V, st["Y"].numel(), self.noise, columns, self.lm.dtype, self.lm.device,
+            start=max(self.precond_rank, cg_variance.VARIANCE_PRECOND_START),
+        )
+        return st["var_precond"]
+
+    def _cross_kernel(self, Xc: torch.Tensor) -> torch.Tensor:
+        """Return K(X_train, Xc) of size (N, m·K) by the cheapest exact path the model and budget allow.
+
+        The kernel builder (structured Linear-layer form, or per-sample Jacobians with the cached side
+        fitting the memory budget) costs one pass over the data; the matrix-free fallback costs one
+        vjp and one jvp over the training set per test column.
+        """
+        st = self._state
+        n, K = st["Y"].shape
+        X = st["X"]
+        m = Xc.shape[0]
+        if self.lm.shard.world_size == 1:
+            self.kernels._decide(X)
+            jac = K * self.lm.num_params * torch.finfo(self.lm.dtype).bits // 8
+            if self.kernels.use_structured or n * jac <= self.memory_budget:
+                return self.kernels.matrix(Xc, X).T.contiguous()  # caches the training side
+            if m * jac <= self.memory_budget:
+                return self.kernels.matrix(X, Xc)
+        eye = torch.eye(m * K, dtype=self.lm.dtype, device=self.lm.device)
+        return self.lm.kernel_matmul(X, Xc, eye, independent=self.outputs == "independent")
 
     # ------------------------------------------------------- marginal likelihood
     def log_marginal_likelihood(self) -> float:
