@@ -122,7 +122,7 @@ def test_planner_picks_the_weight_route_by_estimated_time():
     n, P = 1_000_000, 20_000
     fit_only = make_plan(n, 1, P, "weight", budget_bytes=big, rank=64, test_points=0)
     with_var = make_plan(n, 1, P, "weight", budget_bytes=big, rank=64, test_points=1000)
-    # Fit only: Nyström CG (≈164 products of n·P) beats 2·n·P² for JᵀJ; 1,000 variances cost CG 1,000 solves.
+    # Fit only: Nyström CG (rank + 250 products of 70·n·P) beats 2·n·P² for JᵀJ; 1,000 variances cost CG 1,000 solves.
     assert (fit_only.space, fit_only.solver) == ("weight", "cg")
     assert (with_var.space, with_var.solver) == ("weight", "cholesky")
     for plan, m in ((fit_only, 0), (with_var, 1000)):

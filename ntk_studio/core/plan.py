@@ -35,10 +35,13 @@ TYPICAL_CG_ITERATIONS = 100
 KERNEL_COPIES = 3  # n·K × n·K matrices alive at the peak of a function-space Cholesky fit
 WEIGHT_COPIES = 3  # P × P matrices alive at the peak of a weight-space Cholesky fit
 PLAN_TEST_POINTS = 1000  # predictive variances the time estimate budgets for (the benchmark size)
-JACOBIAN_FLOPS = 1000.0  # flop-equivalents per parameter of one per-sample Jacobian row (measured, see module doc)
-PRODUCT_FLOPS = 40.0  # flop-equivalents per parameter and row of one GGN/kernel product column (measured)
-CG_ITERATIONS = {"function": 50, "weight": 100}  # typical preconditioned iterations (measured, rank 64)
-STRUCTURED_KERNEL_FLOPS = 8.0  # structured kernel entry ≈ this × √P flops (an MLP of width ≈ √P/… ; display only)
+# Set from bench/weight_space.py's calibration block (docs/benchmarks.md "Weight space", load 9–14):
+JACOBIAN_FLOPS = 1500.0  # flop-equivalents per parameter of one per-sample Jacobian row (measured 1,300–2,600)
+PRODUCT_FLOPS = 70.0  # per parameter and row of one GGN/kernel product column (measured 37–101)
+# Typical preconditioned CG iterations per solve: weight measured 233 (P = 4,941) and 369 (P = 19,993) at
+# n = 2,000 with Nyström rank 64, refinement included; function space ~50 (49–97 in benchmark 2).
+CG_ITERATIONS = {"function": 50, "weight": 250}
+STRUCTURED_KERNEL_FLOPS = 8.0  # a structured kernel entry ≈ this · √P flops (MLP-shaped guess; display only)
 CALIBRATION_SIZE = 512
 
 
