@@ -167,3 +167,18 @@ def test_worker_job_adapts_on_the_same_rows_as_the_pipeline(default_run, example
     shown = fit["test_rows"]["index"]
     assert shown == [int(i) for i in test[:len(shown)]]
     assert fit["n_test"] == len(test) and fit["n_adapt"] == s.n_adapt
+
+
+def test_without_scikit_image_the_error_names_the_pip_command(monkeypatch):
+    import sys
+
+    from ntk_studio.core.errors import ExampleUnavailableError
+    from ntk_studio.core.examples.registry import list_examples, load_example
+
+    for module in ("skimage", "skimage.data"):  # None in sys.modules: any import of it fails, as if uninstalled
+        monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(ExampleUnavailableError, match="pip install scikit-image"):
+        load_example("rotation")
+    with pytest.raises(ExampleUnavailableError, match="pip install scikit-image"):
+        R.load_faces()  # the loader itself says the same
+    assert {n: ok for n, _, ok in list_examples()}["rotation"] is False

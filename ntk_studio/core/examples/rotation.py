@@ -216,10 +216,3 @@ def load_rotation_example() -> Example:
         source=source_dataset(faces), target=target, notes=notes,
     )
 
-
-def angle_bins(angles: torch.Tensor | np.ndarray, width: float = 15.0) -> np.ndarray:
-    """Return each angle's bin start (degrees), bins of ``width`` from -TARGET_MAX_ANGLE."""
-    a = np.asarray(angles, dtype=np.float64)
-    start = -TARGET_MAX_ANGLE + width * np.floor((a + TARGET_MAX_ANGLE) / width)
-    return np.minimum(start, TARGET_MAX_ANGLE - width)
-
