@@ -144,9 +144,10 @@ def operator_costs(name: str, dtype: torch.dtype, mode: str) -> list[dict]:
     lms = {route: LinearizedModel(MODELS[name](), dtype=dtype) for route in PRODUCT_ROUTES}
     ops: dict[str, object] = {}
     shapes = {}
+    inputs_of = {}
     for route, lm in lms.items():
         lm.product_route = route
-        X = lm.prepare(X0)
+        X = inputs_of[route] = lm.prepare(X0)
         n, K, P = X.shape[0], lm.forward(X).shape[1], lm.num_params
         shapes = {"n": n, "outputs": K, "params": P}
         g = torch.Generator().manual_seed(DATA_SEED)
@@ -176,7 +177,7 @@ def operator_costs(name: str, dtype: torch.dtype, mode: str) -> list[dict]:
         per_call = {k.split(":", 1)[1]: t["median_s"] for k, t in timings.items() if k.startswith(route + ":")}
         if f"kernel_{MANY_COLUMNS}col" in per_call:
             per_call[f"kernel_{MANY_COLUMNS}col_per_col"] = per_call[f"kernel_{MANY_COLUMNS}col"] / MANY_COLUMNS
-        cache = lm._product_cache(lm.prepare(X0), build=False) if route != "recompute" else None
+        cache = lm._product_cache(inputs_of[route], build=False) if route != "recompute" else None
         rows.append({
             "model": name,
             "dtype": str(dtype).removeprefix("torch."),

@@ -118,6 +118,23 @@ def test_over_budget_products_recompute_and_say_so():
     assert generic.operator_note.startswith("products recompute the network: the kept graphs would need")
 
 
+def test_the_budget_check_uses_the_size_the_features_are_kept_at():
+    """Conv layers keep a compact per-sample Jacobian; the budget check must use that size, not the factors'."""
+    from test_core_structured_conv import conv_stride_pad_multi
+
+    torch.manual_seed(0)
+    lm = LinearizedModel(conv_stride_pad_multi().double(), "all")
+    X = torch.randn(12, 2, 8, 11, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    lm.kernel_matmul(X, X, torch.ones(12 * 3, dtype=torch.float64))
+    cache = lm._product_cache(X, build=False)
+    assert isinstance(cache, StructuredProducts)
+    assert lm.structured.feature_bytes(12) == cache.nbytes
+    lm.clear_operator_cache()
+    lm.operator_cache_bytes = cache.nbytes  # exactly enough
+    lm.kernel_matmul(X, X, torch.ones(12 * 3, dtype=torch.float64))
+    assert isinstance(lm._product_cache(X, build=False), StructuredProducts)
+
+
 def test_recompute_route_and_bad_route():
     lm = LinearizedModel(MODELS["mlp"](), "all")
     lm.product_route = "recompute"

@@ -40,7 +40,8 @@ class StructuredKernel:
         self.lm = lm
         self.reason = ""
         self.layers: dict[str, tuple[str | None, str | None]] = {}  # module -> (weight name, bias name)
-        self._sample_bytes = 0
+        self._sample_bytes = 0  # temporaries per sample while extracting (chunk size)
+        self._kept_sample_bytes = 0  # kept features per sample (the product cache's budget check)
         self.supported = self._static_check()
         self._checked = False
         # The right-hand set is usually the training set, reused for every test chunk.
@@ -147,7 +148,7 @@ class StructuredKernel:
             gk = torch.autograd.grad(out[:, k].sum(), [probes[n] for n in names], retain_graph=k < K - 1, allow_unused=True)
             for i, g in enumerate(gk):
                 grads[i].append(torch.zeros_like(probes[names[i]]) if g is None else g)
-        feats, total = [], 0
+        feats, total, kept = [], 0, 0
         for i, name in enumerate(names):
             U = unfolded[name]
             G = torch.stack([_positions(modules[name], g, U) for g in grads[i]], dim=1)  # (n, K, L, g, o)
@@ -155,7 +156,10 @@ class StructuredKernel:
             f = LayerFeatures(weight, bias, U if weight else None, G)
             total += f.nbytes()
             feats.append(_compact(f))
-        self._sample_bytes = max(self._sample_bytes, FEATURE_OVERHEAD * total // max(1, X.shape[0]))
+            kept += feats[-1].nbytes()
+        m = max(1, X.shape[0])
+        self._sample_bytes = max(self._sample_bytes, FEATURE_OVERHEAD * total // m)
+        self._kept_sample_bytes = max(self._kept_sample_bytes, -(-kept // m))
         return feats
 
     # ------------------------------------------------------------ dense kernels
@@ -179,8 +183,8 @@ class StructuredKernel:
         return sum(ops.diag(f) for f in self.features(X))
 
     def feature_bytes(self, n: int) -> int:
-        """Return an estimate of the bytes kept by n samples' features (after the probe in :meth:`check`)."""
-        return self._sample_bytes * n // FEATURE_OVERHEAD
+        """Return the bytes n samples' kept features take (per-sample size measured by the probe in :meth:`check`)."""
+        return self._kept_sample_bytes * n
 
 
 class StructuredProducts:

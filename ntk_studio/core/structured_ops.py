@@ -173,6 +173,14 @@ def vjp(f: LayerFeatures, u: torch.Tensor, shapes: dict[str, torch.Size]) -> dic
             start += size
         return out
     n, K, L, g, o = f.G.shape
+    if L == 1:  # one position: two matrix products, no row blocks
+        Gu = torch.einsum("cnk,nkgo->cngo", u, f.G[:, :, 0])
+        out = {}
+        if f.weight is not None:
+            out[f.weight] = torch.einsum("cngo,nga->cgoa", Gu, f.U[:, 0]).reshape(c, *shapes[f.weight])
+        if f.bias is not None:
+            out[f.bias] = Gu.sum(1).reshape(c, *shapes[f.bias])
+        return out
     W = None if f.weight is None else f.G.new_zeros(c, g, o, f.U.shape[-1])
     b = f.G.new_zeros(c, g, o) if f.bias is not None else None
     step = _row_step(n, c * L * g * o, f.G.element_size())
