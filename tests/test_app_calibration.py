@@ -145,7 +145,7 @@ def test_noise_floor_that_set_sigma2_is_shown_as_active(qtbot):
     assert f"σ² = {fmt(hyper['noise'])} (floor)" in view.calibration_page.note.text()
 
 
-def test_classification_view_shows_each_methods_ece_and_the_heldout_choice_with_its_curve(qtbot, classification_runs):
+def test_classification_view_shows_each_methods_ece_and_the_chosen_s2_tau_with_its_curve(qtbot, classification_runs):
     fit, ft = classification_runs
     view = _view(qtbot, "classification")
     view.show_gp(fit)
@@ -162,48 +162,69 @@ def test_classification_view_shows_each_methods_ece_and_the_heldout_choice_with_
     assert record.calibration.ece == fit["metrics"]["ece"]
     assert record.unadapted_calibration.ece == fit["unadapted_metrics"]["ece"]
     hyper = fit["hyper"]
-    assert hyper["selection"] == "heldout"
     shown = view.hyper_view.values
     assert shown["prior_var"].startswith(fmt(hyper["prior_var"], digits=4))
     assert shown["cov_scale"] == fmt(hyper["cov_scale"], digits=4)
-    assert shown["heldout"] == f"{fmt(hyper['heldout_nll'], digits=4)} ({hyper['folds']} folds)"
-    assert shown["selection"] == "heldout" and shown["method"] == hyper["method"]
+    assert shown["selection"] == hyper["selection"] and shown["method"] == hyper["method"]
+    if hyper.get("heldout_nll") is not None:
+        assert shown["heldout"] == f"{fmt(hyper['heldout_nll'], digits=4)} ({hyper['folds']} folds)"
     # The search's one-line reason, when the classifier gives one, is shown whole under the values.
     reason = view.hyper_view.reason.text()
     assert not view.hyper_view.reason.isHidden() and html.escape(hyper["method"]) in reason
     assert shown.get("why") == hyper.get("why")
     assert (html.escape(hyper["why"]) in reason) if hyper.get("why") else "<b>Why</b>" not in reason
     assert "noise" not in shown
-    # The curve: held-out NLL over the s² tried; the chosen s² is its lowest point, at the value in the text.
-    assert not view.hyper_view.right.isHidden()
-    s2, nll = view.hyper_view.curve_data(0)
-    best = int(np.argmin(nll))
-    assert s2[best] == pytest.approx(hyper["prior_var"]) and nll[best] == pytest.approx(hyper["heldout_nll"])
-    chosen_x, chosen_y = view.hyper_view.chosen.getData()
-    assert 10 ** chosen_x[0] == pytest.approx(hyper["prior_var"]) and chosen_y[0] == pytest.approx(hyper["heldout_nll"])
-    # The plain Laplace line (τ = 1) is not below the chosen value at the chosen s².
-    s2_one, nll_one = view.hyper_view.curve_data(1)
-    assert np.allclose(s2_one, s2) and nll_one[best] >= nll[best] - 1e-12
+    _check_curve(view.hyper_view, hyper)
     note = view.calibration_page.note.text()
-    assert f"τ = {fmt(hyper['cov_scale'])}" in note and f"{hyper['folds']}-fold held-out NLL" in note
-    assert f"NLL {fmt(hyper['heldout_nll'], digits=DIGITS)}" in note
+    assert f"s² = {fmt(hyper['prior_var'])}" in note and f"τ = {fmt(hyper['cov_scale'])}" in note
+    if hyper.get("heldout_nll") is not None:
+        assert f"{hyper['folds']}-fold held-out NLL" in note
+        assert f"NLL {fmt(hyper['heldout_nll'], digits=DIGITS)}" in note
     view.tabs.setCurrentWidget(view.hyper_view)
     view.grab().save(os.path.join(SCREENSHOT_DIR, "ntk_calibration_hyper.png"))
 
 
-def test_evidence_selection_shows_the_evidence_over_s2():
+def _check_curve(hyper_view, hyper: dict) -> None:
+    """The search curve is drawn with the chosen s² marked on it, at the criterion's best value."""
+    assert not hyper_view.right.isHidden()
+    s2, value = hyper_view.curve_data(0)
+    assert np.all(np.diff(s2) > 0)  # drawn in order of s², whatever order the search tried them in
+    at = int(np.argmin(np.abs(np.log(s2) - np.log(hyper["prior_var"]))))
+    assert s2[at] == pytest.approx(hyper["prior_var"], rel=1e-12)
+    chosen_x, chosen_y = hyper_view.chosen.getData()
+    assert 10 ** chosen_x[0] == pytest.approx(hyper["prior_var"]) and chosen_y[0] == value[at]
+    criterion = HyperChoice.from_payload({"task": "classification", "hyper": hyper}).curves[0].criterion
+    if criterion == "evidence":  # the evidence chose s²: its largest value, the fit's own evidence
+        assert value[at] == max(value) and value[at] == pytest.approx(hyper["log_evidence"], rel=1e-6)
+        assert "evidence" in hyper_view.plot.getPlotItem().titleLabel.text.lower()
+    else:  # held-out NLL (with the τ = 1 line, never below the best over τ at the chosen s²)
+        assert "held-out" in hyper_view.plot.getPlotItem().titleLabel.text.lower()
+        if hyper["selection"] == "heldout":  # the value at the mark is the held-out NLL the text states
+            assert value[at] == pytest.approx(hyper["heldout_nll"], rel=1e-12)
+        if len(hyper_view.curves) > 1:
+            s2_one, value_one = hyper_view.curve_data(1)
+            assert np.allclose(s2_one, s2) and value_one[at] >= value[at] - 1e-12
+
+
+@pytest.mark.parametrize("selection", ["heldout", "evidence"])
+def test_each_selection_draws_its_criterion_over_s2(qtbot, selection):
+    from ntk_studio.app.views.hyper_choice import HyperChoiceView
+
     state = _classification_state()
     adapt, _ = state.split(N_ADAPT, 1)
     clf = LinearizedClassifier(state.model, prior_var=1.0).fit(adapt.X, adapt.y)
-    clf.fit_hyperparameters(selection="evidence")
-    h = hyper_info(clf, adapt, RunSettings(task="classification", prior_var=1.0), "classification")
-    choice = HyperChoice.from_payload({"task": "classification", "hyper": h})
-    assert choice.selection == "evidence" and choice.prior_var == clf.prior_var
-    (curve,) = choice.curves
-    assert curve.criterion == "evidence"
-    best = int(np.argmax(curve.value))
-    assert curve.prior_var[best] == pytest.approx(clf.prior_var)
-    assert max(curve.value) == pytest.approx(clf.log_marginal_likelihood(), rel=1e-6)
+    clf.fit_hyperparameters(selection=selection)
+    hyper = hyper_info(clf, adapt, RunSettings(task="classification", prior_var=1.0), "classification")
+    assert hyper["selection"] == selection and hyper["prior_var"] == clf.prior_var
+    choice = HyperChoice.from_payload({"task": "classification", "hyper": hyper})
+    assert choice.curves[0].criterion == ("evidence" if selection == "evidence" else "heldout_nll")
+    view = HyperChoiceView()
+    qtbot.addWidget(view)
+    view.resize(900, 360)
+    view.show()
+    view.set_hyper(choice)
+    assert view.values["selection"] == selection and view.values["cov_scale"] == fmt(clf.cov_scale, digits=4)
+    _check_curve(view, hyper)
 
 
 def _old(fit: dict, ft: dict) -> tuple[dict, dict]:

@@ -22,6 +22,7 @@ def _float(value: Any) -> float | None:
 
 
 COVERAGE_KEYS = ((0.5, "coverage50"), (0.9, "coverage90"), (0.95, "coverage95"))  # metrics' interval coverages
+EVIDENCE_CHOOSES_S2 = ("evidence", "evidence_tau")  # classifier selections whose s² is the evidence's
 
 
 def _floats(values: Any) -> list[float] | None:
@@ -126,19 +127,20 @@ class HyperChoice:
             evidence_prior_var=_float(search.get("chosen_evidence_prior_var")),
             folds=None if _float(folds) is None else int(folds),
             noise_floor=_float(h.get("noise_floor")), floor_active=None if floor_active is None else bool(floor_active),
-            curves=_search_curves(search))
+            curves=_search_curves(search, selection))
 
 
-def _search_curves(search: dict[str, Any]) -> tuple[HyperCurve, ...]:
-    """Return the s² search's lines: held-out NLL (best τ at each s², and τ = 1), else the evidence over s².
+def _search_curves(search: dict[str, Any], selection: str | None = None) -> tuple[HyperCurve, ...]:
+    """Return the lines of the criterion that chose s²: held-out NLL (best τ at each s², and τ = 1) or the evidence.
 
-    Reads both forms the classifier has written: a profile over a continuous search
+    The evidence's line when the evidence chose s² ('evidence', 'evidence_tau') or no held-out line
+    is there. Reads both forms the classifier has written: a profile over a continuous search
     ('heldout_profile' with a 'heldout_nll' table over 'cov_scale' columns) and the older grid table
     (no profile: the column at the chosen τ). Lines whose lengths do not match are left out.
     """
     grid = _floats(search.get("prior_var"))
     curves: list[HyperCurve] = []
-    if grid:
+    if grid and selection not in EVIDENCE_CHOOSES_S2:
         profile = _floats(search.get("heldout_profile"))
         if profile and len(profile) == len(grid):
             both = _floats(search.get("heldout_profile_temperature")) is not None

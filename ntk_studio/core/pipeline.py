@@ -23,8 +23,8 @@ from torch import nn
 
 from ..pipeline_defaults import NOISE_FRACTION, SCORING_RULE, RunSettings, settings_for
 from . import prefix as _prefix
-from .classify import LinearizedClassifier
 from . import regression_hyper
+from .classify import LinearizedClassifier
 from .records import ComparisonRecord, classification_record, regression_record
 from .data import adaptation_split
 from .data.dataset import UNLABELLED_GROUP, Dataset
@@ -43,8 +43,8 @@ METHODS = ("linearized", "fine-tuned", "ensemble")
 PLAN_ITEMSIZE = 8  # solves run in float64
 LINEARIZED_NAMES = {"regression": "linearized GP", "classification": "linearized classifier"}
 POINT_RULE = "Gaussian, var = own adaptation MSE"  # short form of SCORING_RULE for point predictors
-
 FLOOR_ACTIVE_RTOL = 1e-6  # σ² within this of the floor: the floor, not the evidence, set it
+
 __all__ = [
     "METHODS", "PRIOR_VAR_GRID", "SCORING_RULE", "PreparedData", "RunResult", "RunSettings", "drain", "fine_tune_iter",
     "fit_linearized_iter", "load_data_for", "plan_run", "prepare", "resolve_task", "run", "run_split", "score_linearized",

@@ -31,9 +31,9 @@ from .summaries import held_out_rows, plot_inputs_1d
 MAX_GRID_POINTS = 100_000  # a plot needs a few hundred; more is a typo that would eat memory
 TRAJECTORY_POINTS = 60  # slider positions
 TRAJECTORY_MAX_STEPS = 10**6
+TRAJECTORY_DECAY = 5.0  # run until the slowest non-null mode has decayed by e^-5 (or MAX_STEPS)
 # Nominal levels of the coverage curve (central predictive intervals): every 5 %, and 99 %.
 COVERAGE_LEVELS = tuple(k / 20 for k in range(1, 20)) + (0.99,)
-TRAJECTORY_DECAY = 5.0  # run until the slowest non-null mode has decayed by e^-5 (or MAX_STEPS)
 
 JobGen = Generator[tuple[str, dict[str, Any]], None, dict[str, Any]]
 
@@ -64,13 +64,13 @@ def run_settings(state: WorkerState, args: dict) -> RunSettings:
 def _calibration(curve) -> dict[str, Any]:
     return {"expected": curve.expected, "observed": curve.observed, "error": curve.error}
 
+
 def _coverage(mean: torch.Tensor, var: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
     """Return the coverage curve: the fraction of held-out targets inside each central predictive interval."""
     mean, var, y = mean.double().reshape(-1), var.double().reshape(-1), y.double().reshape(-1)
     if not (torch.isfinite(mean).all() and torch.isfinite(y).all()) or var.isnan().any():  # a diverged fit
         return {"level": list(COVERAGE_LEVELS), "observed": [float("nan")] * len(COVERAGE_LEVELS)}
     return {"level": list(COVERAGE_LEVELS), "observed": [interval_coverage(mean, var, y, p) for p in COVERAGE_LEVELS]}
-
 
 
 def _fit_events(fit, convergence: list) -> JobGen:
@@ -138,8 +138,8 @@ def _regression_payload(state, gp, data, adapt, test, args, preds, base_preds, c
         "test_y": test.y, "test_mean": test_mean, "test_std": test_var.clamp_min(0).sqrt(),
         "test_base": base_test,
         "calibration": _calibration(calibration_curve(test_mean, test_var, test.y)),
-        "coverage": _coverage(test_mean, test_var, test.y), "base_coverage": _coverage(base_test, base_var, test.y),
         "base_calibration": _calibration(calibration_curve(base_test, base_var, test.y)),
+        "coverage": _coverage(test_mean, test_var, test.y), "base_coverage": _coverage(base_test, base_var, test.y),
     }
 
 

@@ -42,7 +42,8 @@ LABELS = {
 }
 COVERAGE_MARKS = (0.5, 0.9, 0.95)  # the levels the table reports get a faint vertical line
 MARK_ALPHA = 70
-SIDE_WIDTH = 250  # the summary beside the plot: three number columns at 1024 × 640
+SIDE_WIDTH = (272, 340)  # the summary beside the plot: three number columns at 1024 × 640, more room when wide
+SIDE_SHARE = 0.3
 DIGITS = 3
 # A coverage below level − 0.05 is called too narrow; above level + min(0.05, 0.8·(1 − level)) too
 # wide: for 95 % that is the issue's band 0.90–0.99.
@@ -272,8 +273,8 @@ class CalibrationPage(QWidget):
         self.note.setWordWrap(True)
         self.note.setToolTip(NOTE_TIP)
         self.note.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        side = QWidget()
-        side.setFixedWidth(SIDE_WIDTH)
+        side = self.side = QWidget()
+        side.setFixedWidth(SIDE_WIDTH[0])
         column = QVBoxLayout(side)
         column.setContentsMargins(4, 6, 4, 4)
         column.addWidget(self.heading)
@@ -291,6 +292,12 @@ class CalibrationPage(QWidget):
         row.addWidget(plot, 1)
         row.addWidget(side)
         self.set_task("regression")
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        """Give the numbers more room on a wide window."""
+        super().resizeEvent(event)
+        lo, hi = SIDE_WIDTH
+        self.side.setFixedWidth(int(min(max(self.width() * SIDE_SHARE, lo), hi)))
 
     def set_task(self, task: str) -> None:
         """Switch the numbers to ``task`` and empty them (the plot is switched by its owner)."""

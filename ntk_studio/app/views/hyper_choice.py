@@ -165,6 +165,7 @@ class HyperChoiceView(QWidget):
         self.reason.setTextFormat(Qt.TextFormat.RichText)
         self.reason.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.reason.setToolTip(ROW_TIPS["why"])
+        self.form_widget = form_widget
         self.text = QScrollArea()
         self.text.setWidget(form_widget)
         self.text.setWidgetResizable(True)
@@ -191,6 +192,8 @@ class HyperChoiceView(QWidget):
         layout.addWidget(self.text)
         outer.addLayout(layout, 1)
         outer.addWidget(self.reason)
+        outer.addStretch(0)  # takes the spare height when there is no curve (the values stay together)
+        self.outer = outer
         right = QVBoxLayout()
         right.setContentsMargins(0, 0, 0, 0)
         right.setSpacing(0)
@@ -252,6 +255,10 @@ class HyperChoiceView(QWidget):
         self.evidence_line.setVisible(False)
         shown = [c for c in curves if any(math.isfinite(v) for v in c.value)]
         self.right.setVisible(bool(shown))
+        # Without a curve the values keep their whole height and the spare room goes below the reason.
+        self.outer.setStretch(0, 1 if shown else 0)
+        self.outer.setStretch(2, 0 if shown else 1)
+        self.text.setMinimumHeight(0 if shown else self.form_widget.sizeHint().height())
         self.key.setText("")
         self._fit_text_width()
         if not shown:
