@@ -4,11 +4,14 @@ A small CNN is trained on scikit-learn's handwritten digits (source half) and ad
 labelled images per class to a shifted target domain (bench/shifts.py: rotation, contrast+blur+noise,
 printed digits). Scored on the rest of the target domain: accuracy, NLL, Brier, ECE (10 bins).
 
-Methods: unadapted; fine-tuned (Adam, all weights); an ensemble of ENSEMBLE fine-tunes (different
-minibatch orders); the linearized classifier (all weights, float64) with the prior variance chosen
-by the Laplace evidence (grid hyper.PRIOR_VAR_GRID, the previous default) or by the K-fold held-out
-NLL (core/prior_selection.py), or per-module prior variances by the evidence; each with the
-probability maps of core/predictive.py (probit, pairwise probit, Laplace bridge, MC, MAP only).
+Cases: three digit shifts at 5 and 20 labels per class, and the built-in `faces` example at its
+pipeline defaults (MobileNetV2 head, 40 adaptation rows, split seed = seed).
+Methods: unadapted; fine-tuned (Adam, all weights; faces: the pipeline's fine-tuning of the head);
+an ensemble of ENSEMBLE fine-tunes; the linearized classifier (float64) with s² by the engine's old
+grid evidence ('evidence (grid)'), and with each selection of core/prior_selection.select
+('evidence_tau' = the default, 'heldout', 'heldout_1se'; they share their fits through `state`), each
+with the probability maps of core/predictive.py (probit, pairwise probit, Laplace bridge, MC, MAP only)
+applied to the chosen predictive N(μ/T, τΣ/T²). Per-module evidence only with --per-module-max.
 
     .venv/bin/python bench/calibration.py --quick     # 1 seed (~3-5 min on one core)
     .venv/bin/python bench/calibration.py             # 3 seeds
@@ -35,7 +38,7 @@ from ntk_studio.core.hyper import PRIOR_VAR_GRID  # noqa: E402
 from ntk_studio.core.metrics_classification import classification_report  # noqa: E402
 from ntk_studio.core.predictive import PROBA_MAPS, mc_proba  # noqa: E402
 from ntk_studio.core.prior_selection import (  # noqa: E402
-    COV_SCALES, HELDOUT_GRID, fit_dense, heldout_search, module_columns, module_evidence_search, module_kernels, predict_dense,
+    DEFAULT_SELECTION, SELECTIONS, fit_dense, module_columns, module_evidence_search, module_kernels, predict_dense, select,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -114,6 +117,47 @@ def maps_report(mean, cov, y, prefix: str, out: dict, **extra) -> None:
         out[f"{prefix} · {name}"] = report(p, y, **extra)
 
 
+def linearized_rows(model: nn.Module, X, y, Xs, ys, out: dict, folds: int, params: str = "all",
+                    prior_var: float = 1.0, per_module: bool = False) -> None:
+    """Add the linearized classifier's rows: the engine's grid evidence and every selection of prior_selection."""
+    t = time.perf_counter()
+    clf = LinearizedClassifier(model, params=params, prior_var=prior_var).fit(X, y)
+    clf.fit_hyperparameters(selection="evidence")
+    mean, cov = clf.predict_logits(Xs)
+    maps_report(mean, cov, ys, "evidence (grid)", out, prior_var=clf.prior_var, seconds=time.perf_counter() - t)
+    evidence_s2 = clf.prior_var
+
+    K1 = clf.kernels.matrix(clf._data[0])  # unit-prior kernel J Jᵀ (the kernel builder has no s²)
+    F0 = clf.lm.forward(clf._data[0])
+    state: dict = {}
+    fitted: dict = {}
+    for sel in SELECTIONS:
+        t = time.perf_counter()
+        info = select(K1, F0, y, PROBA_MAPS["pairwise"], sel, folds=folds, state=state)  # the engine's 'auto' map
+        secs = time.perf_counter() - t
+        s2, tau, T = info["chosen"], info["chosen_cov_scale"], info["chosen_temperature"]
+        if s2 not in fitted:
+            fitted[s2] = LinearizedClassifier(model, params=params, prior_var=s2).fit(X, y).predict_logits(Xs)
+        mean, cov = fitted[s2]
+        extra = {"prior_var": s2, "cov_scale": tau, "temperature": T, "seconds": secs, "fits": info["fits"], "why": info["why"],
+                 "heldout_edge": info.get("heldout_edge"), "evidence_edge": info.get("evidence_edge"),
+                 "cov_scale_edge": info["cov_scale_edge"], "temperature_edge": info["temperature_edge"],
+                 "heldout_gain": info.get("heldout_gain"),
+                 "heldout_gain_se": info.get("heldout_gain_se")}
+        maps_report(mean / T, (tau / T**2) * cov, ys, sel, out, **extra)
+    if not per_module:
+        return
+    # Per-module prior variances by the evidence (dense function space).
+    t = time.perf_counter()
+    names, Ks = module_kernels(clf.lm, clf._data[0])
+    minfo = module_evidence_search(Ks, F0, y, PRIOR_VAR_GRID, start=evidence_s2)
+    fit = fit_dense(torch.einsum("m,mij->ij", torch.tensor(minfo["chosen"], dtype=Ks.dtype), Ks), F0, y)
+    Xs64 = clf.lm.prepare(Xs)
+    mean, cov = module_predictive(clf.lm, clf._data[0], Xs64, minfo["chosen"], fit, clf.lm.forward(Xs64))
+    maps_report(mean, cov, ys, "per-module evidence", out, prior_var=dict(zip(names, minfo["chosen"])),
+                seconds=time.perf_counter() - t)
+
+
 def case(model: nn.Module, pool, shift: str, per_class: int, seed: int, folds: int, per_module: bool) -> dict:
     xt, yt = shifted(shift, pool)
     adapt, test = per_class_split(yt, per_class, seed)
@@ -127,40 +171,26 @@ def case(model: nn.Module, pool, shift: str, per_class: int, seed: int, folds: i
     probs = [softmax(m, Xs) for m in members]
     out["fine-tuned"] = report(probs[0], ys, seconds=(time.perf_counter() - t) / ENSEMBLE)
     out[f"fine-tuned ensemble ({ENSEMBLE})"] = report(torch.stack(probs).mean(0), ys, seconds=time.perf_counter() - t)
+    linearized_rows(model, X, y, Xs, ys, out, folds, per_module=per_module)
+    return out
 
-    # Previous default: evidence over the grid, isotropic prior.
-    t = time.perf_counter()
-    clf = LinearizedClassifier(model, prior_var=1.0).fit(X, y)
-    clf.fit_hyperparameters(selection="evidence")
-    mean, cov = clf.predict_logits(Xs)
-    secs = time.perf_counter() - t
-    maps_report(mean, cov, ys, "evidence", out, prior_var=clf.prior_var, seconds=secs)
 
-    # Held-out NLL choice (K-fold on the adaptation rows) of s² alone (τ = 1) and of (s², τ) jointly.
-    K1 = clf.kernels.matrix(clf._data[0])  # unit-prior kernel J Jᵀ (the kernel builder has no s²)
-    F0 = clf.lm.forward(clf._data[0])
-    for sel_map in ("pairwise",):  # the engine's 'auto' map
-        t = time.perf_counter()
-        info = heldout_search(K1, F0, y, HELDOUT_GRID, PROBA_MAPS[sel_map], COV_SCALES, folds=folds)
-        secs = time.perf_counter() - t
-        for s2, tau, label in ((info["chosen_unscaled"], 1.0, "held-out s²"),
-                               (info["chosen"], info["chosen_cov_scale"], "held-out (s², τ)")):
-            t = time.perf_counter()
-            mean, cov = LinearizedClassifier(model, prior_var=s2).fit(X, y).predict_logits(Xs)
-            extra = {"prior_var": s2, "cov_scale": tau, "seconds": secs + time.perf_counter() - t}
-            maps_report(mean, tau * cov, ys, label, out, **extra)
-    if not per_module:
-        return out
+def faces_case(seed: int, folds: int) -> dict:
+    """The built-in `faces` example at its pipeline defaults (head only, 40 adaptation rows), split `seed`."""
+    from ntk_studio.core.examples.registry import load_example
+    from ntk_studio.core.pipeline import run_split, split
+    from ntk_studio.pipeline_defaults import settings_for
 
-    # Per-module prior variances by the evidence (dense function space).
-    t = time.perf_counter()
-    names, Ks = module_kernels(clf.lm, clf._data[0])
-    minfo = module_evidence_search(Ks, F0, y, PRIOR_VAR_GRID, start=clf.prior_var)
-    fit = fit_dense(torch.einsum("m,mij->ij", torch.tensor(minfo["chosen"], dtype=Ks.dtype), Ks), F0, y)
-    Xs64 = clf.lm.prepare(Xs)
-    mean, cov = module_predictive(clf.lm, clf._data[0], Xs64, minfo["chosen"], fit, clf.lm.forward(Xs64))
-    maps_report(mean, cov, ys, "per-module evidence", out, prior_var=dict(zip(names, minfo["chosen"])),
-                seconds=time.perf_counter() - t)
+    ex = load_example("faces")
+    settings = settings_for("faces").replace(seed=seed, ensemble=ENSEMBLE, fit_hyper=False)
+    adapt, test = split(ex.target, settings)
+    res = run_split(ex.model, "classification", adapt, test, settings, methods=("fine-tuned", "ensemble"))
+    out: dict = {}
+    for rec in res.records:
+        name = f"fine-tuned ensemble ({ENSEMBLE})" if rec.method.startswith("fine-tuned ensemble") else rec.method
+        out[name] = {**rec.metrics, "seconds": rec.wall_time_s}
+    linearized_rows(ex.model, adapt.X, adapt.y, test.X, test.y, out, folds, params=settings.params,
+                    prior_var=settings.prior_var)
     return out
 
 
@@ -168,10 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one seed")
     ap.add_argument("--seeds", type=int, default=None)
-    ap.add_argument("--shifts", nargs="*", default=list(SHIFTS))
+    ap.add_argument("--shifts", nargs="*", default=[*SHIFTS, "faces"])
     ap.add_argument("--labels", nargs="*", type=int, default=[5, 20])
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--per-module-max", type=int, default=5,
+    ap.add_argument("--per-module-max", type=int, default=0,
                     help="run the per-module evidence search up to this many labels per class (it is slow)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -181,15 +211,21 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     out = args.out or RESULTS / ("calibration_quick.json" if args.quick else "calibration.json")
     for shift in args.shifts:
-        for per_class in args.labels:
+        for per_class in args.labels if shift != "faces" else [20]:
             for seed in range(seeds):
                 t = time.perf_counter()
-                res = case(model, pool, shift, per_class, seed, args.folds, per_class <= args.per_module_max)
+                if shift == "faces":
+                    res = faces_case(seed, args.folds)
+                else:
+                    res = case(model, pool, shift, per_class, seed, args.folds, per_class <= args.per_module_max)
                 results.append({"shift": shift, "per_class": per_class, "seed": seed, "methods": res})
                 print(f"## {shift}, {per_class}/class, seed {seed} ({time.perf_counter() - t:.0f} s)", flush=True)
                 for name, r in res.items():
                     print(f"  {name:34s} acc {r['accuracy']:.3f} nll {r['nll']:.3f} brier {r['brier']:.3f} "
-                          f"ece {r['ece']:.3f}  {r.get('prior_var', '')} {r.get('cov_scale', '')}", flush=True)
+                          f"ece {r['ece']:.3f}  {r.get('prior_var', '')} {r.get('cov_scale', '')} "
+                          f"{r.get('temperature', '')}", flush=True)
+                for name in SELECTIONS:
+                    print(f"  {name}: {res[name + ' · pairwise']['why']} [{res[name + ' · pairwise']['fits']} fits]")
                 out.write_text(json.dumps(results, indent=1, default=str))  # after every case
     print(f"wrote {out}")
     return 0

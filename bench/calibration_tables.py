@@ -14,44 +14,51 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT = "held-out (s², τ) · pairwise"  # what LinearizedClassifier.fit_hyperparameters() + predict_proba() give
-SHOWN = ("unadapted", "fine-tuned", "fine-tuned ensemble (5)",
-         "evidence · probit", "evidence · pairwise", "evidence · bridge", "evidence · mc", "evidence · map",
-         "held-out s² · pairwise", "held-out s² · mc",
-         "held-out (s², τ) · probit", DEFAULT, "held-out (s², τ) · bridge", "held-out (s², τ) · mc",
-         "held-out (s², τ) · map",
-         "per-module evidence · pairwise", "per-module evidence · bridge", "per-module evidence · map")
+DEFAULT = "evidence_tau · pairwise"  # what LinearizedClassifier.fit_hyperparameters() + predict_proba() give
+MAPS = ("probit", "pairwise", "bridge", "mc", "map")
+SHOWN = ("unadapted", "fine-tuned", "fine-tuned ensemble (5)", "evidence (grid) · pairwise", "evidence (grid) · map",
+         *(f"{sel} · {m}" for sel in ("evidence_tau", "heldout", "heldout_1se") for m in MAPS))
+KEYS = ("accuracy", "nll", "brier", "ece")
+
+
+def _cell(values: list[float]) -> str:
+    return f"{np.mean(values):.3f}" if len(values) == 1 else f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
+def _chosen(runs: list[dict], name: str) -> str:
+    parts = []
+    for r in runs:
+        m = r[name]
+        if "cov_scale" in m:
+            parts.append(f"{m['prior_var']:.2g}, {m['cov_scale']:.2g}, {m.get('temperature', 1.0):.2g}")
+        elif "prior_var" in m:
+            parts.append(f"{m['prior_var']:.2g}")
+    return " / ".join(parts)
 
 
 def classification_tables(paths: list[Path]) -> str:
     cases = defaultdict(list)
     for p in paths:
         for row in json.loads(p.read_text()):
-            cases[(row["shift"], row["per_class"])].append(row["methods"])
+            methods = {("fine-tuned ensemble (5)" if k.startswith("fine-tuned ensemble") else k): v
+                       for k, v in row["methods"].items()}  # the pipeline names it 'fine-tuned ensemble ×5'
+            cases[(row["shift"], row["per_class"])].append(methods)
     lines = []
-    verdict = ["| shift | labels/class | default acc − fine-tuned acc | default NLL ≤ fine-tuned NLL | default ECE ≤ 0.05 |",
-               "|---|---|---|---|---|"]
+    verdict = ["| case | labels/class | seeds | default acc − fine-tuned acc | default NLL vs fine-tuned | default ECE ≤ 0.05 |",
+               "|---|---|---|---|---|---|"]
     for (shift, k), runs in sorted(cases.items()):
-        lines += [f"### {shift}, {k} labels per class ({len(runs)} seed{'s' if len(runs) > 1 else ''})", "",
-                  "| method | accuracy | NLL | Brier | ECE | chosen |", "|---|---|---|---|---|---|"]
+        lines += [f"### {shift}, {k} labels per class ({len(runs)} seed{'s' if len(runs) > 1 else ''}, mean ± sd)", "",
+                  "| method | accuracy | NLL | Brier | ECE | chosen s², τ, T per seed |", "|---|---|---|---|---|---|"]
         for name in SHOWN:
             if name not in runs[0]:
                 continue
-            m = {key: float(np.mean([r[name][key] for r in runs])) for key in ("accuracy", "nll", "brier", "ece")}
-            chosen = runs[0][name].get("prior_var", "")
-            if "cov_scale" in runs[0][name]:
-                chosen = f"s² = {chosen:g}, τ = {runs[0][name]['cov_scale']:.2g}"
-            elif isinstance(chosen, float):
-                chosen = f"s² = {chosen:g}"
-            elif isinstance(chosen, dict):
-                chosen = ", ".join(f"{k}: {v:g}" for k, v in chosen.items())
+            cells = " | ".join(_cell([r[name][key] for r in runs]) for key in KEYS)
             bold = "**" if name == DEFAULT else ""
-            lines.append(f"| {bold}{name}{bold} | {m['accuracy']:.3f} | {m['nll']:.3f} | {m['brier']:.3f} | "
-                         f"{m['ece']:.3f} | {chosen} |")
+            lines.append(f"| {bold}{name}{bold} | {cells} | {_chosen(runs, name) if name.endswith('pairwise') else ''} |")
         lines.append("")
-        d = {key: float(np.mean([r[DEFAULT][key] for r in runs])) for key in ("accuracy", "nll", "ece")}
-        f = {key: float(np.mean([r["fine-tuned"][key] for r in runs])) for key in ("accuracy", "nll", "ece")}
-        verdict.append(f"| {shift} | {k} | {100 * (d['accuracy'] - f['accuracy']):+.1f} points | "
+        d = {key: float(np.mean([r[DEFAULT][key] for r in runs])) for key in KEYS}
+        f = {key: float(np.mean([r["fine-tuned"][key] for r in runs])) for key in KEYS}
+        verdict.append(f"| {shift} | {k} | {len(runs)} | {100 * (d['accuracy'] - f['accuracy']):+.1f} points | "
                        f"{'yes' if d['nll'] <= f['nll'] else 'NO'} ({d['nll']:.3f} vs {f['nll']:.3f}) | "
                        f"{'yes' if d['ece'] <= 0.05 else 'NO'} ({d['ece']:.3f}) |")
     return "\n".join(verdict + [""] + lines)

@@ -4,6 +4,8 @@ References are dense float64: a materialized Jacobian, a Newton solve in weight 
 brute-force K-fold loop over fresh engine classifiers.
 """
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -12,8 +14,10 @@ from ntk_studio.core import LinearizedClassifier, LinearizedModel
 from ntk_studio.core.classify import pairwise_probit_proba
 from ntk_studio.core.predictive import PROBA_MAPS, laplace_bridge_proba
 from ntk_studio.core.prior_selection import (
-    fit_dense, module_kernels, predict_dense, stratified_folds,
+    COV_SCALES, DEFAULT_SELECTION, HELDOUT_GRID, S2_BOUNDS, TEMP_BOUNDS, best_calibration, evidence_search, fit_dense,
+    heldout_search, log_search, module_kernels, predict_dense, row_nll, select, stratified_folds, temperature_penalty,
 )
+from ntk_studio.core.hyper import PRIOR_VAR_GRID
 
 GRID = (0.1, 1.0, 10.0)
 SCALES = (0.01, 0.1, 1.0)
@@ -114,32 +118,122 @@ def brute_force_heldout(X, y, folds):
     return table
 
 
-def test_heldout_search_picks_what_brute_force_picks():
+def test_heldout_selection_on_a_grid_picks_what_brute_force_picks():
     X, y = problem()
     clf = LinearizedClassifier(three_class(), prior_var=1.0).fit(X, y)
-    import ntk_studio.core.prior_selection as ps
-
-    original = ps.COV_SCALES
-    try:
-        ps.fit_heldout.__defaults__ = (ps.DEFAULT_FOLDS, SCALES)
-        clf.fit_hyperparameters(grid=GRID, folds=3)
-    finally:
-        ps.fit_heldout.__defaults__ = (ps.DEFAULT_FOLDS, original)
-    info = clf.hyper_info
+    folds = stratified_folds(y, 3)
+    info = select(clf.kernels.matrix(X), clf.lm.forward(X), y, pairwise_probit_proba, "heldout", folds=3,
+                  grid=GRID, scales=SCALES)
     assert info["selection"] == "heldout" and info["folds"] == 3
-    brute = brute_force_heldout(X, y, stratified_folds(y, 3))
+    brute = brute_force_heldout(X, y, folds)
+    assert info["prior_var"] == list(GRID) and info["cov_scale"] == list(SCALES)
     for i, s2 in enumerate(GRID):
         for j, tau in enumerate(SCALES):
             assert info["heldout_nll"][i][j] == pytest.approx(brute[(s2, tau)], rel=1e-7)
     best = min(brute, key=brute.get)
-    assert (clf.prior_var, clf.cov_scale) == best == (info["chosen"], info["chosen_cov_scale"])
-    # Refitted at the winner: the engine's logits covariance is τ times a fresh fit's.
+    assert (info["chosen"], info["chosen_cov_scale"]) == best
+    assert info["chosen_heldout_nll"] == pytest.approx(brute[best], rel=1e-7)
+
+
+def test_default_selection_refits_at_its_choice_and_explains_it():
+    X, y = problem()
+    clf = LinearizedClassifier(three_class(), prior_var=1.0).fit(X, y).fit_hyperparameters(folds=3)
+    info = clf.hyper_info
+    assert info["selection"] == DEFAULT_SELECTION
+    assert (clf.prior_var, clf.cov_scale) == (info["chosen"], info["chosen_cov_scale"])
+    # The continuous choice, checked against fresh engine classifiers on every fold (dense float64).
+    folds = stratified_folds(y, 3)
+    nll, T, tau = 0.0, clf.logit_temperature, clf.cov_scale
+    for te in folds:
+        tr = torch.tensor([i for i in range(len(y)) if i not in set(te.tolist())])
+        ref = LinearizedClassifier(three_class(), prior_var=clf.prior_var, solver="cholesky", grad_tol=1e-12).fit(X[tr], y[tr])
+        mean, cov = ref.predict_logits(X[te])
+        nll += float(-torch.log(pairwise_probit_proba(mean / T, (tau / T**2) * cov).gather(1, y[te, None])).sum())
+    assert info["chosen_heldout_nll"] == pytest.approx(nll / len(y), rel=1e-7)
+    assert isinstance(info["why"], str) and f"{info['chosen_heldout_nll']:.3f}" in info["why"]
+    assert len(info["prior_var"]) == len(info["heldout_nll"]) == len(info["heldout_profile"])
+    assert all(len(row) == len(info["cov_scale"]) for row in info["heldout_nll"])
+    assert info["chosen_evidence_prior_var"] == clf.prior_var  # the default keeps the evidence's s² (its MAP)
+    # Refitted at the winner: the engine's logits are a fresh fit's divided by T, their covariance times τ/T².
     fresh = LinearizedClassifier(three_class(), prior_var=clf.prior_var).fit(X, y)
     Xs = problem(5, seed=9)[0]
     m1, c1 = clf.predict_logits(Xs)
     m2, c2 = fresh.predict_logits(Xs)
-    torch.testing.assert_close(m1, m2, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(c1, clf.cov_scale * c2, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(m1, m2 / T, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(c1, (tau / T**2) * c2, rtol=1e-10, atol=1e-12)
+
+
+def test_temperature_stays_finite_when_every_held_out_row_is_right():
+    # All held-out rows classified right with a wide margin: the held-out NLL alone falls without limit
+    # as T -> 0; with the log-normal prior on T the optimum is interior. Brute force on a fine grid.
+    g = torch.Generator().manual_seed(3)
+    y = torch.arange(40) % 2
+    M = torch.randn(40, 2, generator=g, dtype=torch.float64) * 0.3
+    M[torch.arange(40), y] += 1.5
+    V = 0.1 * torch.eye(2, dtype=torch.float64).expand(40, 2, 2).clone()
+    assert bool((M.argmax(1) == y).all())
+    found = best_calibration((M, V), y, pairwise_probit_proba)
+    assert found["temperature_edge"] is None and TEMP_BOUNDS[0] < found["temperature"] < 1.0
+    brute = min((float(row_nll((M, V), y, pairwise_probit_proba, tau, T).mean()) + temperature_penalty(T, 40), T, tau)
+                for T in (10.0 ** (k / 50) for k in range(-50, 51)) for tau in (10.0 ** (k / 10) for k in range(-80, 21)))
+    assert found["objective"] <= brute[0] * (1 + 1e-3)  # golden-section stops at 0.05 decades
+    assert abs(math.log10(found["temperature"] / brute[1])) < 0.05
+    assert float(row_nll((M, V), y, pairwise_probit_proba, 1e-8, 0.1).mean()) < found["nll"]  # what the prior prevents
+
+
+def test_log_search_finds_an_interior_minimum_and_reports_a_bound():
+    found = log_search(lambda x: (math.log10(x) - 1.234) ** 2, 1e-6, 1e6)
+    assert found["edge"] is None and abs(math.log10(found["x"]) - 1.234) < 0.03
+    assert len(found["evaluated"]) < 30  # 13 coarse points + golden-section to 0.05 decades
+    assert log_search(lambda x: -x, 1e-6, 1e6)["edge"] == "upper"
+    assert log_search(lambda x: x, 1e-6, 1e6)["edge"] == "lower"
+
+
+def test_evidence_search_matches_the_engine_evidence_and_beats_a_fine_grid():
+    X, y = problem()
+    clf = LinearizedClassifier(three_class(), prior_var=1.0).fit(X, y)
+    ev = evidence_search(clf.kernels.matrix(X), clf.lm.forward(X), y)
+    assert ev["edge"] is None
+    engine = {}
+    for s2 in [ev["prior_var"], *(10.0 ** (k / 4) for k in range(-8, 13))]:
+        ref = LinearizedClassifier(three_class(), prior_var=s2, solver="cholesky", grad_tol=1e-12).fit(X, y)
+        engine[s2] = ref.log_marginal_likelihood()
+    assert ev["evidence"] == pytest.approx(engine[ev["prior_var"]], rel=1e-8)
+    assert ev["evidence"] >= max(engine.values()) - 1e-8
+
+
+class Temperature(nn.Module):
+    """Multiply the logits by a constant (a model whose logits, hence Jacobian, are on a small scale)."""
+
+    def __init__(self, net: nn.Module, scale: float):
+        super().__init__()
+        self.net, self.scale = net, scale
+
+    def forward(self, x):
+        return self.scale * self.net(x)
+
+
+def test_default_does_not_stop_at_a_grid_edge_when_the_optimum_is_interior():
+    # Logits 100x smaller: the kernel J Jᵀ is 1e4 smaller, so the evidence optimum s² (~17 for the
+    # unscaled net) moves to ~2e5, beyond the old evidence grid's last value 1e2, which the old
+    # default picked; the held-out optimum (~26 unscaled) moves beyond the old held-out grid's 1e4.
+    X, y = problem(30)
+    model = Temperature(three_class(), 0.01)
+    clf = LinearizedClassifier(model, prior_var=1.0).fit(X, y).fit_hyperparameters()
+    info = clf.hyper_info
+    assert info["selection"] == DEFAULT_SELECTION
+    assert info["evidence_edge"] is None and S2_BOUNDS[0] < clf.prior_var < S2_BOUNDS[1]
+    assert clf.prior_var > max(PRIOR_VAR_GRID)
+    old = LinearizedClassifier(model, prior_var=1.0).fit(X, y).fit_hyperparameters(selection="evidence")
+    assert old.prior_var == max(PRIOR_VAR_GRID)  # the old default's choice: the grid's edge
+    assert info["chosen_evidence"] > old.hyper_info["chosen_evidence"] + 1e-3
+    held = LinearizedClassifier(model, prior_var=1.0).fit(X, y).fit_hyperparameters(selection="heldout")
+    assert held.hyper_info["heldout_edge"] is None and S2_BOUNDS[0] < held.prior_var < S2_BOUNDS[1]
+    assert held.prior_var > max(HELDOUT_GRID)
+    K1, F0 = clf.kernels.matrix(X), clf.lm.forward(X)
+    grid = heldout_search(K1, F0, y, HELDOUT_GRID, pairwise_probit_proba, COV_SCALES)
+    assert grid["chosen"] == max(HELDOUT_GRID)  # the old held-out choice: the grid's edge
+    assert held.hyper_info["chosen_heldout_nll"] < grid["chosen_heldout_nll"] - 1e-3
 
 
 def test_stratified_folds_partition_the_rows_and_spread_each_class():

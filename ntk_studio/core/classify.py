@@ -139,6 +139,7 @@ class LinearizedClassifier(LinearizedPredictor):
         # τ, the scale of the posterior logit covariance (1 = the Laplace posterior); the held-out
         # hyperparameter search sets it (see :meth:`fit_hyperparameters`).
         self.cov_scale = 1.0
+        self.logit_temperature = 1.0
         self._route: WeightRoute | FunctionRoute | None = None
         self._data: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -228,39 +229,45 @@ class LinearizedClassifier(LinearizedPredictor):
 
     def fit_hyperparameters(
         self, X: torch.Tensor | None = None, y=None, cancel: CancelToken | None = None,
-        grid: tuple[float, ...] | None = None, selection: str = "heldout", folds: int = 5,
+        grid: tuple[float, ...] | None = None, selection: str | None = None, folds: int = 5,
     ) -> LinearizedClassifier:
-        """Return self refitted at the hyperparameters chosen by `selection` on `grid`.
+        """Return self refitted at the hyperparameters chosen by `selection`.
 
-        'heldout' (default): the prior variance s² and the logit-covariance scale τ (:attr:`cov_scale`)
-        with the smallest `folds`-fold held-out NLL of the 'auto' predictive, computed from one dense
-        kernel of the adaptation rows (:func:`.prior_selection.fit_heldout`; docs/calibration.md has the
-        measurements that made it the default). 'evidence': the s² with the largest Laplace evidence,
-        τ = 1. `grid` defaults to prior_selection.HELDOUT_GRID or hyper.PRIOR_VAR_GRID respectively.
-        With 'evidence' the current prior variance competes too. The evidence needs a log-determinant, so candidates
-        are fitted on the Cholesky route; a classifier whose own route is CG is refitted on it at the
-        winner. :attr:`hyper_info` lists every candidate with its evidence and the chosen value.
+        None means :data:`.prior_selection.DEFAULT_SELECTION`. The held-out selections score the
+        'auto' predictive on `folds`-fold splits of the adaptation rows, from one dense kernel of those
+        rows (:func:`.prior_selection.select`; docs/calibration.md has the measurements behind the default):
+        'evidence_tau' (the default) — s² by the Laplace evidence (the MAP keeps its accuracy), then the
+        logit temperature T (:attr:`logit_temperature`, weak log-normal prior) and the logit-covariance
+        scale τ (:attr:`cov_scale`) by held-out NLL; 'heldout' — s², T and τ all by held-out NLL;
+        'heldout_1se' — the held-out s² only when it beats the evidence s² by one standard error. Their
+        searches are continuous in log space within prior_selection.S2_BOUNDS / TAU_BOUNDS / TEMP_BOUNDS
+        (`grid` restricts s² to its values). 'evidence': the s² on `grid` (default hyper.PRIOR_VAR_GRID) with the largest Laplace
+        evidence, τ = 1; the current prior variance competes too. The evidence needs a log-determinant, so
+        its candidates are fitted on the Cholesky route; a classifier whose own route is CG is refitted on it
+        at the winner. :attr:`hyper_info` lists the candidates, the chosen values and a one-line 'why'.
         `cancel` is checked in every Newton step and data chunk; a cancelled search raises Cancelled
         and leaves the previous fit in place.
         """
+        from .prior_selection import DEFAULT_SELECTION, SELECTIONS, fit_selected
+
+        selection = DEFAULT_SELECTION if selection is None else selection
         rep = self._reporter(cancel)
         if X is not None:
             if y is None:
                 raise ShapeError("Pass both X and y, or neither to reuse the fitted data.")
             self._fit(X, y, rep)
         self._require_fitted()
-        if selection not in ("heldout", "evidence"):
-            raise SettingsError(f"selection must be 'heldout' or 'evidence'; got {selection!r}.")
-        if selection == "heldout":
-            from .prior_selection import fit_heldout
-
-            saved = (self.prior_var, self.cov_scale, self.plan, self.map_info, self._route)
+        if selection not in (*SELECTIONS, "evidence"):
+            raise SettingsError(f"selection must be one of {', '.join((*SELECTIONS, 'evidence'))}; got {selection!r}.")
+        if selection != "evidence":
+            saved = (self.prior_var, self.cov_scale, self.logit_temperature, self.plan, self.map_info, self._route)
             try:
-                info = fit_heldout(self, rep, grid, count(folds, "folds", minimum=2))  # grid None: its own
+                info = fit_selected(self, rep, selection, grid, count(folds, "folds", minimum=2))
             except BaseException:
-                self.prior_var, self.cov_scale, self.plan, self.map_info, self._route = saved
+                (self.prior_var, self.cov_scale, self.logit_temperature, self.plan, self.map_info,
+                 self._route) = saved
                 raise
-            self.hyper_info = {"selection": "heldout", **info}
+            self.hyper_info = info
             return self
         grid = PRIOR_VAR_GRID if grid is None else grid
         X, y = self._data
@@ -283,10 +290,11 @@ class LinearizedClassifier(LinearizedPredictor):
         except BaseException:
             self.prior_var, self.plan, self.map_info, self._route = saved
             raise
-        self.cov_scale = 1.0
+        self.cov_scale = self.logit_temperature = 1.0
         self.hyper_info = {
             "selection": "evidence", "method": "Laplace evidence on a grid", "prior_var": tried, "evidence": evidence,
             "chosen": self.prior_var, "chosen_evidence": best[0],
+            "why": f"s² = {self.prior_var:.2g} by the Laplace evidence on a grid (log Z = {best[0]:.1f}); τ = T = 1",
         }
         return self
 
@@ -336,7 +344,8 @@ class LinearizedClassifier(LinearizedPredictor):
     def predict_logits(self, Xs: torch.Tensor, cancel: CancelToken | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (mean (m, C), covariance (m, C, C)) of the linearized logits; `cancel` stops it per chunk.
 
-        The covariance is the Laplace posterior's times :attr:`cov_scale` (1 unless a held-out search set it).
+        The Laplace posterior of the linearized logits f, with its covariance times :attr:`cov_scale` τ, divided by
+        :attr:`logit_temperature` T: mean μ/T, covariance τΣ/T² (τ = T = 1 unless a held-out selection set them).
         """
         route = self._require_fit()
         Xs = self.lm.prepare(Xs)
@@ -344,7 +353,8 @@ class LinearizedClassifier(LinearizedPredictor):
             mean = self.lm.forward(Xs) + self.lm.jvp(Xs, route.delta_theta)
             step = min(self.lm.chunk_size, self.lm.jacobian_chunk_size(mean.shape[1]))
             cov = torch.cat([route.covariance(Xs[s]) for s in self.lm.chunks(Xs.shape[0], step)])
-        return mean, (0.5 * self.cov_scale) * (cov + cov.transpose(-1, -2))
+        T = self.logit_temperature
+        return mean / T, (0.5 * self.cov_scale / T**2) * (cov + cov.transpose(-1, -2))
 
     def sample_logits(self, Xs: torch.Tensor, samples: int = 2000, generator=None,
                       cancel: CancelToken | None = None) -> torch.Tensor:
