@@ -206,6 +206,76 @@ def run_operators(mode: str) -> list[dict]:
     return rows
 
 
+# ===================================================================== part 1b: inside one CG solve
+SOLVE_CASES = (("mlp", torch.float64), ("cnn", torch.float32))
+SOLVE_ITERATIONS = 12  # CG steps per timed solve (tolerance 0: every step runs)
+SOLVE_NOISE = 0.1
+SOLVE_REPEATS = 2
+
+
+def solve_costs() -> list[dict]:
+    """Return, per model and product route, one CG solve's wall time per product in forward passes.
+
+    Each repeat starts from emptied caches (the operator cache, the prefix cache) and a fresh
+    LinearizedModel, then runs SOLVE_ITERATIONS steps of the engine's CG on (J Jᵀ + σ² I) x = b: the
+    first product builds the kept features inside the solve, so the per-product cost includes it
+    amortized over the solve. Forward passes are timed in the same process, interleaved with the solves.
+    """
+    from ntk_studio.core.solvers import cg
+
+    rows = []
+    for name, dtype in SOLVE_CASES:
+        X0 = model_inputs(name, OPERATOR_BATCH[name])
+        fwd_lm = LinearizedModel(MODELS[name](), dtype=dtype)
+        Xf = fwd_lm.prepare(X0)
+        fwd_lm.forward(Xf)
+        samples: dict[str, list[float]] = {"forward": []}
+        products: dict[str, int] = {}
+        for rep in range(-1, SOLVE_REPEATS):  # rep -1: an untimed warm-up on WARMUP_SAMPLES (first torch.func calls)
+            Xr = X0[:WARMUP_SAMPLES] if rep < 0 else X0
+            start = time.perf_counter()
+            fwd_lm.forward(Xf)
+            if rep >= 0:
+                samples["forward"].append(time.perf_counter() - start)
+            for route in PRODUCT_ROUTES:
+                lm = LinearizedModel(MODELS[name](), dtype=dtype)
+                lm.product_route = route
+                prefix.clear_cache()
+                X = lm.prepare(Xr)
+                K = lm.forward(X).shape[1]
+                b = torch.randn(X.shape[0] * K, 1, generator=torch.Generator().manual_seed(DATA_SEED), dtype=dtype)
+                count = [0]
+
+                def matmul(V, lm=lm, X=X, count=count):
+                    count[0] += V.shape[-1]
+                    return lm.kernel_matmul(X, X, V) + SOLVE_NOISE * V
+
+                start = time.perf_counter()
+                cg(matmul, b, tol=0.0, max_iter=SOLVE_ITERATIONS)
+                if rep >= 0:
+                    samples.setdefault(route, []).append(time.perf_counter() - start)
+                    products[route] = count[0]
+        fwd = statistics.median(samples["forward"])
+        for route in PRODUCT_ROUTES:
+            per = statistics.median(samples[route]) / products[route]
+            rows.append({"model": name, "dtype": str(dtype).removeprefix("torch."), "route": route,
+                         "products": products[route], "forward_s": round(fwd, 6),
+                         "solve_s": round(statistics.median(samples[route]), 4),
+                         "per_product_forwards": round(per / fwd, 2)})
+        _log(f"solve {name} {dtype}: done")
+    return rows
+
+
+def solve_table(rows: list[dict]) -> str:
+    """Return the part-1b markdown table: per-product cost inside one CG solve, in forward passes."""
+    lines = ["| model | dtype | route | products per solve | forward | solve | per product (build included) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['dtype']} | {r['route']} | {r['products']} | {_fmt_s(r['forward_s'])} "
+                     f"| {_fmt_s(r['solve_s'])} | {r['per_product_forwards']:.2f}× |")
+    return "\n".join(lines)
+
+
 # ===================================================================== part 2: children
 def _measure_call(fn, setup=None) -> float:
     """Return the time of fn(); calls faster than REPEAT_BELOW_S are repeated and the median kept.
@@ -494,7 +564,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the benchmarks, write the JSON results and print markdown tables."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: n up to 1000, fewer repeats")
-    ap.add_argument("--part", choices=("all", "operators", "routes", "cache"), default="all",
+    ap.add_argument("--part", choices=("all", "operators", "solve", "routes", "cache"), default="all",
                     help="'cache' times uncached vs cached kernel builds in one process (not part of 'all')")
     ap.add_argument("--out", type=Path, default=RESULTS_PATH, help="JSON results path")
     ap.add_argument("--child", nargs=2, metavar=("ROUTE", "N"), help=argparse.SUPPRESS)
@@ -513,6 +583,8 @@ def main(argv: list[str] | None = None) -> None:
         report["routes"] = run_routes(mode)
     if args.part == "cache":
         report["cache_effect"] = cache_effect()
+    if args.part == "solve":
+        report["solve"] = solve_costs()
     report["total_seconds"] = round(time.perf_counter() - start, 1)
     report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -523,6 +595,9 @@ def main(argv: list[str] | None = None) -> None:
     if report["routes"]:
         print(f"\n### Dense-J vs matrix-free, MLP {'-'.join(map(str, MLP_WIDTHS))}, float64\n")
         print(routes_table(report["routes"]))
+    if report.get("solve"):
+        print(f"\n### Per product inside one CG solve ({SOLVE_ITERATIONS} steps, cold caches, 1 thread)\n")
+        print(solve_table(report["solve"]))
     if report.get("cache_effect"):
         print(f"\n### Kernel builds: uncached vs cached repeat (median of {CACHE_ROUNDS}, one process)\n")
         print(cache_table(report["cache_effect"]))
