@@ -112,7 +112,8 @@ def kill_gp(shard=None, checkpoint=None):
     from ntk_studio.core import LinearizedGP
 
     return LinearizedGP(mlp(1), prior_var=S2, noise=1e-2, space="weight", solver="cg", chunk_size=CHUNK,
-                        cg_tol=CG_TOL, shard=shard, checkpoint=checkpoint)
+                        cg_tol=CG_TOL, shard=shard, checkpoint=checkpoint,
+                        precond_rank=0)  # unpreconditioned: a CG long enough to be killed mid-way
 
 
 def kill_data():
