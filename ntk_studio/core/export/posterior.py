@@ -39,6 +39,7 @@ class LinearPosterior:
     scale: torch.Tensor  # √d, (r,)
     prior_var: float
     noise: float | None  # σ² for regression, None for classification
+    logit_scale: float = 1.0  # 1/T: a classifier's logits (mean) are divided by its temperature T
 
     @property
     def complement(self) -> bool:
@@ -126,8 +127,12 @@ def posterior_from_classifier(clf) -> LinearPosterior:
         return torch.einsum("iab,ibp->iap", S, J)
 
     post = _build("classification", clf.lm, route.X, whiten, clf.prior_var, clf.delta_theta, None)
-    # A held-out search may scale the logit covariance by τ (clf.cov_scale): τΣ = τs²(I − VVᵀ) + V diag(τd) Vᵀ.
+    # A held-out search may scale the logit covariance by τ (clf.cov_scale) and divide the logits by a temperature T
+    # (clf.logit_temperature): mean/T and τΣ/T² = (τ/T²)s²(I − VVᵀ) + V diag((τ/T²)d) Vᵀ.
     tau = float(getattr(clf, "cov_scale", 1.0))
-    if tau != 1.0:
-        post.scale, post.prior_var = post.scale * tau**0.5, post.prior_var * tau
+    temperature = float(getattr(clf, "logit_temperature", 1.0))
+    factor = tau / temperature**2
+    if factor != 1.0:
+        post.scale, post.prior_var = post.scale * factor**0.5, post.prior_var * factor
+    post.logit_scale = 1.0 / temperature
     return post

@@ -111,7 +111,8 @@ def predictor_function(lm: LinearizedModel, post: LinearPosterior, stats: Standa
     # Scalars as tensors of the program's dtype: a Python float would be stored as a float32 constant.
     s2 = torch.tensor(post.prior_var, dtype=dt, device=lm.device)
     noise = torch.tensor(post.noise if post.noise is not None else 0.0, dtype=dt, device=lm.device)
-    post_local = LinearPosterior(post.task, ref, basis, scale, post.prior_var, post.noise)
+    post_local = LinearPosterior(post.task, ref, basis, scale, post.prior_var, post.noise, post.logit_scale)
+    logit_scale = None if post.logit_scale == 1.0 else torch.tensor(post.logit_scale, dtype=dt, device=lm.device)
     proba = PROBIT_APPROXIMATIONS.get(resolve_proba_method(method, K))
     if proba is None:
         raise UnsupportedExportError(
@@ -127,6 +128,8 @@ def predictor_function(lm: LinearizedModel, post: LinearPosterior, stats: Standa
         mean = f + G @ ref
         cov = post_local.gradient_covariance(G, s2)
         if post.task == "classification":
+            if logit_scale is not None:
+                mean = mean * logit_scale
             return proba(mean, cov), mean, cov
         var = cov.diagonal(dim1=-2, dim2=-1)
         if y_scale is not None:
