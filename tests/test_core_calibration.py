@@ -152,6 +152,7 @@ def test_default_selection_refits_at_its_choice_and_explains_it():
     assert info["chosen_heldout_nll"] == pytest.approx(nll / len(y), rel=1e-7)
     assert isinstance(info["why"], str) and f"{info['chosen_heldout_nll']:.3f}" in info["why"]
     assert len(info["prior_var"]) == len(info["heldout_nll"]) == len(info["heldout_profile"])
+    assert all(o >= h for o, h in zip(info["heldout_profile_objective"], info["heldout_profile"]))  # NLL + T prior
     assert all(len(row) == len(info["cov_scale"]) for row in info["heldout_nll"])
     assert info["chosen_evidence_prior_var"] == clf.prior_var  # the default keeps the evidence's s² (its MAP)
     # Refitted at the winner: the engine's logits are a fresh fit's divided by T, their covariance times τ/T².

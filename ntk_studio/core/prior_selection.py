@@ -539,6 +539,7 @@ def select(K1: torch.Tensor, F0: torch.Tensor, y: torch.Tensor, proba: Callable,
         "method": SELECTION_METHODS[selection], "why": reason,
         "prior_var": evaluated, "heldout_nll": [profile.cache[s]["table"] for s in evaluated],
         "heldout_profile": [profile.cache[s]["nll"] for s in evaluated],
+        "heldout_profile_objective": [profile.cache[s]["objective"] for s in evaluated],  # what the s² search minimized
         "heldout_profile_cov_scale": [profile.cache[s]["cov_scale"] for s in evaluated],
         "heldout_profile_temperature": [profile.cache[s]["temperature"] for s in evaluated],
         "chosen_temperature": chosen["temperature"], "temperature_edge": chosen["temperature_edge"],
