@@ -243,11 +243,69 @@ def run_mlp(case: Case, rounds: int, log) -> dict:
             "max_rel_difference": diff}
 
 
+def run_rotation(rounds: int, log) -> dict:
+    """rotation (regression, params of settings_for('rotation')): GP + its default s²/σ² fit + test variances vs fine-tuning.
+
+    Fine-tuning "to its final accuracy" = the first epoch whose test RMSE is at most the last epoch's.
+    """
+    from ntk_studio.core.pipeline import split_rows
+    from ntk_studio.pipeline_defaults import NOISE_FRACTION
+
+    torch.manual_seed(SEED)
+    ex = load_example("rotation")
+    d = settings_for("rotation")
+    rows_a, rows_t = split_rows(ex.target, d)
+    train, test = ex.target.subset(rows_a), ex.target.subset(rows_t)
+    model, model64 = ex.model, copy.deepcopy(ex.model).double()
+    y, yt = train.y.double(), test.y.double()
+    noise = NOISE_FRACTION * float(y.var())
+
+    def gp(m) -> dict:
+        prefix.clear_cache()
+        start = time.perf_counter()
+        g = LinearizedGP(m, params=d.params, noise=noise).fit(train.X, y).fit_hyperparameters()
+        mean, var = g.predict(test.X, include_noise=True)
+        return {"seconds": time.perf_counter() - start, "rmse": rmse(mean, yt), "note": g.lm.prefix_note,
+                "mean": mean, "var": var}
+
+    s = FineTuneSettings(params=d.params, lr=d.lr, epochs=d.epochs, batch_size=d.batch_size, patience=None,
+                         seed=SEED, task="regression")
+    gp(model)  # untimed warm-up of both methods
+    finetune(model, (train.X[:4], y[:4].float()), None, dataclasses.replace(s, epochs=1))
+    curve = [ev.val_metrics["rmse"] for ev in finetune_iter(model, train, test, s)]
+    epoch = next(e for e, r in enumerate(curve) if r <= curve[-1])
+    log(f"  rotation fine-tuning: final test RMSE {curve[-1]:.3f} first reached at epoch {epoch}")
+
+    def ft() -> dict:
+        start = time.perf_counter()
+        result = finetune(model, train, None, dataclasses.replace(s, epochs=epoch))
+        pred = predict(result, test.X)
+        return {"seconds": time.perf_counter() - start, "rmse": rmse(pred.double().reshape(-1), yt)}
+
+    ops = {"GP + default hyperparameter fit, float32 prefix": lambda: gp(model),
+           "GP + default hyperparameter fit, float64 model": lambda: gp(model64),
+           "fine-tuning to its final RMSE": ft}
+    runs: dict[str, list[dict]] = {k: [] for k in ops}
+    for r in range(rounds):
+        for name, op in ops.items():
+            runs[name].append(op())
+            log(f"  rotation round {r + 1}/{rounds} {name}: {runs[name][-1]['seconds']:.3f} s, "
+                f"RMSE {runs[name][-1]['rmse']:.3f}")
+    a, b = runs["GP + default hyperparameter fit, float32 prefix"][-1], runs["GP + default hyperparameter fit, float64 model"][-1]
+    diff = max(float((a["mean"] - b["mean"]).abs().max() / b["mean"].abs().max()),
+               float((a["var"] - b["var"]).abs().max() / b["var"].abs().max()))
+    out = {name: {"seconds": statistics.median(x["seconds"] for x in rs), "rmse": rs[-1]["rmse"],
+                  "note": rs[-1].get("note", "")} for name, rs in runs.items()}
+    return {"n_train": len(train), "n_test": len(test), "params": d.params, "epoch_of_final": epoch,
+            "final_rmse": curve[-1], "epochs": d.epochs, "timed": out, "max_rel_difference": diff}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--mlp-rounds", type=int, default=5)
     ap.add_argument("--out", default="bench/results/prefix_speed.json")
+    ap.add_argument("--only-rotation", action="store_true", help="measure the rotation example only")
     ap.add_argument("--final-epochs", type=int, nargs=3, metavar=("USUAL", "PIPELINE", "CACHED"),
                     help="skip the untimed accuracy runs: the epochs of final accuracy an earlier run found")
     args = ap.parse_args(argv)
@@ -259,6 +317,12 @@ def main(argv=None) -> None:
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     result = {"when": stamp, "commit": commit, "machine": platform.processor() or platform.machine(),
               "torch": torch.__version__, "threads": 1, "load_before": load_before}
+    if args.only_rotation:
+        result["rotation"] = run_rotation(args.rounds, log)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1, default=float))
+        print(rotation_table(result))
+        return
     log("faces")
     result["faces"] = run_faces(args.rounds, log, args.final_epochs)
     result["mlps"] = []
@@ -273,6 +337,21 @@ def main(argv=None) -> None:
 
 def _s(x: float) -> str:
     return f"{x * 1000:.0f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def rotation_table(r: dict) -> str:
+    """Return the rotation table (GP with its hyperparameter fit vs fine-tuning to its final RMSE)."""
+    ro = r["rotation"]
+    t = ro["timed"]
+    ft = t["fine-tuning to its final RMSE"]["seconds"]
+    lines = [f"rotation, n = {ro['n_train']} adapt / {ro['n_test']} test, params {ro['params']}, medians of "
+             f"{r.get('rounds', '3')} interleaved rounds; fine-tuning reaches its final test RMSE "
+             f"{ro['final_rmse']:.2f} at epoch {ro['epoch_of_final']} of {ro['epochs']}:", "",
+             "| run | total | test RMSE | ÷ FT to its final RMSE |", "| --- | --- | --- | --- |"]
+    for name, c in t.items():
+        lines.append(f"| {name} | {_s(c['seconds'])} | {c['rmse']:.2f} | **{ft / c['seconds']:.2f}×** |")
+    lines.append(f"\nfloat32 prefix vs float64 model: means and variances differ by {ro['max_rel_difference']:.1e} (max, relative).")
+    return "\n".join(lines)
 
 
 def table(r: dict) -> str:
