@@ -418,6 +418,15 @@ def test_prefix_dtype_is_validated_and_named_in_the_plan_note():
     assert prefix_mod.describe(*prefix_mod.choose_split(model, ["head.weight", "head.bias"]), None) == note
 
 
+def test_predictors_pass_prefix_dtype_to_their_linearized_model():
+    model = cnn32()
+    for cls in (LinearizedGP, LinearizedClassifier):
+        assert cls(model, "head").lm.prefix_run_dtype == torch.float32
+        assert cls(model, "head", prefix_dtype="engine").lm.prefix_run_dtype == torch.float64
+        with pytest.raises(SettingsError, match="prefix_dtype must be one of 'model', 'engine'"):
+            cls(model, "head", prefix_dtype="half")
+
+
 class Cancelling(nn.Module):
     """A body whose float32 rounding is ruinous: h·1e4 + 1e8 keeps 3 of h's digits in float32."""
 

@@ -127,13 +127,14 @@ class LinearizedClassifier(LinearizedPredictor):
         structured: bool | None = None,
         shard: SingleProcess | None = None,
         best_effort: bool = False,
+        prefix_dtype: str = "model",
     ) -> None:
         self.grad_tol = positive(grad_tol, "grad_tol")
         self.max_newton = count(max_newton, "max_newton")
         super().__init__(
             model, params=params, prior_var=prior_var, space=space, solver=solver, dtype=dtype, device=device,
             memory_budget=memory_budget, chunk_size=chunk_size, cg_tol=cg_tol, cg_max_iter=cg_max_iter,
-            structured=structured, shard=shard, best_effort=best_effort,
+            structured=structured, shard=shard, best_effort=best_effort, prefix_dtype=prefix_dtype,
         )
         self.map_info: MapInfo | None = None
         # τ, the scale of the posterior logit covariance (1 = the Laplace posterior); the held-out

@@ -37,6 +37,7 @@ class LinearizedGP(LinearizedPredictor):
     `shard` (see :func:`~ntk_studio.core.distributed.init_distributed`) splits every data loop across
     torch.distributed ranks; `checkpoint` (a path or :class:`Checkpoint`) makes CG fits resumable.
     A CG solve that misses cg_tol raises SolverError; with `best_effort=True` it warns SolverWarning.
+    `prefix_dtype` ('model' or 'engine') is the dtype a frozen prefix runs in (see :class:`.LinearizedModel`).
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class LinearizedGP(LinearizedPredictor):
         shard: SingleProcess | None = None,
         checkpoint: Checkpoint | str | os.PathLike | None = None,
         best_effort: bool = False,
+        prefix_dtype: str = "model",
         variance_rtol: float = cg_variance.VARIANCE_RTOL,
     ) -> None:
         self.outputs: Outputs = choice(Outputs, outputs, "outputs")
@@ -70,6 +72,7 @@ class LinearizedGP(LinearizedPredictor):
             model, params=params, prior_var=prior_var, space=space, solver=solver, dtype=dtype, device=device,
             memory_budget=memory_budget, chunk_size=chunk_size, cg_tol=cg_tol, cg_max_iter=cg_max_iter,
             structured=structured, shard=shard, best_effort=best_effort, independent=self.outputs == Outputs.INDEPENDENT,
+            prefix_dtype=prefix_dtype,
         )
         if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
             checkpoint = Checkpoint(checkpoint, writer=self.lm.shard.is_writer)

@@ -178,7 +178,7 @@ def fit_linearized_iter(
                               device=device, shard=shard, checkpoint=checkpoint)
     yield from fitted.fit_iter(adapt.X, _targets(task, adapt), cancel=cancel)
     if settings.fit_hyper:
-        what = "choosing s² (and τ)" if task == "classification" else "marginal likelihood over s², σ²"
+        what = "choosing s², then T and τ" if task == "classification" else "marginal likelihood over s², σ²"
         yield ProgressEvent("hyperparameters", 0.0, message=what)
         fitted.fit_hyperparameters(cancel=cancel)
     return fitted

@@ -56,6 +56,7 @@ class LinearizedPredictor:
         shard: SingleProcess | None,
         best_effort: bool,
         independent: bool = False,
+        prefix_dtype: str = "model",
     ) -> None:
         self.prior_var = positive(prior_var, "prior_var")
         self.space: Space = choice(Space, space, "space")
@@ -66,7 +67,7 @@ class LinearizedPredictor:
         self.best_effort = bool(best_effort)
         self.lm = LinearizedModel(
             model, params, dtype=options.float_dtype(dtype), device=options.device(device),
-            chunk_size=count(chunk_size, "chunk_size"), shard=shard,
+            chunk_size=count(chunk_size, "chunk_size"), shard=shard, prefix_dtype=prefix_dtype,
         )
         self._follow_inputs = device is None  # then the data's device wins (e.g. CUDA inputs)
         self.kernels = KernelBuilder(self.lm, independent=independent, structured=structured)
