@@ -46,3 +46,20 @@ def inputs(model_name: str, n: int, seed: int = 1) -> torch.Tensor:
 
 
 MODELS = {"mlp": mlp, "cnn": cnn, "two_output": two_output}
+
+
+def autograd_jacobian(model: nn.Module, X: torch.Tensor, names) -> torch.Tensor:
+    """J (n, K, P) of the float64 model by plain autograd (no torch.func): one backward per (sample, output).
+
+    A parameter an output does not depend on contributes zeros.
+    """
+    model = model.double().eval()
+    params = dict(model.named_parameters())
+    rows = []
+    for i in range(X.shape[0]):
+        out = model(X[i : i + 1]).reshape(-1)
+        for k in range(out.numel()):
+            grads = torch.autograd.grad(out[k], [params[n] for n in names], retain_graph=True, allow_unused=True)
+            rows.append(torch.cat([(torch.zeros_like(params[n]) if g is None else g).reshape(-1)
+                                   for n, g in zip(names, grads)]))
+    return torch.stack(rows).reshape(X.shape[0], out.numel(), -1)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from models import MODELS, inputs
+from models import MODELS, autograd_jacobian, inputs
 from ntk_studio.core import KernelBuilder, LinearizedModel, ParameterSelectionError
 from ntk_studio.core.gpytorch_bridge import GGNOperator, JacobianKernelOperator
 
@@ -17,18 +17,6 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
-def reference_jacobian(model, X, names):
-    """J by finite-free autograd: one backward per (sample, output), float64, no torch.func."""
-    model = model.double().eval()
-    params = dict(model.named_parameters())
-    rows = []
-    for i in range(X.shape[0]):
-        out = model(X[i : i + 1]).reshape(-1)
-        for k in range(out.numel()):
-            grads = torch.autograd.grad(out[k], [params[n] for n in names], retain_graph=True)
-            rows.append(torch.cat([g.reshape(-1) for g in grads]))
-    K = out.numel()
-    return torch.stack(rows).reshape(X.shape[0], K, -1)
 
 
 CASES = [(name, spec) for name in MODELS for spec in ("all", "last:1")] + [("cnn", "conv,bn")]
@@ -40,7 +28,7 @@ def case(request):
     model = MODELS[name]()
     lm = LinearizedModel(model, spec, chunk_size=4, prefix_dtype="engine")  # chunk < n: every loop crosses chunk edges
     X = inputs(name, N)
-    J = reference_jacobian(MODELS[name](), X, lm.subset.names)
+    J = autograd_jacobian(MODELS[name](), X, lm.subset.names)
     return lm, X, J
 
 
@@ -72,7 +60,7 @@ def test_kernel_products_full_and_independent(case):
     lm, X, J = case
     n, K, P = J.shape
     X2 = X[:5] * 0.5
-    J2 = reference_jacobian(lm.model, X2, lm.subset.names)
+    J2 = autograd_jacobian(lm.model, X2, lm.subset.names)
     full = J.reshape(n * K, P) @ J2.reshape(5 * K, P).T
     mask = torch.eye(K, dtype=torch.float64).view(1, K, 1, K)
     indep = (full.reshape(n, K, 5, K) * mask).reshape(n * K, 5 * K)
@@ -149,7 +137,7 @@ def test_structured_path_rejects_weight_sharing():
     builder = KernelBuilder(LinearizedModel(model, "all"))
     X = inputs("mlp", 5)
     K = builder.matrix(X)
-    J = reference_jacobian(model, X, LinearizedModel(model, "all").subset.names)
+    J = autograd_jacobian(model, X, LinearizedModel(model, "all").subset.names)
     assert builder.path == "jacobian"
     assert rel_err(K, J.reshape(5, -1) @ J.reshape(5, -1).T) < RTOL
 
@@ -216,6 +204,6 @@ def test_scalar_parameters_are_linearized():
     model = Scaled()
     lm = LinearizedModel(model, "all")
     X = inputs("mlp", 4)
-    J = reference_jacobian(model, X, lm.subset.names)
+    J = autograd_jacobian(model, X, lm.subset.names)
     v = torch.randn(lm.num_params, dtype=torch.float64)
     assert rel_err(lm.jvp(X, v), J @ v) < RTOL

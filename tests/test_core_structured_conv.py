@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from models import autograd_jacobian
 from ntk_studio.core import KernelBuilder, LinearizedModel
 from ntk_studio.core.structured import StructuredProducts
 
@@ -20,17 +21,6 @@ def rel_err(a, b):
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
-def dense_jacobian(model, X, names):
-    """J (n, K, P) of the float64 model by autograd, one backward per (sample, output)."""
-    model = model.double().eval()
-    params = dict(model.named_parameters())
-    rows = []
-    for i in range(X.shape[0]):
-        out = model(X[i : i + 1]).reshape(-1)
-        for k in range(out.numel()):
-            grads = torch.autograd.grad(out[k], [params[n] for n in names], retain_graph=True, allow_unused=True)
-            rows.append(torch.cat([(torch.zeros_like(params[n]) if g is None else g).reshape(-1) for n, g in zip(names, grads)]))
-    return torch.stack(rows).reshape(X.shape[0], out.numel(), -1)
 
 
 class SeqNet(nn.Module):
@@ -89,12 +79,12 @@ def case(request):
     X = torch.randn(N, *shape, generator=g, dtype=torch.float64)
     X2 = torch.randn(4, *shape, generator=g, dtype=torch.float64)
     lm = LinearizedModel(model, spec, chunk_size=3)  # chunk < n: the loops cross chunk edges
-    J = dense_jacobian(model, X, lm.subset.names)
-    J2 = dense_jacobian(model, X2, lm.subset.names)
+    J = autograd_jacobian(model, X, lm.subset.names)
+    J2 = autograd_jacobian(model, X2, lm.subset.names)
     return lm, X, X2, J, J2
 
 
-def test_kernel_blocks_and_diagonal_match_the_dense_jacobian(case):
+def test_kernel_blocks_and_diagonal_match_the_autograd_jacobian(case):
     lm, X, X2, J, J2 = case
     n, K, P = J.shape
     full = J.reshape(n * K, P) @ J2.reshape(-1, P).T
@@ -107,7 +97,7 @@ def test_kernel_blocks_and_diagonal_match_the_dense_jacobian(case):
         assert rel_err(kb.diag(X), (J * J).sum(-1)) < RTOL
 
 
-def test_products_come_from_cached_features_and_match_the_dense_jacobian(case):
+def test_products_come_from_cached_features_and_match_the_autograd_jacobian(case):
     lm, X, X2, J, J2 = case
     n, K, P = J.shape
     JJ, JJ2 = J.reshape(n * K, P), J2.reshape(-1, P)
@@ -194,7 +184,7 @@ REFUSALS = {
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")  # torch's own, same-even-kernel
 @pytest.mark.parametrize("name", list(REFUSALS))
-def test_refused_models_state_why_and_the_generic_path_matches_the_dense_jacobian(name):
+def test_refused_models_state_why_and_the_generic_path_matches_the_autograd_jacobian(name):
     build, shape, reason = REFUSALS[name]
     torch.manual_seed(0)
     model = build().double()
@@ -202,7 +192,7 @@ def test_refused_models_state_why_and_the_generic_path_matches_the_dense_jacobia
     X = torch.randint(0, 5, (5, 2), generator=g) if shape is None else torch.randn(5, *shape, generator=g, dtype=torch.float64)
     lm = LinearizedModel(model, "all", chunk_size=2)
     kb = KernelBuilder(lm)
-    J = dense_jacobian(model, X, lm.subset.names)
+    J = autograd_jacobian(model, X, lm.subset.names)
     n, K, P = J.shape
     JJ = J.reshape(n * K, P)
     assert rel_err(kb.matrix(X), JJ @ JJ.T) < RTOL

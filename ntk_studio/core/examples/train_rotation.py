@@ -15,17 +15,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import stat
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from ntk_studio.core.examples._training import deterministic
+from ntk_studio.core.examples._training import deterministic, training_parser, write_weights
 from ntk_studio.core.examples.rotation import (
     SOURCE_FACES,
     SOURCE_MAX_ANGLE,
@@ -42,7 +40,6 @@ BATCH_SIZE = 128
 LEARNING_RATE = 3e-3
 FINAL_LEARNING_RATE = 1e-5  # cosine decay to this floor: converged, not early-stopped
 EVAL_ANGLES = 20  # per face, for the reported RMSEs
-SHARED_READ_BITS = stat.S_IRGRP | stat.S_IROTH
 # Extra seed offset so the data stream is not the same random stream as the weight init.
 DATA_SEED_OFFSET = 1_000_003
 METADATA_KEY = "training"
@@ -100,22 +97,16 @@ def train(steps: int = DEFAULT_STEPS, seed: int = DEFAULT_SEED) -> tuple[nn.Sequ
 
 def save_weights(model: nn.Sequential, metrics: dict, out: Path) -> str:
     """Write ``model``'s float32 state dict and training metadata to ``out``; return the file's SHA-256."""
-    state = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
     # One key: safetensors writes several metadata keys in hash order, which would change the file's bytes (and
     # SHA-256) from run to run; one sorted JSON string keeps the same training giving the same file.
     metadata = {METADATA_KEY: json.dumps(metrics, sort_keys=True)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out), metadata=metadata)
-    # safetensors writes via a private (0600) temp file; shipped weights must be world-readable.
-    out.chmod(out.stat().st_mode | SHARED_READ_BITS)
+    write_weights(model, metadata, out)
     return hashlib.sha256(out.read_bytes()).hexdigest()
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = training_parser(__doc__.splitlines()[0], DEFAULT_STEPS, DEFAULT_SEED)
     parser.add_argument("--out", type=Path, default=WEIGHTS_PATH, help="output .safetensors path")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimiser steps")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
     return parser.parse_args(argv)
 
 

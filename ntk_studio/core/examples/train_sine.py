@@ -10,17 +10,15 @@ Run: ``python -m ntk_studio.core.examples.train_sine [--out PATH] [--steps N] [-
 from __future__ import annotations
 
 import argparse
-import stat
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from ntk_studio.core.examples._training import deterministic
+from ntk_studio.core.examples._training import deterministic, training_parser, write_weights
 from ntk_studio.core.examples.sine import (
     HIDDEN_WIDTH,
     INPUT_DIM,
@@ -39,7 +37,6 @@ LEARNING_RATE = 3e-3
 FINAL_LEARNING_RATE = 1e-5
 EVAL_POINTS = 1000
 RMSE_TOLERANCE = 0.05
-SHARED_READ_BITS = stat.S_IRGRP | stat.S_IROTH
 BODY_LAYERS = 4  # Linear, Tanh, Linear, Tanh
 # Extra seed offset so the data stream is not the same random stream as the weight init.
 DATA_SEED_OFFSET = 1_000_003
@@ -103,21 +100,15 @@ def train(steps: int = DEFAULT_STEPS, seed: int = DEFAULT_SEED) -> tuple[nn.Sequ
 
 def save_weights(model: nn.Sequential, metrics: dict, out: Path) -> None:
     """Write ``model``'s float32 state dict and training metadata to ``out`` (safetensors)."""
-    state = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
     metadata = {"seed": str(metrics["seed"]), "steps": str(metrics["steps"])}
     metadata |= {f"rmse_task_{i}": f"{rmse:.6f}" for i, rmse in enumerate(metrics["rmse"])}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out), metadata=metadata)
-    # safetensors writes via a private (0600) temp file; shipped weights must be world-readable.
-    out.chmod(out.stat().st_mode | SHARED_READ_BITS)
+    write_weights(model, metadata, out)
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Return the parsed command-line options."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = training_parser(__doc__.splitlines()[0], DEFAULT_STEPS, DEFAULT_SEED)
     parser.add_argument("--out", type=Path, default=WEIGHTS_PATH, help="output .safetensors path")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimiser steps")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
     return parser.parse_args(argv)
 
 

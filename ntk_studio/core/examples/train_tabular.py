@@ -11,17 +11,15 @@ Run: ``python -m ntk_studio.core.examples.train_tabular [--example NAME|all] [--
 from __future__ import annotations
 
 import argparse
-import stat
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from ntk_studio.core.examples._training import deterministic
+from ntk_studio.core.examples._training import deterministic, training_parser, write_weights
 from ntk_studio.core.data.prep import Standardizer
 from ntk_studio.core.examples.tabular import (
     SPECS,
@@ -43,7 +41,6 @@ FINAL_LEARNING_RATE = 1e-5
 # badly without it (held-out RMSE 1.7x worse). 0.05 was the best of {1e-3 ... 0.1} on held-out
 # RMSE for hprice3 and within 1% of the best for diabetes.
 L2_PENALTY = 0.05
-SHARED_READ_BITS = stat.S_IRGRP | stat.S_IROTH
 
 
 def train(name: str, steps: int = DEFAULT_STEPS, seed: int = DEFAULT_SEED) -> tuple[nn.Sequential, dict]:
@@ -90,7 +87,6 @@ def train(name: str, steps: int = DEFAULT_STEPS, seed: int = DEFAULT_SEED) -> tu
 
 def save_weights(model: nn.Sequential, metrics: dict, out: Path) -> None:
     """Write ``model``'s float32 state dict, standardization and metrics to ``out`` (safetensors)."""
-    state = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
     metadata = {
         STATS_METADATA_KEY: standardizer_metadata(metrics["stats"], SPECS[metrics["example"]]),
         "example": metrics["example"], "seed": str(metrics["seed"]), "steps": str(metrics["steps"]),
@@ -98,20 +94,15 @@ def save_weights(model: nn.Sequential, metrics: dict, out: Path) -> None:
     # repr keeps every digit, so a reload can reproduce the recorded numbers exactly.
     for key in ("source_train_rmse", "source_holdout_rmse", "target_rmse"):
         metadata[key] = repr(metrics[key])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out), metadata=metadata)
-    # safetensors writes via a private (0600) temp file; shipped weights must be world-readable.
-    out.chmod(out.stat().st_mode | SHARED_READ_BITS)
+    write_weights(model, metadata, out)
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Return the parsed command-line options."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = training_parser(__doc__.splitlines()[0], DEFAULT_STEPS, DEFAULT_SEED)
     parser.add_argument("--example", choices=[*SPECS, "all"], default="all")
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="output folder (default: the package's weights folder)")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimiser steps")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed")
     return parser.parse_args(argv)
 
 
