@@ -39,10 +39,12 @@ def _features(lm: LinearizedModel, X: torch.Tensor):
     sk = StructuredKernel(lm)
     if not sk.check(X[: min(8, X.shape[0])]):
         raise ValueError(f"the structured form does not cover this model: {sk.reason}")
-    feats = sk.features(X)
-    if feats[0].G.shape[1] != 1:
-        raise ValueError("the lean route supports scalar-output models only")
-    return [(f.A, f.G[:, 0, :], f.has_bias) for f in feats]
+    out = []
+    for f in sk.features(X):  # G is (n, K, positions, groups, out), U is (n, positions, groups, in)
+        if f.U is None or f.J is not None or tuple(f.G.shape[1:4]) != (1, 1, 1):
+            raise ValueError("the lean route supports scalar-output MLPs (linearized weights, one position) only")
+        out.append((f.U[:, 0, 0, :], f.G[:, 0, 0, 0, :], f.bias is not None))
+    return out
 
 
 def kernel_rows(F1, F2, rows: slice, out: torch.Tensor) -> torch.Tensor:

@@ -18,12 +18,15 @@ nearly interpolating fit).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 import _problem as prob
 import gpu_common as common
 import operators as ops_bench
 from ntk_studio.core import KernelBuilder, LinearizedGP, LinearizedModel
+from ntk_studio.core.errors import SolverWarning
 
 NOISES = {"full": (1e-2, 1e-4), "quick": (1e-2, 1e-4), "tiny": (1e-2,)}
 SIZES = {"full": {"mlp": (2000, 500), "cnn": (300, 50)}, "quick": {"mlp": (200, 40), "cnn": (16, 4)},
@@ -95,7 +98,8 @@ def run(device: torch.device, mode: str, deadline: common.Deadline | None = None
                     dtype=torch.float32, device=device, memory_budget=64 * common.GIB).fit(X, y).predict(Xs),
                 "float32 (cg)": lambda: LinearizedGP(
                     make(), prior_var=prob.PRIOR_VAR, noise=noise, space="function", solver="cg", cg_tol=CG_TOL,
-                    cg_max_iter=CG_MAX_ITER[mode], dtype=torch.float32, device=device).fit(X, y),
+                    cg_max_iter=CG_MAX_ITER[mode], dtype=torch.float32, device=device,
+                    best_effort=True).fit(X, y),  # a float32 stall is a measurement: its residual is reported
                 "float32 products + float64 solves": lambda: mixed_posterior(make(), X, y, Xs, noise, device),
             }
             for label, fn in variants.items():
@@ -104,11 +108,13 @@ def run(device: torch.device, mode: str, deadline: common.Deadline | None = None
                     rows.append({**row, "status": "skipped", "reason": "step time budget spent"})
                     continue
                 try:
-                    out, sec = common.timed(fn, device)
-                    if isinstance(out, LinearizedGP):  # the CG fit: its convergence is part of the result
-                        row.update(cg_converged=out.solve_info.converged, cg_residual=out.solve_info.residual)
-                        out, pred_s = common.timed(lambda: out.predict(Xs[:CG_VAR_POINTS]), device)
-                        sec += pred_s
+                    with warnings.catch_warnings():  # a best-effort CG stall is recorded below, not an error
+                        warnings.simplefilter("ignore", SolverWarning)
+                        out, sec = common.timed(fn, device)
+                        if isinstance(out, LinearizedGP):  # the CG fit: its convergence is part of the result
+                            row.update(cg_converged=out.solve_info.converged, cg_residual=out.solve_info.residual)
+                            out, pred_s = common.timed(lambda: out.predict(Xs[:CG_VAR_POINTS]), device)
+                            sec += pred_s
                     mean, var = out
                     mean, var = mean.double().cpu().reshape(-1), var.double().cpu().reshape(-1)
                     k = var.numel()

@@ -139,3 +139,15 @@ def test_planner_answers_forced_weight_space_by_the_dual_only_when_it_is_faster(
     tall = make_plan(20_000, 1, 2000, "weight", rank=64)  # P < n·K: no dual, the primal routes only
     assert tall.space == "weight" and "dual" not in tall.reason
     assert make_plan(2000, 1, 20_000, "weight", "cg").space == "weight"  # a forced solver is honoured
+
+
+def test_float32_weight_cg_builds_its_preconditioner_and_matches_the_float64_reference():
+    """The Nyström shift is the working precision's: with float64's unit roundoff a float32 sketch was not PD (SolverError)."""
+    model = mlp(width=4)  # P = 45 > n = 20: the sketch covers all of JᵀJ, whose rank is at most 20
+    X, y, Xs = problem(20)
+    mean_ref, _, _ = reference(model, X, y, Xs)
+    gp = LinearizedGP(mlp(width=4).float(), prior_var=S2, noise=NOISE, space="weight", solver="cg",
+                      dtype=torch.float32, cg_tol=1e-4, precond_rank=64)
+    mean = gp.fit(X.float(), y.float()).predict_mean(Xs.float())
+    assert gp.solve_info.converged
+    assert rel(mean.double(), mean_ref) < 1e-3  # float32 products and solves

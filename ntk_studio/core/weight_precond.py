@@ -22,7 +22,7 @@ import torch
 
 from .errors import SolverError
 
-NYSTROM_SHIFT_EPS = 2.2e-16  # Tropp et al.'s stabilizing shift ν = √P · eps · ‖Y‖_F (float64 unit roundoff)
+NYSTROM_SHIFT_RETRIES = 4  # each retry multiplies Tropp et al.'s shift ν = √P · eps(dtype) · ‖Y‖_F by 100
 SKETCH_SEED = 0  # the test matrix is drawn from a private generator: fits are reproducible, the global RNG untouched
 
 
@@ -55,11 +55,17 @@ def nystrom(matmul: Callable[[torch.Tensor], torch.Tensor], size: int, rank: int
     gen = torch.Generator(device="cpu").manual_seed(SKETCH_SEED)
     omega = torch.randn(size, rank, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
     omega = torch.linalg.qr(omega).Q
-    Y = matmul(omega)
-    nu = size**0.5 * NYSTROM_SHIFT_EPS * float(Y.norm())
-    Y = Y + nu * omega
-    C, info = torch.linalg.cholesky_ex(omega.T @ Y)
-    if int(info) != 0:
+    AY = matmul(omega)
+    # The shift is the working precision's: float64's unit roundoff is far below float32's rounding of A Ω.
+    nu = size**0.5 * torch.finfo(dtype).eps * float(AY.norm())
+    for _ in range(NYSTROM_SHIFT_RETRIES):
+        Y = AY + nu * omega
+        core = omega.T @ Y
+        C, info = torch.linalg.cholesky_ex(0.5 * (core + core.T))
+        if int(info) == 0:
+            break
+        nu *= 100.0
+    else:
         raise SolverError("The Nyström preconditioner's sketch is not positive definite; the GGN product is not "
                           "symmetric PSD (check the model for randomness in its forward), or lower precond_rank.")
     B = torch.linalg.solve_triangular(C, Y.T, upper=False).T  # Y C⁻ᵀ
