@@ -22,6 +22,8 @@ import torch
 
 from .errors import SolverError
 
+# Tropp et al.'s shift ν = √P · eps · ‖Y‖_F in the working precision (float64: their 2.2e-16).
+SHIFT_EPS = {torch.float64: 2.2e-16}
 NYSTROM_SHIFT_RETRIES = 4  # each retry multiplies Tropp et al.'s shift ν = √P · eps(dtype) · ‖Y‖_F by 100
 SKETCH_SEED = 0  # the test matrix is drawn from a private generator: fits are reproducible, the global RNG untouched
 
@@ -57,11 +59,10 @@ def nystrom(matmul: Callable[[torch.Tensor], torch.Tensor], size: int, rank: int
     omega = torch.linalg.qr(omega).Q
     AY = matmul(omega)
     # The shift is the working precision's: float64's unit roundoff is far below float32's rounding of A Ω.
-    nu = size**0.5 * torch.finfo(dtype).eps * float(AY.norm())
+    nu = size**0.5 * SHIFT_EPS.get(dtype, torch.finfo(dtype).eps) * float(AY.norm())
     for _ in range(NYSTROM_SHIFT_RETRIES):
         Y = AY + nu * omega
-        core = omega.T @ Y
-        C, info = torch.linalg.cholesky_ex(0.5 * (core + core.T))
+        C, info = torch.linalg.cholesky_ex(omega.T @ Y)
         if int(info) == 0:
             break
         nu *= 100.0
