@@ -21,7 +21,7 @@ from ntk_studio.core.metrics_regression import calibration_curve, interval_cover
 from ntk_studio.core.metrics_classification import reliability_diagram
 from ntk_studio.core.pipeline import (
     SCORING_RULE, RunSettings, fine_tune_iter, fit_linearized_iter, hyper_info, point_predictions, score_finetuned,
-    score_linearized, score_point, split_rows,
+    score_linearized, score_point,
 )
 from ntk_studio.core.progress import MAX_EVENTS_PER_SECOND, CancelToken
 
@@ -114,7 +114,7 @@ def fit_gp_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
                   prior_var=fitted.prior_var, num_params=fitted.lm.num_params,
                   n_adapt=len(adapt), n_test=len(test), wall_time=time.perf_counter() - start,
                   device=str(device), task=state.task)
-    adapt_index, test_index = split_rows(data, settings)  # the rows state.split gave, by the one rule
+    adapt_index, test_index = state.split_indices(settings.n_adapt, settings.seed)
     result["test_rows"] = held_out_rows(data, test_index, getattr(state.example, "standardizer", None))
     if result.get("grid"):  # the 1-D plot's labelled points are the adaptation rows
         result["adapt_index"] = [int(i) for i in adapt_index]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -47,7 +48,7 @@ class WorkerState:
     model_sha256: str = ""  # of the model file ("" for built-in examples); exports record it
     gp: Any = None  # the last LinearizedGP or LinearizedClassifier
     finetuned: nn.Module | None = None
-    splits: dict[tuple[int | None, int], tuple[Dataset, Dataset]] = field(default_factory=dict)
+    splits: dict[tuple[int | None, int], tuple[tuple[np.ndarray, np.ndarray], tuple[Dataset, Dataset]]] = field(default_factory=dict)
     shard: Any = None  # this rank's share of the data in a ranked worker (None: one process)
 
     def forget_fits(self) -> None:
@@ -66,11 +67,20 @@ class WorkerState:
             raise DataLoadError("No data is loaded: load an example or a data file first.")
         return self.data
 
+    def split_indices(self, n_adapt: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return the sorted (adaptation, test) row indices for this n_adapt and seed by the pipeline's one rule."""
+        return self._split(n_adapt, seed)[0]
+
     def split(self, n_adapt: int | None, seed: int) -> tuple[Dataset, Dataset]:
         """Return the (adaptation, test) datasets for this n_adapt and seed by the pipeline's one rule, cached."""
-        from ntk_studio.core.pipeline import RunSettings, split
+        return self._split(n_adapt, seed)[1]
+
+    def _split(self, n_adapt: int | None, seed: int):
+        from ntk_studio.core.pipeline import RunSettings, split_rows
 
         key = (n_adapt, seed)
         if key not in self.splits:
-            self.splits[key] = split(self.require_data(), RunSettings(n_adapt=n_adapt, seed=seed))
+            data = self.require_data()
+            a, t = split_rows(data, RunSettings(n_adapt=n_adapt, seed=seed))
+            self.splits[key] = ((a, t), (data.subset(a), data.subset(t)))
         return self.splits[key]
