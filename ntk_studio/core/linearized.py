@@ -31,7 +31,7 @@ DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes for any dense object the engine mat
 JACOBIAN_CHUNK_BYTES = 256 * 1024**2  # one chunk of the dense Jacobian (chunk · K · P floats)
 FD_DEFAULT_EPS = {torch.float64: 1e-5, torch.float32: 1e-3}
 OPERATOR_CACHE_BYTES = 1024**3  # features / graphs kept for repeated products on the same inputs
-PRODUCT_ROUTES = ("auto", "primal", "recompute")
+PRODUCT_ROUTES = ("auto", "primal", "double_backward", "recompute")
 
 
 class LinearizedModel:
@@ -230,14 +230,17 @@ class LinearizedModel:
 
     # ------------------------------------------------------------ kept features for products
     def _init_operators(self) -> None:
-        # "auto": structured per-layer features where the model has them (.structured), else kept
-        # autograd graphs (.primal_cache); "primal": kept graphs only; "recompute": run the network
-        # for every product (the pre-#17 behaviour, kept for comparison and as the fallback).
+        # "auto": structured per-layer features where the model has them (.structured), else the
+        # generic kept primal (.primal_cache: J·v by forward mode, Jᵀ·u from a kept graph); "primal":
+        # the generic kept primal only; "double_backward": kept graphs with J·v as a double backward
+        # (the fallback when the tangent map cannot be traced, kept for comparison); "recompute": run
+        # the network for every product (the pre-#17 behaviour, kept for comparison and as the fallback).
         self.product_route = "auto"
         self.operator_cache_bytes = OPERATOR_CACHE_BYTES
         self.operator_note = ""
         self._structured_kernel: StructuredKernel | None = None
         self._products = InputCache(entries=2)
+        self._tangent_programs: dict = {}  # chunk (shape, stride, dtype, device) -> traced J·v program or why not
 
     @property
     def structured(self) -> StructuredKernel:
@@ -247,8 +250,9 @@ class LinearizedModel:
         return self._structured_kernel
 
     def clear_operator_cache(self) -> None:
-        """Forget the features kept for products (benchmarks time uncached builds)."""
+        """Forget the features kept for products and the traced J·v programs (benchmarks time uncached builds)."""
         self._products.clear()
+        self._tangent_programs.clear()
 
     def _product_cache(self, X: torch.Tensor, build: bool):
         """Return what products on X's rows reuse (structured features or kept graphs), or None to recompute.
@@ -277,8 +281,10 @@ class LinearizedModel:
                 return None
             cache, kind = StructuredProducts(self, sk.features(Xp, rows)), "structured features (Linear/Conv2d)"
         else:
-            why = sk.reason if self.product_route == "auto" else "product_route='primal'"
-            cache, kind = PrimalCache(self, self._inputs(Xp), rows, budget), f"kept autograd graphs ({why})"
+            why = sk.reason if self.product_route == "auto" else f"product_route={self.product_route!r}"
+            forward_mode = self.product_route != "double_backward"
+            cache = PrimalCache(self, self._inputs(Xp), rows, budget, self._tangent_programs, forward_mode)
+            kind = f"kept autograd graphs ({why}), J·v by {cache.how}"
             if cache.refusal:
                 self.operator_note = f"products recompute the network: {cache.refusal}"
                 return None

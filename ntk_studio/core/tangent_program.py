@@ -1,0 +1,127 @@
+"""J·v by forward mode with the primal computed once: a traced program split into a primal and a tangent part.
+
+The linearized part f(θ, Z) is traced once per chunk shape with fake tensors (``make_fx``, no data
+touched) as the forward-mode derivative v ↦ J v, and its graph is split by dependence on the tangent
+v: the **primal part** (everything that reads only θ*, the frozen tensors and the inputs) runs once
+per chunk of data and its values are kept; the **tangent part** runs per product and costs about one
+forward pass (a Linear layer: x·dWᵀ + dx·Wᵀ; an activation: a product with its kept derivative).
+This is ``torch.func.linearize`` without its two redundant evaluations and re-tracing per chunk: the
+program holds no data and is reused for every chunk (and every input set) of the same shape.
+
+Tracing with fake tensors cannot follow control flow that depends on values (``if x.sum() > 0``),
+``.item()``, ops without a forward-mode formula or without a fake implementation: :func:`trace`
+raises :class:`TraceError` with the reason, and the caller falls back (see :mod:`.primal_cache`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import fx
+from torch.func import vmap
+from torch.fx.experimental.proxy_tensor import make_fx
+
+
+class TraceError(RuntimeError):
+    """The tangent map could not be traced; the message says why (one line)."""
+
+
+class TangentProgram:
+    """J·v for one input shape: :meth:`primal` once per chunk (kept values), then :meth:`push` per product."""
+
+    def __init__(self, primal: fx.GraphModule, tangent: fx.GraphModule, n_primal: int) -> None:
+        self._primal = primal
+        self._tangent = tangent
+        self.n_primal = n_primal  # how many values the primal part returns (what a chunk keeps)
+
+    def primal(self, values: Sequence[torch.Tensor], Z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Return what the tangent part reads for inputs Z: computed once per chunk, no autograd."""
+        with torch.no_grad():
+            return tuple(self._primal(*values, Z))
+
+    def push(self, state: Sequence[torch.Tensor], tangents: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Return J v as (c, n, K) for per-parameter tangents with a leading batch dimension c."""
+        def one(*t: torch.Tensor) -> torch.Tensor:
+            out = self._tangent(*state, *t)
+            return out[0] if isinstance(out, (list, tuple)) else out
+
+        try:
+            return vmap(one)(*tangents)
+        except RuntimeError:  # an op without a batching rule: one column at a time
+            return torch.stack([one(*(t[j] for t in tangents)) for j in range(tangents[0].shape[0])])
+
+
+def trace(fn: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor], values: dict[str, torch.Tensor],
+          names: Sequence[str], Z: torch.Tensor) -> TangentProgram:
+    """Return the program for J v of `fn(values, Z)` with respect to values[names], for inputs shaped like Z.
+
+    `values` holds every tensor `fn` reads (linearized and frozen); they are inputs of the program,
+    not constants, so one program serves every chunk of Z's shape. Raises TraceError when tracing fails.
+    """
+    keys = list(values)
+    where = {n: keys.index(n) for n in names}
+
+    def tangent_map(*flat: torch.Tensor) -> torch.Tensor:
+        vals, Zc, tangents = flat[: len(keys)], flat[len(keys)], flat[len(keys) + 1 :]
+        with fwAD.dual_level():
+            duals = dict(zip(keys, vals))
+            for n, t in zip(names, tangents):
+                duals[n] = fwAD.make_dual(vals[where[n]], t)
+            out = fn(duals, Zc)
+            primal, tangent = fwAD.unpack_dual(out)
+        # No linearized parameter reaches the output: J is zero.
+        return torch.zeros_like(primal) if tangent is None else tangent
+
+    example = [*values.values(), Z, *(torch.zeros_like(values[n]) for n in names)]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracing-internal notices, not the user's concern
+            gm = make_fx(tangent_map, tracing_mode="fake", _allow_non_fake_inputs=True)(*example)
+    except Exception as exc:  # noqa: BLE001 — any failure to trace means "use the fallback", with the reason
+        kind = type(exc).__name__
+        if "DataDependent" in kind:  # Python control flow on tensor values, .item(), value-dependent shapes
+            kind = f"the model reads tensor values in Python ({kind})"
+        raise TraceError(f"{kind}: {' '.join(str(exc).split())[:120]}") from None
+    gm.graph.eliminate_dead_code()
+    primal, tangent, n_primal = _split(gm, len(keys) + 1)
+    return TangentProgram(primal, tangent, n_primal)
+
+
+def _split(gm: fx.GraphModule, n_inputs: int) -> tuple[fx.GraphModule, fx.GraphModule, int]:
+    """Split gm by dependence on its placeholders after the first `n_inputs` (the tangents).
+
+    Returns (primal, tangent, k): primal(*inputs) returns the k values the tangent-dependent nodes
+    read; tangent(*those k values, *tangents) returns gm's output.
+    """
+    nodes = list(gm.graph.nodes)
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    tangent_inputs = placeholders[n_inputs:]
+    dependent = set(tangent_inputs)
+    for n in nodes:
+        if n.op not in ("placeholder", "output") and any(a in dependent for a in n.all_input_nodes):
+            dependent.add(n)
+    (out_node,) = [n for n in nodes if n.op == "output"]
+    readers = dependent | {out_node}
+    kept = [n for n in nodes if n not in dependent and n.op != "output" and any(u in readers for u in n.users)]
+
+    primal_graph, env = fx.Graph(), {}
+    for n in nodes:
+        if n in dependent or n.op == "output":
+            continue
+        env[n] = primal_graph.node_copy(n, lambda a: env[a])
+    primal_graph.output(tuple(env[n] for n in kept))
+
+    tangent_graph, env2 = fx.Graph(), {}
+    for i, n in enumerate(kept):
+        env2[n] = tangent_graph.placeholder(f"kept_{i}")
+    for n in nodes:
+        if n in dependent:
+            env2[n] = tangent_graph.node_copy(n, lambda a: env2[a])
+    tangent_graph.output(fx.map_arg(out_node.args[0], lambda a: env2[a]))
+    primal = fx.GraphModule(gm, primal_graph)
+    primal.graph.eliminate_dead_code()
+    primal.recompile()
+    return primal, fx.GraphModule(gm, tangent_graph), len(kept)
