@@ -56,8 +56,9 @@ def test_unconverged_gp_cg_fit_raises_naming_what_to_change():
 
 def test_best_effort_gp_fit_warns_and_still_predicts():
     X, y = _regression()
+    # memory_budget=1: no stored kernel, so the variances are matrix-free block CG (this test's subject)
     gp = LinearizedGP(MODELS["mlp"](), solver="cg", space="function", noise=1e-6, precond_rank=0, cg_max_iter=25,
-                      best_effort=True)
+                      best_effort=True, memory_budget=1)
     with pytest.warns(SolverWarning, match="did not converge"):
         gp.fit(X, y)
     assert not gp.solve_info.converged and gp.solve_info.residual > gp.cg_tol
@@ -75,7 +76,8 @@ def test_tiny_cg_iteration_limit_raises_a_typed_error_not_gpytorch_runtime_error
 
 def test_variance_solves_report_their_residual():
     X, y = _regression()
-    gp = LinearizedGP(MODELS["mlp"](), solver="cg", space="function", cg_tol=1e-9).fit(X, y)
+    # memory_budget=1: matrix-free block CG (a stored kernel is factored instead; tests/test_core_cg_variances.py)
+    gp = LinearizedGP(MODELS["mlp"](), solver="cg", space="function", cg_tol=1e-9, memory_budget=1).fit(X, y)
     _, var = gp.predict(X[:6])
     info = gp.variance_solve_info
     assert info.solver == "cg" and info.converged and 0 < info.residual <= 1e-9 and info.iterations >= 1

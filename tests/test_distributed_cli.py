@@ -10,7 +10,9 @@ from ntk_studio.cli.main import main
 from ntk_studio.core import checkpoint, distributed
 
 TORCHRUN_TIMEOUT_S = 180.0  # two interpreters importing torch on two shared cores, then the fit
-REL_TOL = 1e-10
+# One process may solve through the factored stored kernel (exact), two ranks by matrix-free CG to the
+# engine's cg_tol = 1e-8: the two agree to that tolerance, not to rounding.
+REL_TOL = 1e-8
 # --no-fit-hyper: the CG route's evidence fit is stochastic; these tests compare the solve itself.
 ARGS = ["adapt", "--example", "sine", "--space", "function", "--solver", "cg", "--no-fit-hyper", "--quiet"]
 
