@@ -7,10 +7,12 @@ MLP: random sines y = A sin(x + φ) (A ~ U[0.5, 2.5], φ ~ U[0, π]) and mixed s
 
 Selections (core/regression_hyper.py): fixed (s² = 1, σ² = 0.1 var y: the pipeline's starting
 values), evidence (type-II ML, as fit_hyperparameters), map2 (weak log-normal prior, one decade),
-floor (σ² ≥ 0.01 var y), loo (closed-form leave-one-out likelihood). Scored with the predictive
+floor (σ² ≥ 0.01 var y), loo (closed-form leave-one-out likelihood), blocked (the floor's values times a
+covariance scale τ ≥ 1 from the held-out NLL of --blocks feature-space blocks). Scored with the predictive
 of y (noise included): NLL and 50/90/95 % central-interval coverage, averaged over tasks/seeds.
 
     .venv/bin/python bench/calibration_regression.py --quick   # 10 toy tasks of each kind, 3 seeds
+    .venv/bin/python bench/calibration_regression.py --quick --blocks 5 --out bench/results/calibration_regression_quick_blocks5.json
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from ntk_studio.core.data import adaptation_split
 from ntk_studio.core.examples.registry import load_example
 from ntk_studio.core.examples.sine import load_pretrained_sine
 from ntk_studio.core.metrics_regression import regression_report
-from ntk_studio.core.regression_hyper import SELECTIONS, choose
+from ntk_studio.core.regression_hyper import BLOCKS, SELECTIONS, choose
 from ntk_studio.pipeline_defaults import NOISE_FRACTION, settings_for
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -40,7 +42,7 @@ N_TOY_TEST = 200
 KEYS = ("nll", "rmse", "coverage50", "coverage90", "coverage95")
 
 
-def score(model, params: str, X, y, Xs, ys, prior_var: float) -> dict:
+def score(model, params: str, X, y, Xs, ys, prior_var: float, blocks: int = BLOCKS) -> dict:
     """Return {selection: report + chosen values} for one adaptation set."""
     y_var = float(y.double().var())
     noise0 = NOISE_FRACTION * y_var
@@ -50,7 +52,7 @@ def score(model, params: str, X, y, Xs, ys, prior_var: float) -> dict:
     r = y.double().reshape(-1) - gp.lm.forward(Xp).reshape(-1)
     out = {}
     for sel in SELECTIONS:
-        s2, n2 = choose(sel, K1, r, prior_var, noise0, y_var)
+        s2, n2 = choose(sel, K1, r, prior_var, noise0, y_var, blocks=blocks)
         g = LinearizedGP(model, params=params, prior_var=s2, noise=n2).fit(X, y)
         mean, var = g.predict(Xs, include_noise=True)
         rep = regression_report(mean, var, ys.double().reshape(mean.shape))
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", type=int, default=None, help="toy tasks of each kind")
     ap.add_argument("--seeds", type=int, default=3, help="adaptation splits per built-in example")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--blocks", type=int, default=BLOCKS, help="feature-space blocks of the 'blocked' selection")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     tasks = args.tasks or (10 if args.quick else 30)
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     sine = load_pretrained_sine()
     for kind in ("sine", "mixed"):
         t = time.perf_counter()
-        rows = [score(sine, "all", *task, prior_var=1.0) for task in toy_tasks(kind, tasks)]
+        rows = [score(sine, "all", *task, prior_var=1.0, blocks=args.blocks) for task in toy_tasks(kind, tasks)]
         results[f"toy {kind} ({tasks} tasks, 10 points)"] = mean_table(rows)
         print(f"toy {kind}: {time.perf_counter() - t:.0f} s", flush=True)
     for name in ("sine", "diabetes", "hprice3"):
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(args.seeds):
             tr, te = adaptation_split(len(ex.target.y), st.n_adapt, seed)
             ds = ex.target
-            rows.append(score(ex.model, st.params, ds.X[tr], ds.y[tr], ds.X[te], ds.y[te], st.prior_var))
+            rows.append(score(ex.model, st.params, ds.X[tr], ds.y[tr], ds.X[te], ds.y[te], st.prior_var, args.blocks))
         results[f"{name} (n_adapt {st.n_adapt}, {args.seeds} splits)"] = mean_table(rows)
         print(f"{name}: {time.perf_counter() - t:.0f} s", flush=True)
     for task, table in results.items():

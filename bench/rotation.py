@@ -9,6 +9,10 @@ seed (fresh objects), so no timed call is answered by a cache.
 
     .venv/bin/python bench/rotation.py                  # seeds 0 1 2, ensemble of 5, PNGs in docs/images
     .venv/bin/python bench/rotation.py --seeds 0 --ensemble 0 --params all   # the whole CNN linearized
+
+`--selections` adds a GP row per named regression selection (core/regression_hyper.py) on the same split,
+built as the pipeline builds its GP (same parameters, start values and route), e.g. "GP (blocked)";
+'shift' is given the inputs of the example's unlabelled rows.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ntk_studio.core import prefix
+from ntk_studio.core import LinearizedGP, prefix
 from ntk_studio.core.data.dataset import UNLABELLED_GROUP
 from ntk_studio.core.examples import rotation as R
 from ntk_studio.core.examples.registry import load_example
-from ntk_studio.core.pipeline import run, split_rows
+from ntk_studio.core.metrics_regression import regression_report
+from ntk_studio.core.pipeline import initial_noise, run, split, split_rows
 from ntk_studio.pipeline_defaults import settings_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +61,24 @@ def by_angle(angles: np.ndarray, mean: np.ndarray, var: np.ndarray | None) -> li
     return rows
 
 
-def one_seed(example, seed: int, ensemble: int, params: str | None) -> dict:
+def selection_gp(example, settings, selection: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Return (mean, predictive variance, hyper_info) of the GP fitted as the pipeline fits it, by `selection`.
+
+    'blocked:5' is the 'blocked' selection with 5 feature-space blocks.
+    """
+    selection, _, blocks = selection.partition(":")
+    options = {"blocks": int(blocks)} if blocks else {}
+    if selection == "shift":  # the inputs of the unlabelled rows: where the adapted model will be used
+        options["unlabelled"] = example.target.X[np.asarray(example.target.groups) == UNLABELLED_GROUP]
+    adapt, test = split(example.target, settings)
+    gp = LinearizedGP(example.model, params=settings.params, prior_var=settings.prior_var,
+                      noise=initial_noise(adapt, settings), space=settings.space, solver=settings.solver)
+    gp.fit(adapt.X, adapt.y).fit_hyperparameters(selection=selection, **options)
+    mean, var = gp.predict(test.X, include_noise=True)
+    return mean.numpy().reshape(-1), var.numpy().reshape(-1), gp.hyper_info
+
+
+def one_seed(example, seed: int, ensemble: int, params: str | None, selections=()) -> dict:
     """Return every method's metrics, per-angle-bin numbers and σ inside/outside the labelled range for one seed."""
     prefix.clear_cache()
     settings = settings_for("rotation").replace(seed=seed, ensemble=ensemble, params=params)
@@ -86,12 +108,26 @@ def one_seed(example, seed: int, ensemble: int, params: str | None) -> dict:
             sd = np.sqrt(var)
             out["sigma_inside"], out["sigma_outside"] = float(sd[~unlabelled].mean()), float(sd[unlabelled].mean())
             out["gp_sigma"], out["gp_mean"] = sd.tolist(), mean.tolist()
+    for sel in selections:
+        prefix.clear_cache()
+        mean, var, info = selection_gp(example, settings, sel)
+        name = f"GP ({sel})"
+        rep = regression_report(torch.from_numpy(mean), torch.from_numpy(var), torch.from_numpy(angles))
+        metrics = {k: float(rep[k]) for k in KEYS} | {"method": f"linearized GP, selection {sel}",
+                                                     "cov_scale": info.get("cov_scale"),
+                                                     "prior_var": info["prior_var"], "noise": info["noise"]}
+        for part, rows in (("labelled range", ~unlabelled), ("unlabelled tilt", unlabelled)):
+            metrics[f"rmse {part}"] = float(np.sqrt(np.mean((mean[rows] - angles[rows]) ** 2)))
+            metrics[f"coverage95 {part}"] = float(np.mean(np.abs(mean[rows] - angles[rows]) <= 1.959964 * np.sqrt(var[rows])))
+        out["methods"][name] = metrics
+        out["bins"][name] = by_angle(angles, mean, var)
     return out
 
 
 def summary_table(runs: list[dict]) -> str:
     """Return the markdown table: mean ± spread over seeds of each method's metrics."""
-    names = [n for n in METHOD_KEYS.values() if all(n in r["methods"] for r in runs)]
+    extra = [n for n in runs[0]["methods"] if n not in METHOD_KEYS.values()]
+    names = [n for n in [*METHOD_KEYS.values(), *extra] if all(n in r["methods"] for r in runs)]
     cols = [*KEYS, "rmse labelled range", "rmse unlabelled tilt"]
     lines = ["| method | RMSE (°) | NLL | cov 50 % | cov 90 % | cov 95 % | RMSE labelled range | RMSE unlabelled tilt |",
              "|---|---|---|---|---|---|---|---|"]
@@ -109,16 +145,20 @@ def summary_table(runs: list[dict]) -> str:
 def bins_table(runs: list[dict]) -> str:
     """Return the markdown table of RMSE per angle bin per method and the GP's σ and 95 % coverage, seed-averaged."""
     names = [n for n in METHOD_KEYS.values() if all(n in r["bins"] for r in runs)]
+    gps = [n for n in runs[0]["bins"] if n.startswith("GP (") and all(n in r["bins"] for r in runs)]
     low, high = R.LABELLED_RANGE
-    head = "| angle bin | labelled? | " + " | ".join(f"RMSE {n}" for n in names) + " | GP mean σ | GP cov 95 % |"
-    lines = [head, "|" + "---|" * (len(names) + 4)]
+    head = "| angle bin | labelled? | " + " | ".join(f"RMSE {n}" for n in names) + " | GP mean σ | GP cov 95 % |" + \
+        "".join(f" {n} mean σ | {n} cov 95 % |" for n in gps)
+    lines = [head, "|" + "---|" * (len(names) + 4 + 2 * len(gps))]
     for i, lo in enumerate(_bins()):
         hi = lo + BIN_WIDTH
         lab = "yes" if lo >= low and hi <= high else "no" if lo >= high or hi <= low else "part"
         cells = [f"{np.mean([r['bins'][n][i]['rmse'] for r in runs]):.1f}" for n in names]
         sigma = np.mean([r["bins"]["GP"][i]["sigma"] for r in runs])
         cov = np.mean([r["bins"]["GP"][i]["coverage95"] for r in runs])
-        lines.append(f"| [{lo:g}°, {hi:g}°) | {lab} | " + " | ".join(cells) + f" | {sigma:.1f} | {cov:.2f} |")
+        more = "".join(f" {np.mean([r['bins'][n][i]['sigma'] for r in runs]):.1f} | "
+                       f"{np.mean([r['bins'][n][i]['coverage95'] for r in runs]):.2f} |" for n in gps)
+        lines.append(f"| [{lo:g}°, {hi:g}°) | {lab} | " + " | ".join(cells) + f" | {sigma:.1f} | {cov:.2f} |" + more)
     return "\n".join(lines)
 
 
@@ -210,12 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--params", default=None, help="linearized/fine-tuned subset (default: the example's)")
     p.add_argument("--out", type=Path, default=RESULTS / "rotation.json")
     p.add_argument("--png", action="store_true", help="write docs/images/rotation-*.png")
+    p.add_argument("--selections", nargs="*", default=["shift", "blocked", "blocked:5"],
+                   help="extra GP rows, one per regression selection (core/regression_hyper.py); 'blocked:5' = 5 blocks")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     example = load_example("rotation")
     runs = []
     for seed in args.seeds:
-        runs.append(one_seed(example, seed, args.ensemble, args.params))
+        runs.append(one_seed(example, seed, args.ensemble, args.params, args.selections))
         r = runs[-1]
         print(f"seed {seed} ({r['wall_s']:.0f} s, {r['params']}): " + ", ".join(
             f"{n} {m['rmse']:.1f}°/{m['nll']:.2f}/{m['coverage95']:.2f}" for n, m in r["methods"].items())
