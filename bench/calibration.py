@@ -38,7 +38,7 @@ from ntk_studio.core.hyper import PRIOR_VAR_GRID  # noqa: E402
 from ntk_studio.core.metrics_classification import classification_report  # noqa: E402
 from ntk_studio.core.predictive import PROBA_MAPS, mc_proba  # noqa: E402
 from ntk_studio.core.prior_selection import (  # noqa: E402
-    DEFAULT_SELECTION, SELECTIONS, fit_dense, module_columns, module_evidence_search, module_kernels, predict_dense, select,
+    CV_SCHEMES, DEFAULT_CV, DEFAULT_SELECTION, SELECTIONS, fit_dense, module_columns, module_evidence_search, module_kernels, predict_dense, select,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -50,6 +50,25 @@ SOURCE_EPOCHS = 30
 MC_SAMPLES = 10_000
 MAX_TEST = 500  # scored target images per case (a seeded subset of the rest of the target domain)
 MAPS = ("probit", "pairwise", "bridge", "mc", "map")
+
+
+FIT_MC_SAMPLES = 1000  # MC draws per held-out row when T, τ are fitted on the MC map (common random numbers)
+
+
+def row_name(selection: str, cv: str, fit_map: str = "pairwise") -> str:
+    """Return the bench's row prefix for a selection, held-out scheme and the map T, τ were fitted with.
+
+    The default scheme and the engine's map (pairwise) are unmarked.
+    """
+    marks = [m for m in (cv if cv != DEFAULT_CV else "", f"fit {fit_map}" if fit_map != "pairwise" else "") if m]
+    return selection if not marks else f"{selection} [{', '.join(marks)}]"
+
+
+def fit_proba(name: str):
+    """Return the map the held-out search scores: the named one; 'mc' with fixed draws (smooth in T, τ)."""
+    if name == "mc":
+        return lambda m, c: mc_proba(m, c, FIT_MC_SAMPLES, torch.Generator().manual_seed(0))
+    return PROBA_MAPS[name]
 
 
 def cnn() -> nn.Sequential:
@@ -108,8 +127,8 @@ def module_predictive(lm, X, Xs, variances: list[float], fit, F0s, chunk: int = 
     return torch.cat(means), torch.cat(covs)
 
 
-def maps_report(mean, cov, y, prefix: str, out: dict, **extra) -> None:
-    for name in MAPS:
+def maps_report(mean, cov, y, prefix: str, out: dict, maps=MAPS, **extra) -> None:
+    for name in maps:
         if name == "mc":
             p = mc_proba(mean, cov, MC_SAMPLES, torch.Generator().manual_seed(0))
         else:
@@ -118,33 +137,43 @@ def maps_report(mean, cov, y, prefix: str, out: dict, **extra) -> None:
 
 
 def linearized_rows(model: nn.Module, X, y, Xs, ys, out: dict, folds: int, params: str = "all",
-                    prior_var: float = 1.0, per_module: bool = False) -> None:
-    """Add the linearized classifier's rows: the engine's grid evidence and every selection of prior_selection."""
+                    prior_var: float = 1.0, per_module: bool = False, selections=SELECTIONS, cvs=(DEFAULT_CV,),
+                    maps=MAPS, grid_row: bool = True, pairs=None) -> None:
+    """Add the linearized classifier's rows: the engine's grid evidence and each selection × cv of prior_selection."""
     t = time.perf_counter()
     clf = LinearizedClassifier(model, params=params, prior_var=prior_var).fit(X, y)
-    clf.fit_hyperparameters(selection="evidence")
-    mean, cov = clf.predict_logits(Xs)
-    maps_report(mean, cov, ys, "evidence (grid)", out, prior_var=clf.prior_var, seconds=time.perf_counter() - t)
+    if grid_row or per_module:
+        clf.fit_hyperparameters(selection="evidence")
+        mean, cov = clf.predict_logits(Xs)
+        maps_report(mean, cov, ys, "evidence (grid)", out, maps, prior_var=clf.prior_var, seconds=time.perf_counter() - t)
     evidence_s2 = clf.prior_var
 
     K1 = clf.kernels.matrix(clf._data[0])  # unit-prior kernel J Jᵀ (the kernel builder has no s²)
     F0 = clf.lm.forward(clf._data[0])
-    state: dict = {}
+    states: dict = {}
+    evidence_state: dict = {}  # the evidence search depends on neither cv nor the map: shared
     fitted: dict = {}
-    for sel in SELECTIONS:
+    pairs = pairs or [(sel, cv, "pairwise") for cv in cvs for sel in selections]
+    for sel, cv, fit_map in pairs:
         t = time.perf_counter()
-        info = select(K1, F0, y, PROBA_MAPS["pairwise"], sel, folds=folds, state=state)  # the engine's 'auto' map
+        state = states.setdefault((cv, fit_map), {})
+        if "evidence" in evidence_state:
+            state.setdefault("evidence", evidence_state["evidence"])
+        info = select(K1, F0, y, fit_proba(fit_map), sel, folds=folds, state=state, cv=cv)  # pairwise: the engine's
+        if "evidence" in state:
+            evidence_state.setdefault("evidence", state["evidence"])
         secs = time.perf_counter() - t
         s2, tau, T = info["chosen"], info["chosen_cov_scale"], info["chosen_temperature"]
         if s2 not in fitted:
             fitted[s2] = LinearizedClassifier(model, params=params, prior_var=s2).fit(X, y).predict_logits(Xs)
         mean, cov = fitted[s2]
         extra = {"prior_var": s2, "cov_scale": tau, "temperature": T, "seconds": secs, "fits": info["fits"], "why": info["why"],
+                 "cv": cv, "fit_map": fit_map, "heldout_nll": info["chosen_heldout_nll"],
                  "heldout_edge": info.get("heldout_edge"), "evidence_edge": info.get("evidence_edge"),
                  "cov_scale_edge": info["cov_scale_edge"], "temperature_edge": info["temperature_edge"],
                  "heldout_gain": info.get("heldout_gain"),
                  "heldout_gain_se": info.get("heldout_gain_se")}
-        maps_report(mean / T, (tau / T**2) * cov, ys, sel, out, **extra)
+        maps_report(mean / T, (tau / T**2) * cov, ys, row_name(sel, cv, fit_map), out, maps, **extra)
     if not per_module:
         return
     # Per-module prior variances by the evidence (dense function space).
@@ -154,11 +183,11 @@ def linearized_rows(model: nn.Module, X, y, Xs, ys, out: dict, folds: int, param
     fit = fit_dense(torch.einsum("m,mij->ij", torch.tensor(minfo["chosen"], dtype=Ks.dtype), Ks), F0, y)
     Xs64 = clf.lm.prepare(Xs)
     mean, cov = module_predictive(clf.lm, clf._data[0], Xs64, minfo["chosen"], fit, clf.lm.forward(Xs64))
-    maps_report(mean, cov, ys, "per-module evidence", out, prior_var=dict(zip(names, minfo["chosen"])),
+    maps_report(mean, cov, ys, "per-module evidence", out, maps, prior_var=dict(zip(names, minfo["chosen"])),
                 seconds=time.perf_counter() - t)
 
 
-def case(model: nn.Module, pool, shift: str, per_class: int, seed: int, folds: int, per_module: bool) -> dict:
+def case(model: nn.Module, pool, shift: str, per_class: int, seed: int, folds: int, per_module: bool, **rows) -> dict:
     xt, yt = shifted(shift, pool)
     adapt, test = per_class_split(yt, per_class, seed)
     test = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:MAX_TEST]]
@@ -171,11 +200,11 @@ def case(model: nn.Module, pool, shift: str, per_class: int, seed: int, folds: i
     probs = [softmax(m, Xs) for m in members]
     out["fine-tuned"] = report(probs[0], ys, seconds=(time.perf_counter() - t) / ENSEMBLE)
     out[f"fine-tuned ensemble ({ENSEMBLE})"] = report(torch.stack(probs).mean(0), ys, seconds=time.perf_counter() - t)
-    linearized_rows(model, X, y, Xs, ys, out, folds, per_module=per_module)
+    linearized_rows(model, X, y, Xs, ys, out, folds, per_module=per_module, **rows)
     return out
 
 
-def faces_case(seed: int, folds: int) -> dict:
+def faces_case(seed: int, folds: int, **rows) -> dict:
     """The built-in `faces` example at its pipeline defaults (head only, 40 adaptation rows), split `seed`."""
     from ntk_studio.core.examples.registry import load_example
     from ntk_studio.core.pipeline import run_split, split
@@ -190,7 +219,7 @@ def faces_case(seed: int, folds: int) -> dict:
         name = f"fine-tuned ensemble ({ENSEMBLE})" if rec.method.startswith("fine-tuned ensemble") else rec.method
         out[name] = {**rec.metrics, "seconds": rec.wall_time_s}
     linearized_rows(ex.model, adapt.X, adapt.y, test.X, test.y, out, folds, params=settings.params,
-                    prior_var=settings.prior_var)
+                    prior_var=settings.prior_var, **rows)
     return out
 
 
@@ -203,8 +232,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--per-module-max", type=int, default=0,
                     help="run the per-module evidence search up to this many labels per class (it is slow)")
+    ap.add_argument("--selections", nargs="*", default=list(SELECTIONS), choices=SELECTIONS,
+                    help="the prior_selection selections to compute (default: all)")
+    ap.add_argument("--cv", nargs="*", default=[DEFAULT_CV], choices=CV_SCHEMES,
+                    help="held-out schemes for T, τ (and 'heldout''s s²); rows of non-default ones are marked [cv]")
+    ap.add_argument("--maps", nargs="*", default=list(MAPS), choices=MAPS, help="probability maps to score")
+    ap.add_argument("--pairs", nargs="*", default=None,
+                    help="selection:cv[:fit map] triples to compute instead of --selections × --cv "
+                         "(fit map: the map T, τ are fitted with, default pairwise)")
+    ap.add_argument("--no-grid-row", action="store_true", help="skip the engine's old grid-evidence row")
+    ap.add_argument("--seed-list", nargs="*", type=int, default=None, help="these seeds instead of range(--seeds)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    rows = {"selections": tuple(args.selections), "cvs": tuple(args.cv), "maps": tuple(args.maps),
+            "grid_row": not args.no_grid_row,
+            "pairs": None if args.pairs is None else [(*(p.split(":") + ["pairwise"])[:3],) for p in args.pairs]}
+    if rows["pairs"]:
+        bad = [p for p in rows["pairs"] if p[0] not in SELECTIONS or p[1] not in CV_SCHEMES or p[2] not in MAPS]
+        if bad:
+            ap.error(f"unknown selection, cv or map in --pairs: {bad}")
     torch.set_num_threads(1)
     seeds = args.seeds or (1 if args.quick else 3)
     model, pool = source_model()
@@ -212,20 +258,22 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or RESULTS / ("calibration_quick.json" if args.quick else "calibration.json")
     for shift in args.shifts:
         for per_class in args.labels if shift != "faces" else [20]:
-            for seed in range(seeds):
+            for seed in (args.seed_list if args.seed_list is not None else range(seeds)):
                 t = time.perf_counter()
                 if shift == "faces":
-                    res = faces_case(seed, args.folds)
+                    res = faces_case(seed, args.folds, **rows)
                 else:
-                    res = case(model, pool, shift, per_class, seed, args.folds, per_class <= args.per_module_max)
+                    res = case(model, pool, shift, per_class, seed, args.folds, per_class <= args.per_module_max, **rows)
                 results.append({"shift": shift, "per_class": per_class, "seed": seed, "methods": res})
                 print(f"## {shift}, {per_class}/class, seed {seed} ({time.perf_counter() - t:.0f} s)", flush=True)
                 for name, r in res.items():
                     print(f"  {name:34s} acc {r['accuracy']:.3f} nll {r['nll']:.3f} brier {r['brier']:.3f} "
                           f"ece {r['ece']:.3f}  {r.get('prior_var', '')} {r.get('cov_scale', '')} "
                           f"{r.get('temperature', '')}", flush=True)
-                for name in SELECTIONS:
-                    print(f"  {name}: {res[name + ' · pairwise']['why']} [{res[name + ' · pairwise']['fits']} fits]")
+                shown = rows["pairs"] or [(sel, cv, "pairwise") for cv in args.cv for sel in args.selections]
+                for name in (row_name(*p) for p in shown):
+                    r = res.get(name + " · pairwise") or next(v for k, v in res.items() if k.startswith(name + " · "))
+                    print(f"  {name}: {r['why']} [{r['fits']} fits, {r['seconds']:.1f} s]")
                 out.write_text(json.dumps(results, indent=1, default=str))  # after every case
     print(f"wrote {out}")
     return 0

@@ -16,8 +16,7 @@ import numpy as np
 
 DEFAULT = "evidence_tau · pairwise"  # what LinearizedClassifier.fit_hyperparameters() + predict_proba() give
 MAPS = ("probit", "pairwise", "bridge", "mc", "map")
-SHOWN = ("unadapted", "fine-tuned", "fine-tuned ensemble (5)", "evidence (grid) · pairwise", "evidence (grid) · map",
-         *(f"{sel} · {m}" for sel in ("evidence_tau", "heldout", "heldout_1se") for m in MAPS))
+FIRST = ("unadapted", "fine-tuned", "fine-tuned ensemble (5)", "evidence (grid) · pairwise", "evidence (grid) · map")
 KEYS = ("accuracy", "nll", "brier", "ece")
 
 
@@ -36,22 +35,52 @@ def _chosen(runs: list[dict], name: str) -> str:
     return " / ".join(parts)
 
 
-def classification_tables(paths: list[Path]) -> str:
-    cases = defaultdict(list)
+def load_cases(paths: list[Path]) -> dict:
+    """Return {(shift, labels per class): [methods per seed]}; a later file's (case, seed) merges into an earlier one's."""
+    by_seed: dict = defaultdict(dict)
     for p in paths:
         for row in json.loads(p.read_text()):
             methods = {("fine-tuned ensemble (5)" if k.startswith("fine-tuned ensemble") else k): v
                        for k, v in row["methods"].items()}  # the pipeline names it 'fine-tuned ensemble ×5'
-            cases[(row["shift"], row["per_class"])].append(methods)
+            by_seed[(row["shift"], row["per_class"])].setdefault(row["seed"], {}).update(methods)
+    return {case: [seeds[s] for s in sorted(seeds)] for case, seeds in by_seed.items()}
+
+
+def shown(runs: list[dict]) -> list[str]:
+    """Return the methods every seed of a case has: the baselines first, then in the first seed's order."""
+    common = [name for name in runs[0] if all(name in r for r in runs)]
+    return [n for n in FIRST if n in common] + [n for n in common if n not in FIRST]
+
+
+def paired(runs: list[dict], a: str, b: str, key: str) -> str:
+    """Return 'mean(a − b) ± standard error' over seeds (paired by seed)."""
+    d = np.array([r[a][key] - r[b][key] for r in runs])
+    se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+    return f"{d.mean():+.3f} ± {se:.3f}"
+
+
+def comparison_table(paths: list[Path], baseline: str, others: list[str]) -> str:
+    """Return a table of paired differences (other − baseline) in NLL and ECE per case, mean ± SE over seeds."""
+    lines = [f"| case | seeds | method | NLL − {baseline} | ECE − {baseline} | accuracy − {baseline} |", "|---|---|---|---|---|---|"]
+    for (shift, k), runs in sorted(load_cases(paths).items()):
+        for name in others:
+            use = [r for r in runs if name in r and baseline in r]
+            if len(use) < 2:
+                continue
+            lines.append(f"| {shift} {k}/class | {len(use)} | {name} | {paired(use, name, baseline, 'nll')} | "
+                         f"{paired(use, name, baseline, 'ece')} | {paired(use, name, baseline, 'accuracy')} |")
+    return "\n".join(lines)
+
+
+def classification_tables(paths: list[Path]) -> str:
+    cases = load_cases(paths)
     lines = []
     verdict = ["| case | labels/class | seeds | default acc − fine-tuned acc | default NLL vs fine-tuned | default ECE ≤ 0.05 |",
                "|---|---|---|---|---|---|"]
     for (shift, k), runs in sorted(cases.items()):
         lines += [f"### {shift}, {k} labels per class ({len(runs)} seed{'s' if len(runs) > 1 else ''}, mean ± sd)", "",
                   "| method | accuracy | NLL | Brier | ECE | chosen s², τ, T per seed |", "|---|---|---|---|---|---|"]
-        for name in SHOWN:
-            if name not in runs[0]:
-                continue
+        for name in shown(runs):
             cells = " | ".join(_cell([r[name][key] for r in runs]) for key in KEYS)
             bold = "**" if name == DEFAULT else ""
             lines.append(f"| {bold}{name}{bold} | {cells} | {_chosen(runs, name) if name.endswith('pairwise') else ''} |")
@@ -81,8 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("classification", nargs="*", type=Path)
     ap.add_argument("--regression", type=Path, default=None)
+    ap.add_argument("--compare", nargs="*", default=None,
+                    help="instead of the tables: paired differences of these methods against the default, per case")
     args = ap.parse_args(argv)
-    if args.classification:
+    if args.classification and args.compare:
+        print(comparison_table(args.classification, DEFAULT, args.compare))
+    elif args.classification:
         print(classification_tables(args.classification))
     if args.regression:
         print(regression_tables(args.regression))

@@ -15,8 +15,11 @@ from ntk_studio.core.classify import pairwise_probit_proba
 from ntk_studio.core.predictive import PROBA_MAPS, laplace_bridge_proba
 from ntk_studio.core.prior_selection import (
     COV_SCALES, DEFAULT_SELECTION, HELDOUT_GRID, S2_BOUNDS, TEMP_BOUNDS, best_calibration, evidence_search, fit_dense,
-    heldout_search, log_search, module_kernels, predict_dense, row_nll, select, stratified_folds, temperature_penalty,
+    fold_predictions, gather_rows, heldout_search, laplace_loo, log_search, loo_folds, module_kernels, predict_dense,
+    row_nll, select, stratified_folds, temperature_penalty,
 )
+from ntk_studio.core.errors import SettingsError
+from ntk_studio.core.laplace import softmax_stats
 from ntk_studio.core.hyper import PRIOR_VAR_GRID
 
 GRID = (0.1, 1.0, 10.0)
@@ -276,3 +279,52 @@ def test_laplace_bridge_ignores_a_shared_logit_shift_and_tends_to_softmax_when_c
     p = laplace_bridge_proba(mean, cov)
     torch.testing.assert_close(p.sum(-1), torch.ones(6, dtype=torch.float64))
     assert set(PROBA_MAPS) == {"probit", "pairwise", "bridge", "mc", "map"}
+
+
+def test_leave_one_out_selection_matches_fresh_classifiers_left_out_one_row_at_a_time():
+    X, y = problem()
+    clf = LinearizedClassifier(three_class(), prior_var=1.0).fit(X, y)
+    folds = loo_folds(len(y))
+    info = select(clf.kernels.matrix(X), clf.lm.forward(X), y, pairwise_probit_proba, "heldout", grid=GRID,
+                  scales=SCALES, cv="loo")
+    assert info["cv"] == "loo" and info["folds"] == len(y) and "leave-one-out" in info["why"]
+    assert info["fits"] == len(GRID) * (len(y) + 1)  # one fit per row and the full-data start, per s²
+    brute = brute_force_heldout(X, y, folds)
+    for i, s2 in enumerate(GRID):
+        for j, tau in enumerate(SCALES):
+            assert info["heldout_nll"][i][j] == pytest.approx(brute[(s2, tau)], rel=1e-7)
+    assert (info["chosen"], info["chosen_cov_scale"]) == min(brute, key=brute.get)
+
+
+def test_laplace_leave_one_out_is_close_to_exact_refits_and_far_from_the_posterior_at_the_row():
+    # The cavity of each row in the full fit vs a fresh fit without that row (float64, dense). The
+    # posterior marginal at the row itself (the row's own label inside) is the wrong answer it must not be.
+    X, y = problem(60)
+    clf = LinearizedClassifier(three_class(), prior_var=1.0).fit(X, y)
+    K, F0 = clf.kernels.matrix(X), clf.lm.forward(X)
+    fit = fit_dense(K, F0, y, grad_tol=1e-12)
+    mean, cov = laplace_loo(fit, K)
+    exact_mean, exact_cov = gather_rows(fold_predictions(K, F0, y, loo_folds(len(y))), len(y))
+    blocks = K.reshape(60, 3, 60, 3).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+    post_mean, post_cov = predict_dense(fit, F0, K, blocks)
+    scale = float(exact_mean.abs().max())
+    assert float((mean - exact_mean).abs().max()) < 2e-3 * scale  # measured 5e-4 of the largest logit
+    assert float((cov - exact_cov).abs().max()) < 1e-2 * float(exact_cov.abs().max())  # measured 3.7e-3
+    assert float((post_mean - exact_mean).abs().max()) > 20 * float((mean - exact_mean).abs().max())
+    nll = {name: float(row_nll(mv, y, pairwise_probit_proba, 1.0).mean())
+           for name, mv in {"laplace": (mean, cov), "exact": (exact_mean, exact_cov), "posterior": (post_mean, post_cov)}.items()}
+    assert nll["laplace"] == pytest.approx(nll["exact"], rel=2e-3)
+    assert nll["posterior"] < 0.95 * nll["exact"]  # the row's own label makes it look better (measured 0.91×)
+    # A Gaussian-site identity: the cavity's precision plus the row's Λ is the posterior marginal's precision.
+    lam = softmax_stats(fit.F)[1]
+    torch.testing.assert_close(torch.linalg.inv(cov) + lam, torch.linalg.inv(post_cov), rtol=1e-8, atol=1e-8)
+
+
+def test_laplace_leave_one_out_selection_costs_one_fit_per_prior_variance():
+    X, y = problem(30)
+    clf = LinearizedClassifier(three_class(), prior_var=1.0).fit(X, y).fit_hyperparameters(cv="laplace_loo")
+    info = clf.hyper_info
+    assert info["cv"] == "laplace_loo" and info["folds"] == 30 and "Laplace leave-one-out" in info["why"]
+    assert info["fits"] == 1 + len(info["evidence_prior_var"])  # the evidence search's fits + one at its s²
+    with pytest.raises(SettingsError, match="cv must be one of"):
+        LinearizedClassifier(three_class()).fit(X, y).fit_hyperparameters(cv="jackknife")

@@ -85,7 +85,7 @@ def resolve_proba_method(method: str, classes: int | None) -> str:
 
 
 def sample_gaussian(mean: torch.Tensor, cov: torch.Tensor, samples: int, generator=None) -> torch.Tensor:
-    """Return `samples` draws of N(μ_i, Σ_i) per point, (samples, m, C).
+    """Return `samples` draws of N(μ_i, Σ_i) per point, (samples, m, C) (any leading batch shape in place of m).
 
     The square root comes from an eigendecomposition with negative rounding eigenvalues clipped,
     which is exact for PSD Σ and needs no jitter (softmax-route covariances can be singular).
@@ -93,7 +93,7 @@ def sample_gaussian(mean: torch.Tensor, cov: torch.Tensor, samples: int, generat
     w, Q = torch.linalg.eigh(cov)
     root = Q * w.clamp_min(0.0).sqrt().unsqueeze(-2)  # (m, C, C), root rootᵀ = Σ
     z = torch.randn((samples, *mean.shape), generator=generator, dtype=mean.dtype, device=mean.device)
-    return mean + torch.einsum("mab,smb->sma", root, z)
+    return mean + torch.einsum("...ab,s...b->s...a", root, z)
 
 
 def entropy(p: torch.Tensor) -> torch.Tensor:
@@ -231,6 +231,7 @@ class LinearizedClassifier(LinearizedPredictor):
     def fit_hyperparameters(
         self, X: torch.Tensor | None = None, y=None, cancel: CancelToken | None = None,
         grid: tuple[float, ...] | None = None, selection: str | None = None, folds: int = 5,
+        cv: str | None = None,
     ) -> LinearizedClassifier:
         """Return self refitted at the hyperparameters chosen by `selection`.
 
@@ -242,16 +243,21 @@ class LinearizedClassifier(LinearizedPredictor):
         scale τ (:attr:`cov_scale`) by held-out NLL; 'heldout' — s², T and τ all by held-out NLL;
         'heldout_1se' — the held-out s² only when it beats the evidence s² by one standard error. Their
         searches are continuous in log space within prior_selection.S2_BOUNDS / TAU_BOUNDS / TEMP_BOUNDS
-        (`grid` restricts s² to its values). 'evidence': the s² on `grid` (default hyper.PRIOR_VAR_GRID) with the largest Laplace
+        (`grid` restricts s² to its values). `cv` (None: prior_selection.DEFAULT_CV) makes the held-out
+        predictions by K-fold ('kfold', `folds` folds), exact leave-one-out ('loo') or the Laplace
+        leave-one-out of the full fit ('laplace_loo', no refit). 'evidence': the s² on `grid` (default hyper.PRIOR_VAR_GRID) with the largest Laplace
         evidence, τ = 1; the current prior variance competes too. The evidence needs a log-determinant, so
         its candidates are fitted on the Cholesky route; a classifier whose own route is CG is refitted on it
         at the winner. :attr:`hyper_info` lists the candidates, the chosen values and a one-line 'why'.
         `cancel` is checked in every Newton step and data chunk; a cancelled search raises Cancelled
         and leaves the previous fit in place.
         """
-        from .prior_selection import DEFAULT_SELECTION, SELECTIONS, fit_selected
+        from .prior_selection import CV_SCHEMES, DEFAULT_CV, DEFAULT_SELECTION, SELECTIONS, fit_selected
 
         selection = DEFAULT_SELECTION if selection is None else selection
+        cv = DEFAULT_CV if cv is None else cv
+        if cv not in CV_SCHEMES:
+            raise SettingsError(f"cv must be one of {', '.join(CV_SCHEMES)}; got {cv!r}.")
         rep = self._reporter(cancel)
         if X is not None:
             if y is None:
@@ -263,7 +269,7 @@ class LinearizedClassifier(LinearizedPredictor):
         if selection != "evidence":
             saved = (self.prior_var, self.cov_scale, self.logit_temperature, self.plan, self.map_info, self._route)
             try:
-                info = fit_selected(self, rep, selection, grid, count(folds, "folds", minimum=2))
+                info = fit_selected(self, rep, selection, grid, count(folds, "folds", minimum=2), cv=cv)
             except BaseException:
                 (self.prior_var, self.cov_scale, self.logit_temperature, self.plan, self.map_info,
                  self._route) = saved

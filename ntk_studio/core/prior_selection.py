@@ -35,6 +35,11 @@ from .laplace import block_apply, point_blocks, softmax_stats, sym_sqrt
 from .linearized import LinearizedModel
 
 DEFAULT_FOLDS = 5
+# How the held-out predictions that choose T and τ (and s² for 'heldout') are made (see HeldoutProfile):
+# 'kfold' — one fit per fold of `folds` stratified folds; 'loo' — exact leave-one-out, one fit per row;
+# 'laplace_loo' — leave-one-out from the full-data Laplace fit alone (the cavity of each row, no refit).
+CV_SCHEMES = ("kfold", "loo", "laplace_loo")
+DEFAULT_CV = "kfold"
 # The old discrete grids (the bench's 'held-out s²' row); the engine searches continuously in the bounds.
 HELDOUT_GRID = tuple(10.0**k for k in range(-4, 5))
 COV_SCALES = tuple(10.0 ** (k / 4) for k in range(-24, 3))  # quarter decades, 1e-6 … √10
@@ -194,11 +199,14 @@ def _rows(idx: torch.Tensor, C: int) -> torch.Tensor:
 
 
 def fold_predictions(K: torch.Tensor, F0: torch.Tensor, y: torch.Tensor, folds: Sequence[torch.Tensor],
-                     check: Callable[[], None] | None = None, warm: dict | None = None) -> list[tuple]:
+                     check: Callable[[], None] | None = None, warm: dict | None = None,
+                     start: torch.Tensor | None = None) -> list[tuple]:
     """Return [(held-out rows, mean (m, C), cov (m, C, C))] per fold: one Laplace fit on the other rows each.
 
     The logits' prior is N(F0, K). `warm` (fold index -> (K's scale, a)) carries each fold's MAP to
-    the next prior scale as a Newton start with the same logits (a rescaled); it is updated.
+    the next prior scale as a Newton start with the same logits (a rescaled); it is updated. Folds
+    without a warm entry start from `start` (the full-data fit's dual weights on K) restricted to
+    their rows. The objective is convex: starts change the iterations, not the fit.
     """
     n, C = F0.shape
     Kv = K.reshape(n, C, n, C)
@@ -211,7 +219,7 @@ def fold_predictions(K: torch.Tensor, F0: torch.Tensor, y: torch.Tensor, folds: 
         tr = torch.nonzero(mask).flatten()
         rt, rs = _rows(tr, C).to(K.device), _rows(te, C).to(K.device)
         scale = float(K.diagonal().mean())
-        a0 = None
+        a0 = None if start is None else start[rt]
         if warm is not None and f in warm:
             previous, a_prev = warm[f]
             a0 = a_prev * (previous / scale)
@@ -231,6 +239,34 @@ def gather_rows(preds: Sequence[tuple], n: int) -> tuple[torch.Tensor, torch.Ten
     for te, m, c in preds:
         M[te.to(M.device)], V[te.to(V.device)] = m, c
     return M, V
+
+
+def loo_folds(n: int) -> list[torch.Tensor]:
+    """Return n folds of one row each (exact leave-one-out)."""
+    return [torch.tensor([i]) for i in range(n)]
+
+
+def laplace_loo(fit: DenseFit, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return every row's approximate leave-one-out predictive (mean (n, C), cov (n, C, C)) from one full fit.
+
+    The Laplace posterior is the prior times one Gaussian site per row, the row's log-likelihood
+    expanded at the MAP: precision Λ_i, gradient Y_i − p_i = a_i. Dividing row i's site out of its
+    posterior marginal N(F_i, Σ_i) leaves its cavity: Σ_c = (Σ_i⁻¹ − Λ_i)⁻¹ = Σ_i + Σ_i S_i (I − S_i Σ_i
+    S_i)⁻¹ S_i Σ_i (S_i = Λ_i^{1/2}; I − S_i Σ_i S_i is positive definite), mean F_i − Σ_c a_i. This is
+    exact leave-one-out when the sites do not move (a Gaussian likelihood); for softmax it leaves the
+    other rows' MAP where it was (tests/test_core_calibration.py measures it against exact refits).
+    """
+    n, C = fit.F.shape
+    blocks = K.reshape(n, C, n, C).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+    V = torch.linalg.solve_triangular(fit.L, block_apply(fit.S, K), upper=False)
+    sigma = blocks - point_blocks(V, V, C)
+    sigma = 0.5 * (sigma + sigma.transpose(-1, -2))
+    SS = fit.S @ sigma  # S_i Σ_i
+    inner = torch.eye(C, dtype=K.dtype, device=K.device) - SS @ fit.S
+    cav = sigma + SS.transpose(-1, -2) @ torch.linalg.solve(inner, SS)
+    cav = 0.5 * (cav + cav.transpose(-1, -2))
+    mean = fit.F - (cav @ fit.a.reshape(n, C, 1))[..., 0]
+    return mean, cav
 
 
 def row_nll(preds: Sequence[tuple] | tuple[torch.Tensor, torch.Tensor], y: torch.Tensor, proba: Callable, tau: float,
@@ -362,31 +398,60 @@ def temperature_penalty(T: float, n: int) -> float:
 
 
 class HeldoutProfile:
-    """The K-fold held-out NLL as a function of s², with τ minimized at each s² (cached per s²).
+    """The held-out NLL as a function of s², with (T, τ) minimized at each s² (cached per s²).
 
-    One unit-prior kernel K1 serves every s² (the prior is s²·K1) and every fold; each fold's MAP is
-    carried to the next s² as a warm start. :attr:`fits` counts the dense Laplace fits made.
+    `cv` says how each row's held-out predictive is made (:data:`CV_SCHEMES`): 'kfold' fits once per
+    fold of `folds` stratified folds; 'loo' once per row (each Newton started from the full-data MAP);
+    'laplace_loo' fits the full data once and takes each row's cavity (:func:`laplace_loo`). One
+    unit-prior kernel K1 serves every s² (the prior is s²·K1) and every fold; each fit's MAP is carried
+    to the next s² as a warm start. :attr:`fits` counts the dense Laplace fits made.
     """
 
     def __init__(self, K1: torch.Tensor, F0: torch.Tensor, y: torch.Tensor, proba: Callable,
                  folds: int = DEFAULT_FOLDS, seed: int = FOLD_SEED, check: Callable[[], None] | None = None,
                  tau_bounds: tuple[float, float] | None = TAU_BOUNDS, scales: Sequence[float] = (),
-                 temp_bounds: tuple[float, float] | None = TEMP_BOUNDS):
-        self.K1, self.F0, self.y, self.proba, self.check = K1, F0, y, proba, check
-        self.parts = stratified_folds(y.cpu(), folds, seed)
+                 temp_bounds: tuple[float, float] | None = TEMP_BOUNDS, cv: str = DEFAULT_CV):
+        if cv not in CV_SCHEMES:
+            raise SettingsError(f"cv must be one of {', '.join(CV_SCHEMES)}; got {cv!r}.")
+        self.K1, self.F0, self.y, self.proba, self.check, self.cv = K1, F0, y, proba, check, cv
+        self.parts = {"kfold": lambda: stratified_folds(y.cpu(), folds, seed), "loo": lambda: loo_folds(len(y)),
+                      "laplace_loo": lambda: [torch.arange(len(y))]}[cv]()
         self.tau_bounds, self.scales, self.temp_bounds = tau_bounds, tuple(scales), temp_bounds
         self.warm: dict = {}
         self.cache: dict[float, dict] = {}
         self.fits = 0
+
+    @property
+    def fits_per_value(self) -> int:
+        """Return the dense fits one s² costs: one per fold, plus the full-data fit for the leave-one-out schemes."""
+        return {"kfold": len(self.parts), "loo": len(self.parts) + 1, "laplace_loo": 1}[self.cv]
+
+    def _full_fit(self, K: torch.Tensor, s2: float) -> DenseFit:
+        a0 = None
+        if "full" in self.warm:
+            previous, a_prev = self.warm["full"]
+            a0 = a_prev * (previous / s2)
+        fit = fit_dense(K, self.F0, self.y, a0=a0)
+        self.warm["full"] = (s2, fit.a)
+        return fit
+
+    def predictions(self, s2: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return every row's held-out (mean (n, C), cov (n, C, C)) at s² (T = τ = 1), by :attr:`cv`."""
+        K = s2 * self.K1
+        self.fits += self.fits_per_value
+        if self.cv == "laplace_loo":
+            if self.check is not None:
+                self.check()
+            return laplace_loo(self._full_fit(K, s2), K)
+        start = self._full_fit(K, s2).a if self.cv == "loo" else None
+        return gather_rows(fold_predictions(K, self.F0, self.y, self.parts, self.check, self.warm, start), len(self.y))
 
     def __call__(self, s2: float) -> dict:
         """Return {'prior_var', 'cov_scale' (best τ), 'temperature' (best T), 'nll', 'rows' (per-row losses),
         'tau_edge', 'temperature_edge', 'table' (NLL at each of `scales`, T = 1), 'nll_unscaled' (T = τ = 1)}."""
         s2 = float(s2)
         if s2 not in self.cache:
-            preds = fold_predictions(s2 * self.K1, self.F0, self.y, self.parts, self.check, self.warm)
-            self.fits += len(self.parts)
-            rows_mv = gather_rows(preds, len(self.y))
+            rows_mv = self.predictions(s2)
             table = [float(row_nll(rows_mv, self.y, self.proba, t).mean()) for t in self.scales]
             if self.tau_bounds is None:  # τ from `scales` only (discrete; ties to the first), T = 1
                 j = min(range(len(table)), key=lambda k: (table[k], k))
@@ -446,13 +511,13 @@ def _fits(profile: HeldoutProfile, ev: dict | None, ho: dict | None) -> int:
     used = set() if ho is None else {s for s, _ in ho["evaluated"]}
     if ev is not None:
         used.add(ev["prior_var"])
-    return len(used) * len(profile.parts) + (ev["fits"] if ev is not None else 0)
+    return len(used) * profile.fits_per_value + (ev["fits"] if ev is not None else 0)
 
 
 def select(K1: torch.Tensor, F0: torch.Tensor, y: torch.Tensor, proba: Callable, selection: str = DEFAULT_SELECTION,
            folds: int = DEFAULT_FOLDS, seed: int = FOLD_SEED, check: Callable[[], None] | None = None,
            grid: Sequence[float] | None = None, scales: Sequence[float] | None = None,
-           state: dict | None = None) -> dict:
+           state: dict | None = None, cv: str = DEFAULT_CV) -> dict:
     """Return the chosen (s², τ) for `selection` and how they were chosen (the classifier's hyper_info).
 
     K1: the unit-prior kernel J Jᵀ of the adaptation rows (n·C × n·C), F0 their pretrained logits,
@@ -465,8 +530,10 @@ def select(K1: torch.Tensor, F0: torch.Tensor, y: torch.Tensor, proba: Callable,
     - 'heldout_1se': both of the above; the held-out optimum only if its held-out NLL is lower than
       at the evidence s² by more than one standard error of the paired per-row difference, else
       the evidence s² with its held-out τ.
-    `grid` / `scales` replace the continuous searches by those values (tests, old callers). `state`
-    (a dict, filled on the first call) shares the fits between calls on the same problem (the bench).
+    `cv` (:data:`CV_SCHEMES`) says how the held-out predictions are made (K-fold with `folds`, exact
+    or Laplace leave-one-out). `grid` / `scales` replace the continuous searches by those values
+    (tests, old callers). `state` (a dict, filled on the first call) shares the fits between calls on
+    the same problem and `cv` (the bench).
     """
     if selection not in SELECTIONS:
         raise SettingsError(f"selection must be one of {', '.join(SELECTIONS)}; got {selection!r}.")
@@ -474,9 +541,10 @@ def select(K1: torch.Tensor, F0: torch.Tensor, y: torch.Tensor, proba: Callable,
     if "profile" not in state:
         state["profile"] = HeldoutProfile(K1, F0, y, proba, folds, seed, check,
                                           tau_bounds=None if scales is not None else TAU_BOUNDS,
-                                          scales=scales if scales is not None else TABLE_SCALES)
+                                          scales=scales if scales is not None else TABLE_SCALES, cv=cv)
     profile = state["profile"]
-    info: dict = {"selection": selection, "folds": len(profile.parts), "cov_scale": list(profile.scales)}
+    info: dict = {"selection": selection, "cv": profile.cv, "folds": len(profile.parts) if profile.cv == "kfold" else len(y),
+                  "cov_scale": list(profile.scales)}
     ev = ho = None
     if selection in ("evidence_tau", "heldout_1se"):
         if "evidence" not in state:
@@ -497,18 +565,19 @@ def select(K1: torch.Tensor, F0: torch.Tensor, y: torch.Tensor, proba: Callable,
         ho = state["heldout"]
         at_ho = profile(ho["x"])
         info["heldout_edge"] = ho["edge"]
-    k = len(profile.parts)
+    k = {"kfold": f"{len(profile.parts)}-fold held-out", "loo": "leave-one-out",
+         "laplace_loo": "Laplace leave-one-out"}[profile.cv]
 
     def calib(c: dict) -> str:
         t = "" if c["temperature"] == 1.0 else f", T = {_fmt(c['temperature'])}"
         return f"τ = {_fmt(c['cov_scale'])}{t}"
     if selection == "heldout":
         chosen = at_ho
-        reason = f"s² = {_fmt(at_ho['prior_var'])}, {calib(at_ho)} by {k}-fold held-out NLL {at_ho['nll']:.3f}"
+        reason = f"s² = {_fmt(at_ho['prior_var'])}, {calib(at_ho)} by {k} NLL {at_ho['nll']:.3f}"
     elif selection == "evidence_tau":
         chosen = at_ev
         reason = (f"s² = {_fmt(ev['prior_var'])} by the Laplace evidence (log Z = {ev['evidence']:.1f}); "
-                  f"{calib(at_ev)} by {k}-fold held-out NLL {at_ev['nll']:.3f}")
+                  f"{calib(at_ev)} by {k} NLL {at_ev['nll']:.3f}")
     else:
         d = at_ev["rows"] - at_ho["rows"]
         se = float(d.std() / math.sqrt(len(d))) if len(d) > 1 else 0.0
@@ -516,14 +585,14 @@ def select(K1: torch.Tensor, F0: torch.Tensor, y: torch.Tensor, proba: Callable,
         info.update({"heldout_gain": gain, "heldout_gain_se": se})
         if gain > se:
             chosen = at_ho
-            reason = (f"s² = {_fmt(at_ho['prior_var'])}, {calib(at_ho)} by {k}-fold held-out NLL {at_ho['nll']:.3f}, "
+            reason = (f"s² = {_fmt(at_ho['prior_var'])}, {calib(at_ho)} by {k} NLL {at_ho['nll']:.3f}, "
                       f"lower than at the evidence s² = {_fmt(ev['prior_var'])} ({at_ev['nll']:.3f}) by {gain:.3f} "
                       f"> 1 SE {se:.3f}")
         else:
             chosen = at_ev
             reason = (f"s² = {_fmt(ev['prior_var'])} by the Laplace evidence (log Z = {ev['evidence']:.1f}; the "
                       f"held-out optimum s² = {_fmt(at_ho['prior_var'])} is not better by 1 SE: {gain:.3f} ≤ {se:.3f}); "
-                      f"{calib(at_ev)} by {k}-fold held-out NLL {at_ev['nll']:.3f}")
+                      f"{calib(at_ev)} by {k} NLL {at_ev['nll']:.3f}")
     if chosen["tau_edge"] == "lower":
         reason += " (τ at its lower bound: the MAP logits; the posterior spread did not lower the held-out NLL)"
     elif chosen["tau_edge"] == "upper":
@@ -577,7 +646,7 @@ def heldout_search(K1: torch.Tensor, F0: torch.Tensor, y: torch.Tensor, grid: Se
 
 
 def fit_selected(clf, rep, selection: str = DEFAULT_SELECTION, grid: Sequence[float] | None = None,
-                 folds: int = DEFAULT_FOLDS, scales: Sequence[float] | None = None) -> dict:
+                 folds: int = DEFAULT_FOLDS, scales: Sequence[float] | None = None, cv: str = DEFAULT_CV) -> dict:
     """Set a fitted LinearizedClassifier's prior_var and cov_scale by :func:`select`; refit it once.
 
     The predictive scored is the classifier's own 'auto' map (the pairwise probit), applied to τ·Σ.
@@ -591,7 +660,7 @@ def fit_selected(clf, rep, selection: str = DEFAULT_SELECTION, grid: Sequence[fl
         K1 = clf.kernels.matrix(X)
         F0 = clf.lm.forward(X)
     proba = PROBIT_APPROXIMATIONS[resolve_proba_method("auto", F0.shape[1])]
-    info = select(K1, F0, y, proba, selection, folds, check=rep.check, grid=grid, scales=scales)
+    info = select(K1, F0, y, proba, selection, folds, check=rep.check, grid=grid, scales=scales, cv=cv)
     clf.prior_var, clf.cov_scale = info["chosen"], info["chosen_cov_scale"]
     clf.logit_temperature = info["chosen_temperature"]
     clf._fit(X, y, rep)
