@@ -9,6 +9,7 @@ import torch
 
 from models import MODELS, inputs, two_output
 from ntk_studio.core import CancelToken, Cancelled, LinearizedClassifier, LinearizedGP, LinearizedModel
+from ntk_studio.core.errors import SettingsError
 from ntk_studio.core.hyper import PRIOR_VAR_GRID
 
 
@@ -302,3 +303,32 @@ def test_gp_shift_covers_an_extrapolated_1d_task_where_the_floor_does_not():
     # Seed 2: floor 0.61, shift 0.95. Not typical of this harsh task (exp growing past the labelled range):
     # over seeds 0-9 'shift' widens in 3 (0.61 → 0.95, 0.35 → 0.47, 0.21 → 0.60) and equals the floor in 7.
     assert cover["floor"] < 0.8 and cover["shift"] >= 0.9
+
+
+def test_gp_default_selection_is_shift_with_unlabelled_rows_and_floor_without():
+    model, X, y, n = _extrapolation_task(seed=2)
+    Xa, ya, Xu = X[:n], y[:n], X[n:]
+    plain = LinearizedGP(model, prior_var=1.0, noise=0.1).fit(Xa, ya).fit_hyperparameters()
+    given = LinearizedGP(model, prior_var=1.0, noise=0.1).fit(Xa, ya).fit_hyperparameters(unlabelled=Xu)
+    shift = LinearizedGP(model, prior_var=1.0, noise=0.1).fit(Xa, ya).fit_hyperparameters(selection="shift", unlabelled=Xu)
+    assert plain.hyper_info["selection"] == "floor" and "cov_scale" not in plain.hyper_info
+    assert given.hyper_info["selection"] == "shift" and given.hyper_info["cov_scale"] > 1.5
+    assert (given.prior_var, given.noise) == (shift.prior_var, shift.noise)
+
+
+def test_gp_shift_with_two_outputs_equals_an_explicit_refit_on_the_other_half():
+    model = MODELS["two_output"]()
+    X = inputs("mlp", 24, seed=8)
+    g = torch.Generator().manual_seed(8)
+    y = torch.stack([X[:, 0] ** 2, torch.sin(2 * X[:, 1])], 1) + 0.05 * torch.randn(24, 2, generator=g, dtype=torch.float64)
+    Xu = inputs("mlp", 10, seed=9) + 2.0
+    gp = LinearizedGP(model, prior_var=1.0, noise=0.1).fit(X, y).fit_hyperparameters(selection="shift", unlabelled=Xu)
+    info = gp.hyper_info
+    J = LinearizedModel(model).jacobian(torch.cat([X, Xu]))  # (n + m, 2, P)
+    Krow = torch.einsum("ikp,jkp->ij", J, J).numpy()  # Σ_k J_k(x) · J_k(x'): the rows' kernel
+    held = torch.from_numpy(regression_hyper.shift_folds(Krow[:24, :24], Krow[:24, 24:], Krow[24:, 24:]) == 1)
+    ref = LinearizedGP(model, prior_var=info["base_prior_var"], noise=info["base_noise"], solver="cholesky")
+    m, v = ref.fit(X[~held], y[~held]).predict(X[held], include_noise=True)  # (12, 2) each; outputs correlated
+    assert info["cov_scale"] == pytest.approx(max(1.0, float(((y[held] - m) ** 2 / v).mean())), rel=1e-8)
+    with pytest.raises(SettingsError, match="memory_budget"):
+        LinearizedGP(model, memory_budget=1000, solver="cg").fit(X, y).fit_hyperparameters(selection="blocked")

@@ -462,15 +462,15 @@ class LinearizedGP(LinearizedPredictor):
 
     def fit_hyperparameters(
         self, X: torch.Tensor | None = None, y: torch.Tensor | None = None, iters: int = 60,
-        cancel: CancelToken | None = None, selection: str = "floor", groups=None,
+        cancel: CancelToken | None = None, selection: str | None = None, groups=None,
         blocks: int = regression_hyper.BLOCKS, unlabelled: torch.Tensor | None = None,
     ) -> LinearizedGP:
         """Return self after maximizing the marginal likelihood over prior_var and noise, then refitting.
 
-        `selection`: 'floor' (default) keeps σ² ≥ 0.01 × var(y) (regression_hyper.noise_floor; the plain
-        evidence drove σ² to 0.0013 on 10 sine points with true 0.01, 95 % coverage 0.64, see
-        docs/calibration.md), 'evidence' is unconstrained, 'map2' adds a weak log-normal prior (one
-        decade) centred on the current values; 'blocked' takes the floor's values and multiplies both by
+        `selection`: None (default) is 'shift' when `unlabelled` rows are given, else 'floor'. 'floor' keeps
+        σ² ≥ 0.01 × var(y) (regression_hyper.noise_floor; the plain evidence drove σ² to 0.0013 on 10 sine
+        points with true 0.01, 95 % coverage 0.64, see docs/calibration.md), 'evidence' is unconstrained,
+        'map2' adds a weak log-normal prior (one decade) centred on the current values; 'blocked' takes the floor's values and multiplies both by
         a covariance scale τ ≥ 1 (same mean, every variance ×τ) chosen by the held-out NLL of blocks of
         rows that lie away from the rest: `groups` (one label per fitted row) when it has ≥ 2 groups, else
         `blocks` clusters in the linearized feature space (regression_hyper.covariance_scale). 'shift' scales
@@ -482,6 +482,8 @@ class LinearizedGP(LinearizedPredictor):
         raises Cancelled and leaves the previous fit and values in place. :attr:`hyper_info` records
         the start and the result.
         """
+        if selection is None:
+            selection = "shift" if unlabelled is not None and len(unlabelled) > 0 else "floor"
         if selection not in ("floor", "evidence", "map2", "blocked", "shift"):
             raise SettingsError(f"selection must be 'floor', 'evidence', 'map2', 'blocked' or 'shift'; got {selection!r}.")
         rep = self._reporter(cancel)
@@ -539,6 +541,11 @@ class LinearizedGP(LinearizedPredictor):
         record = {"base_prior_var": found[0], "base_noise": found[1]}
         if unlabelled is not False and (unlabelled is None or len(unlabelled) == 0):
             return record | {"cov_scale": 1.0, "heldout_nll": None, "blocks": 0, "blocked_by": "no unlabelled rows given"}
+        need = (n * K) ** 2 * 8 * 3  # the kernel, A⁻¹ and one copy, float64
+        if "Kxx" not in st and need > self.memory_budget:
+            raise SettingsError(f"selection 'blocked'/'shift' needs the {n * K} × {n * K} kernel of the fitted rows "
+                                f"(~{need / 2**30:.1f} GiB) beyond memory_budget ({self.memory_budget / 2**30:.1f} GiB): "
+                                "raise memory_budget or use 'floor'.")
         Kxx = st["Kxx"] if "Kxx" in st else self.kernels.matrix(st["X"])
         K1, r = Kxx.double().cpu().numpy(), st["r"].double().cpu().numpy()
         if unlabelled is not False:
