@@ -1,11 +1,15 @@
 """Operator benchmarks for the NTK Studio engine.
 
 1. Kernel-product cost in forward passes: one ``forward``, one kernel-product column
-   ``kernel_matmul(X, X, V)`` (1 and 16 columns), ``jvp``, ``vjp`` and ``ggn_matvec`` for an MLP and a
-   small CNN in float32 and float64, each as a ratio to one forward pass of the same batch, for each
-   product route: kept structured features ("auto"), kept autograd graphs ("primal") and running the
-   network for every product ("recompute"). Kept-feature products are what a CG iteration pays inside
-   one solve; the solve's first product, which builds them, is timed from emptied caches.
+   ``kernel_matmul(X, X, V)`` (1 and 16 columns), ``jvp``, ``vjp`` and ``ggn_matvec`` for an MLP, a
+   small CNN and two generic models (the MLP with LayerNorm, the CNN with BatchNorm: no structured
+   form) in float32 and float64, each as a ratio to one forward pass of the same batch, for each
+   product route: kept structured features ("auto"), the generic kept primal ("primal": J·v by
+   forward mode from a traced tangent program), kept graphs with J·v as a double backward
+   ("double_backward") and running the network for every product ("recompute"). Kept-state products
+   are what a CG iteration pays inside one solve; the solve's first product, which builds the state,
+   is timed from emptied caches. ``--part solve`` times whole CG solves; ``--part ggn-repeats``
+   repeats the MLP float64 GGN product in separate runs.
 2. Dense-J route vs matrix-free route for an MLP 8-128-128-1 in float64 as n grows: the n×n kernel
    from materialized per-sample Jacobians, the structured (Linear-layer) dense kernel, one
    matrix-free kernel product and a full preconditioned-CG fit. Each (route, n) runs in a fresh
@@ -53,11 +57,11 @@ RESULTS_PATH = Path(__file__).resolve().parent / "results" / "operators.json"
 MLP_WIDTHS = (8, 128, 128, 1)
 CNN_INPUT = (3, 32, 32)
 CNN_CLASSES = 10
-OPERATOR_BATCH = {"mlp": 512, "cnn": 256}
+OPERATOR_BATCH = {"mlp": 512, "cnn": 256, "ln_mlp": 512, "bn_cnn": 256}
 OPERATOR_DTYPES = (torch.float32, torch.float64)
 MANY_COLUMNS = 16
 TARGET_FORWARDS_PER_COLUMN = 3.0  # issue #17: kernel column and GGN product
-PRODUCT_ROUTES = ("auto", "primal", "recompute")
+PRODUCT_ROUTES = ("auto", "primal", "double_backward", "recompute")
 OPS_BUDGET_S = {"full": 40.0, "quick": 8.0}  # time for the timed rounds of one (model, dtype)
 OPS_ROUNDS = {"full": (3, 9), "quick": (2, 3)}  # (min, max) interleaved rounds
 
@@ -105,13 +109,47 @@ def build_cnn(seed: int = MODEL_SEED) -> nn.Module:
     )
 
 
-MODELS = {"mlp": build_mlp, "cnn": build_cnn}
+def build_ln_mlp(seed: int = MODEL_SEED) -> nn.Module:
+    """Return 8-128-LayerNorm-tanh-128-LayerNorm-tanh-1 (LayerNorm has no structured form: the generic path)."""
+    torch.manual_seed(seed)
+    d, h = MLP_WIDTHS[0], MLP_WIDTHS[1]
+    model = nn.Sequential(nn.Linear(d, h), nn.LayerNorm(h), nn.Tanh(), nn.Linear(h, h), nn.LayerNorm(h), nn.Tanh(),
+                          nn.Linear(h, 1))
+    with torch.no_grad():  # LayerNorm starts at the identity affine map: give it generic values
+        for m in model:
+            if isinstance(m, nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    return model
+
+
+def build_bn_cnn(seed: int = MODEL_SEED) -> nn.Module:
+    """Return the CNN with a BatchNorm2d after each conv (eval mode, non-trivial statistics): the generic path."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(CNN_INPUT[0], 16, 3), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(32, CNN_CLASSES),
+    )
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    return model
+
+
+MODELS = {"mlp": build_mlp, "cnn": build_cnn, "ln_mlp": build_ln_mlp, "bn_cnn": build_bn_cnn}
+GENERIC_MODELS = ("ln_mlp", "bn_cnn")  # "auto" is the generic route there: "primal" would repeat it
 
 
 def model_inputs(name: str, n: int, seed: int = DATA_SEED) -> torch.Tensor:
     """Return n standard-normal inputs for the named model (float64; the engine casts them)."""
     g = torch.Generator().manual_seed(seed)
-    shape = (n, MLP_WIDTHS[0]) if name == "mlp" else (n, *CNN_INPUT)
+    shape = (n, MLP_WIDTHS[0]) if name.endswith("mlp") else (n, *CNN_INPUT)
     return torch.randn(shape, generator=g, dtype=torch.float64)
 
 
@@ -130,19 +168,32 @@ def _rounds_for(mode: str):
     return lambda warm_round_s: max(lo, min(hi, int(OPS_BUDGET_S[mode] / max(warm_round_s, 1e-9))))
 
 
-def operator_costs(name: str, dtype: torch.dtype, mode: str) -> list[dict]:
+def routes_for(name: str) -> tuple[str, ...]:
+    """Return the product routes measured for a model ("primal" only where "auto" is the structured route)."""
+    return tuple(r for r in PRODUCT_ROUTES if not (name in GENERIC_MODELS and r == "primal"))
+
+
+def operator_costs(name: str, dtype: torch.dtype, mode: str, routes: tuple[str, ...] | None = None,
+                   ops_wanted: tuple[str, ...] | None = None) -> list[dict]:
     """Return, per product route, per-call medians of the products and their ratios to one forward pass.
 
     Routes (``LinearizedModel.product_route``): "auto" (structured features where the model has
-    them), "primal" (kept autograd graphs, the generic path) and "recompute" (the network runs for
-    every product, as before issue #17). The product columns of the first two are what one CG
-    iteration pays *inside one solve*: the same X, its features kept from the solve's first product.
-    That first product is timed separately ("first product"), from emptied caches on every call.
-    All ops of all routes run interleaved, so every ratio in a row comes from the same rounds.
+    them, else the generic kept primal), "primal" (the generic kept primal: J·v by forward mode from
+    a traced tangent program, Jᵀ·u from a kept graph), "double_backward" (kept graphs, J·v as a
+    double backward: the generic path before this change and its fallback) and "recompute" (the
+    network runs for every product, as before issue #17). The product columns of the kept routes
+    are what one CG iteration pays *inside one solve*: the same X, its state kept from the solve's
+    first product. That first product is timed separately, from emptied caches on every call:
+    "first_product" also forgets the traced programs (the cold cost), "first_product_programs_kept"
+    keeps them (a new input set of the same chunk shapes). All ops of all routes run interleaved, so
+    every ratio in a row comes from the same rounds.
     """
     X0 = model_inputs(name, OPERATOR_BATCH[name])
-    lms = {route: LinearizedModel(MODELS[name](), dtype=dtype) for route in PRODUCT_ROUTES}
-    ops: dict[str, object] = {}
+    routes = routes or routes_for(name)
+    lms = {route: LinearizedModel(MODELS[name](), dtype=dtype) for route in routes}
+    fwd_lm = LinearizedModel(MODELS[name](), dtype=dtype)
+    Xf = fwd_lm.prepare(X0)
+    ops: dict[str, object] = {"forward": lambda: fwd_lm.forward(Xf)}
     shapes = {}
     inputs_of = {}
     for route, lm in lms.items():
@@ -155,21 +206,22 @@ def operator_costs(name: str, dtype: torch.dtype, mode: str) -> list[dict]:
         Vc = torch.randn(n * K, MANY_COLUMNS, generator=g, dtype=dtype)
         v = torch.randn(P, generator=g, dtype=dtype)
         u = torch.randn(n, K, generator=g, dtype=dtype)
-        if route == "recompute":
-            ops["forward"] = lambda lm=lm, X=X: lm.forward(X)
-        else:
-            def first(lm=lm, X=X, V1=V1):
-                lm.clear_operator_cache()
+        if route != "recompute":
+            def first(lm=lm, X=X, V1=V1, programs=True):
+                lm.clear_operator_cache(programs=programs)
                 prefix.clear_cache()
-                lm.kernel_matmul(X, X, V1)  # leaves the features kept for the products below
+                lm.kernel_matmul(X, X, V1)  # leaves the state kept for the products below
 
             ops[f"{route}:first_product"] = first
+            if route in ("auto", "primal") and (route == "primal" or name in GENERIC_MODELS):
+                ops[f"{route}:first_product_programs_kept"] = lambda first=first: first(programs=False)
         ops[f"{route}:kernel_1col"] = lambda lm=lm, X=X, V1=V1: lm.kernel_matmul(X, X, V1)
-        if route != "primal":
-            ops[f"{route}:kernel_{MANY_COLUMNS}col"] = lambda lm=lm, X=X, Vc=Vc: lm.kernel_matmul(X, X, Vc)
+        ops[f"{route}:kernel_{MANY_COLUMNS}col"] = lambda lm=lm, X=X, Vc=Vc: lm.kernel_matmul(X, X, Vc)
         ops[f"{route}:ggn_matvec"] = lambda lm=lm, X=X, v=v: lm.ggn_matvec(X, v)
         ops[f"{route}:jvp"] = lambda lm=lm, X=X, v=v: lm.jvp(X, v)
         ops[f"{route}:vjp"] = lambda lm=lm, X=X, u=u: lm.vjp(X, u)
+    if ops_wanted is not None:
+        ops = {k: f for k, f in ops.items() if k == "forward" or k.split(":", 1)[1] in ops_wanted}
     timings = interleaved_medians(ops, _rounds_for(mode))
     fwd = timings["forward"]["median_s"]
     rows = []
@@ -185,6 +237,7 @@ def operator_costs(name: str, dtype: torch.dtype, mode: str) -> list[dict]:
             "route": route,
             "cache": type(cache).__name__ if cache is not None else "none",
             "kept_mib": round(cache.nbytes / 2**20, 1) if cache is not None else 0.0,
+            "program_state_mib": round(getattr(cache, "state_bytes", 0) / 2**20, 1),
             "note": lm.operator_note,
             "rounds": timings["forward"]["samples"],
             "forward_s": round(fwd, 6),
@@ -195,10 +248,24 @@ def operator_costs(name: str, dtype: torch.dtype, mode: str) -> list[dict]:
     return rows
 
 
-def run_operators(mode: str) -> list[dict]:
+GGN_REPEATS = 5
+
+
+def ggn_repeats(repeats: int = GGN_REPEATS) -> list[dict]:
+    """Return the MLP float64 structured ("auto") GGN product and kernel column in forward passes, `repeats` separate runs."""
+    out = []
+    for r in range(repeats):
+        row = operator_costs("mlp", torch.float64, "quick", routes=("auto",), ops_wanted=("ggn_matvec", "kernel_1col"))[0]
+        out.append({"repeat": r, "ggn_matvec": row["forwards"]["ggn_matvec"], "kernel_1col": row["forwards"]["kernel_1col"],
+                    "forward_s": row["forward_s"], "load_average": round(os.getloadavg()[0], 2)})
+        _log(f"ggn repeat {r}: {out[-1]}")
+    return out
+
+
+def run_operators(mode: str, models: tuple[str, ...] = tuple(MODELS)) -> list[dict]:
     """Return operator_costs for every model and dtype, printing progress to stderr."""
     rows = []
-    for name in MODELS:
+    for name in models:
         for dtype in OPERATOR_DTYPES:
             start = time.perf_counter()
             rows.extend(operator_costs(name, dtype, mode))
@@ -207,42 +274,52 @@ def run_operators(mode: str) -> list[dict]:
 
 
 # ===================================================================== part 1b: inside one CG solve
-SOLVE_CASES = (("mlp", torch.float64), ("cnn", torch.float32))
+SOLVE_CASES = (("mlp", torch.float64), ("cnn", torch.float32), ("ln_mlp", torch.float64), ("bn_cnn", torch.float32))
 SOLVE_ITERATIONS = 12  # CG steps per timed solve (tolerance 0: every step runs)
 SOLVE_NOISE = 0.1
 SOLVE_REPEATS = 2
+PROGRAMS_KEPT = "+programs kept"  # a route label suffix: the solve's model traced its programs on another input set
 
 
-def solve_costs() -> list[dict]:
+def solve_costs(cases=SOLVE_CASES) -> list[dict]:
     """Return, per model and product route, one CG solve's wall time per product in forward passes.
 
     Each repeat starts from emptied caches (the operator cache, the prefix cache) and a fresh
     LinearizedModel, then runs SOLVE_ITERATIONS steps of the engine's CG on (J Jᵀ + σ² I) x = b: the
-    first product builds the kept features inside the solve, so the per-product cost includes it
-    amortized over the solve. Forward passes are timed in the same process, interleaved with the solves.
+    first product builds the kept state inside the solve, so the per-product cost includes it
+    amortized over the solve (and, on the generic forward-mode route, tracing its programs). The
+    "+programs kept" rows solve on a model that already traced its programs on another input set of
+    the same shape (a second solve of a hyperparameter search, or a new data set): everything else
+    is built inside the timed solve. Forward passes are timed in the same process, interleaved.
     """
     from ntk_studio.core.solvers import cg
 
     rows = []
-    for name, dtype in SOLVE_CASES:
+    for name, dtype in cases:
         X0 = model_inputs(name, OPERATOR_BATCH[name])
         fwd_lm = LinearizedModel(MODELS[name](), dtype=dtype)
         Xf = fwd_lm.prepare(X0)
         fwd_lm.forward(Xf)
         samples: dict[str, list[float]] = {"forward": []}
         products: dict[str, int] = {}
+        labels = list(routes_for(name))
+        labels.insert(1, ("auto" if name in GENERIC_MODELS else "primal") + PROGRAMS_KEPT)
         for rep in range(-1, SOLVE_REPEATS):  # rep -1: an untimed warm-up on WARMUP_SAMPLES (first torch.func calls)
             Xr = X0[:WARMUP_SAMPLES] if rep < 0 else X0
             start = time.perf_counter()
             fwd_lm.forward(Xf)
             if rep >= 0:
                 samples["forward"].append(time.perf_counter() - start)
-            for route in PRODUCT_ROUTES:
+            for label in labels:
+                route = label.removesuffix(PROGRAMS_KEPT)
                 lm = LinearizedModel(MODELS[name](), dtype=dtype)
                 lm.product_route = route
                 prefix.clear_cache()
                 X = lm.prepare(Xr)
                 K = lm.forward(X).shape[1]
+                if label.endswith(PROGRAMS_KEPT):  # trace on a copy (another tensor object), then forget its state
+                    lm.kernel_matmul(X.clone(), X.clone(), torch.ones(X.shape[0] * K, 1, dtype=dtype))
+                    lm.clear_operator_cache(programs=False)
                 b = torch.randn(X.shape[0] * K, 1, generator=torch.Generator().manual_seed(DATA_SEED), dtype=dtype)
                 count = [0]
 
@@ -253,14 +330,14 @@ def solve_costs() -> list[dict]:
                 start = time.perf_counter()
                 cg(matmul, b, tol=0.0, max_iter=SOLVE_ITERATIONS)
                 if rep >= 0:
-                    samples.setdefault(route, []).append(time.perf_counter() - start)
-                    products[route] = count[0]
+                    samples.setdefault(label, []).append(time.perf_counter() - start)
+                    products[label] = count[0]
         fwd = statistics.median(samples["forward"])
-        for route in PRODUCT_ROUTES:
-            per = statistics.median(samples[route]) / products[route]
-            rows.append({"model": name, "dtype": str(dtype).removeprefix("torch."), "route": route,
-                         "products": products[route], "forward_s": round(fwd, 6),
-                         "solve_s": round(statistics.median(samples[route]), 4),
+        for label in labels:
+            per = statistics.median(samples[label]) / products[label]
+            rows.append({"model": name, "dtype": str(dtype).removeprefix("torch."), "route": label,
+                         "products": products[label], "forward_s": round(fwd, 6),
+                         "solve_s": round(statistics.median(samples[label]), 4),
                          "per_product_forwards": round(per / fwd, 2)})
         _log(f"solve {name} {dtype}: done")
     return rows
@@ -500,14 +577,17 @@ def operators_table(rows: list[dict]) -> str:
     """Return the part-1 markdown table: each product's cost in forward passes, per product route."""
     many = f"kernel_{MANY_COLUMNS}col_per_col"
     head = ("| model | dtype | n | P | route (kept) | forward | kernel col (1 col) | kernel col (16 cols, per col) "
-            "| ggn_matvec | jvp | vjp | first product (builds) |")
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| ggn_matvec | jvp | vjp | first product (builds) | first product, programs kept |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f = r["forwards"]
         cell = (lambda key: f"{f[key]:.2f}×" if key in f else "–")
         kept = f"{r['route']} ({r['cache']}, {r['kept_mib']:,.1f} MiB)" if r["cache"] != "none" else r["route"]
+        if r.get("program_state_mib"):
+            kept = kept[:-1] + f", of which programs {r['program_state_mib']:,.1f} MiB)"
         cells = [r["model"], r["dtype"], str(r["n"]), f"{r['params']:,}", kept, _fmt_s(r["forward_s"]),
-                 cell("kernel_1col"), cell(many), cell("ggn_matvec"), cell("jvp"), cell("vjp"), cell("first_product")]
+                 cell("kernel_1col"), cell(many), cell("ggn_matvec"), cell("jvp"), cell("vjp"), cell("first_product"),
+                 cell("first_product_programs_kept")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -564,8 +644,9 @@ def main(argv: list[str] | None = None) -> None:
     """Run the benchmarks, write the JSON results and print markdown tables."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: n up to 1000, fewer repeats")
-    ap.add_argument("--part", choices=("all", "operators", "solve", "routes", "cache"), default="all",
+    ap.add_argument("--part", choices=("all", "operators", "solve", "routes", "cache", "ggn-repeats"), default="all",
                     help="'cache' times uncached vs cached kernel builds in one process (not part of 'all')")
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated models for --part operators/solve")
     ap.add_argument("--out", type=Path, default=RESULTS_PATH, help="JSON results path")
     ap.add_argument("--child", nargs=2, metavar=("ROUTE", "N"), help=argparse.SUPPRESS)
     ap.add_argument("--products-estimate", type=int, default=0, help=argparse.SUPPRESS)
@@ -577,14 +658,17 @@ def main(argv: list[str] | None = None) -> None:
     mode = "quick" if args.quick else "full"
     report = {"machine": machine_info(THREADS), "settings": _settings(mode), "operators": [], "routes": []}
     start = time.perf_counter()
+    models = tuple(m for m in args.models.split(",") if m)
     if args.part in ("all", "operators"):
-        report["operators"] = run_operators(mode)
+        report["operators"] = run_operators(mode, models)
     if args.part in ("all", "routes"):
         report["routes"] = run_routes(mode)
     if args.part == "cache":
         report["cache_effect"] = cache_effect()
     if args.part == "solve":
-        report["solve"] = solve_costs()
+        report["solve"] = solve_costs(tuple(c for c in SOLVE_CASES if c[0] in models))
+    if args.part == "ggn-repeats":
+        report["ggn_repeats"] = ggn_repeats()
     report["total_seconds"] = round(time.perf_counter() - start, 1)
     report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -598,6 +682,11 @@ def main(argv: list[str] | None = None) -> None:
     if report.get("solve"):
         print(f"\n### Per product inside one CG solve ({SOLVE_ITERATIONS} steps, cold caches, 1 thread)\n")
         print(solve_table(report["solve"]))
+    if report.get("ggn_repeats"):
+        vals = [r["ggn_matvec"] for r in report["ggn_repeats"]]
+        print(f"\n### MLP float64 GGN product (structured), {len(vals)} separate runs: median "
+              f"{statistics.median(vals):.2f}×, range {min(vals):.2f}–{max(vals):.2f}× forward passes\n")
+        print(json.dumps(report["ggn_repeats"], indent=1))
     if report.get("cache_effect"):
         print(f"\n### Kernel builds: uncached vs cached repeat (median of {CACHE_ROUNDS}, one process)\n")
         print(cache_table(report["cache_effect"]))

@@ -169,6 +169,13 @@ def test_forward_mode_products_match_the_plain_autograd_jacobian(name, spec):
     assert all(ch.program is not None and ch.grads is None for _, ch in cache.chunks)  # no double-backward graph
     assert f"J·v by {FORWARD_MODE}" in lm.operator_note
     assert len(lm._tangent_programs) == 2  # chunk shapes 4 and 3
+    # The tangent part writes into its own temporaries only: neither the tangents nor the kept values change.
+    v = torch.randn(3, JJ.shape[1], generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    v0, state0 = v.clone(), [t.clone() for _, ch in cache.chunks for t in ch.state]
+    first = lm.jvp(X, v)
+    assert torch.equal(lm.jvp(X, v), first) and torch.equal(v, v0)
+    assert torch.equal(lm.jvp(X, v[0]), lm.jvp(X, v[0])) and rel_err(lm.jvp(X, v[0]), first[0]) < 1e-14
+    assert all(torch.equal(a, b) for a, b in zip(state0, [t for _, ch in cache.chunks for t in ch.state]))
     # Another input set of the same shape reuses the programs, with its own primal values (not the first set's).
     X2 = _inputs(name, N, seed=9)
     JJ2, _ = _reference(name, lm, X2)

@@ -249,10 +249,11 @@ class LinearizedModel:
             self._structured_kernel = StructuredKernel(self)
         return self._structured_kernel
 
-    def clear_operator_cache(self) -> None:
-        """Forget the features kept for products and the traced J·v programs (benchmarks time uncached builds)."""
+    def clear_operator_cache(self, programs: bool = True) -> None:
+        """Forget the features kept for products and (with `programs`) the traced J·v programs (benchmarks time uncached builds)."""
         self._products.clear()
-        self._tangent_programs.clear()
+        if programs:
+            self._tangent_programs.clear()
 
     def _product_cache(self, X: torch.Tensor, build: bool):
         """Return what products on X's rows reuse (structured features or kept graphs), or None to recompute.

@@ -23,6 +23,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import fx
 from torch.func import vmap
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.passes.reinplace import reinplace
 
 
 class TraceError(RuntimeError):
@@ -32,15 +33,36 @@ class TraceError(RuntimeError):
 class TangentProgram:
     """J·v for one input shape: :meth:`primal` once per chunk (kept values), then :meth:`push` per product."""
 
-    def __init__(self, primal: fx.GraphModule, tangent: fx.GraphModule, n_primal: int) -> None:
+    def __init__(self, primal: fx.GraphModule, tangent: fx.GraphModule, n_primal: int, names_shapes) -> None:
         self._primal = primal
         self._tangent = tangent
+        self._in_place = False
+        self._tangent_shapes = names_shapes  # (dtype, shape) of each tangent input
         self.n_primal = n_primal  # how many values the primal part returns (what a chunk keeps)
 
     def primal(self, values: Sequence[torch.Tensor], Z: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Return what the tangent part reads for inputs Z: computed once per chunk, no autograd."""
         with torch.no_grad():
-            return tuple(self._primal(*values, Z))
+            state = tuple(self._primal(*values, Z))
+        if not self._in_place:
+            self._reuse_buffers(state)
+        return state
+
+    def _reuse_buffers(self, state: tuple[torch.Tensor, ...]) -> None:
+        """Let the tangent part write into its own temporaries (fewer fresh allocations per product).
+
+        torch's reinplacing pass needs example inputs, so it runs on the first chunk's values; it never
+        writes into the kept values or the tangents (graph inputs). Left as is if the pass fails.
+        """
+        self._in_place = True
+        tangents = [torch.zeros(shape, dtype=dtype, device=state[0].device if state else None)
+                    for dtype, shape in self._tangent_shapes]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._tangent = reinplace(self._tangent, *state, *tangents)
+        except Exception:  # noqa: BLE001 — an optimization only: the out-of-place program stays
+            pass
 
     def push(self, state: Sequence[torch.Tensor], tangents: Sequence[torch.Tensor]) -> torch.Tensor:
         """Return J v as (c, n, K) for per-parameter tangents with a leading batch dimension c."""
@@ -48,6 +70,8 @@ class TangentProgram:
             out = self._tangent(*state, *t)
             return out[0] if isinstance(out, (list, tuple)) else out
 
+        if tangents[0].shape[0] == 1:  # one column: vmap's per-op dispatch would cost more than the product
+            return one(*(t[0] for t in tangents)).unsqueeze(0)
         try:
             return vmap(one)(*tangents)
         except RuntimeError:  # an op without a batching rule: one column at a time
@@ -86,8 +110,43 @@ def trace(fn: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor], v
             kind = f"the model reads tensor values in Python ({kind})"
         raise TraceError(f"{kind}: {' '.join(str(exc).split())[:120]}") from None
     gm.graph.eliminate_dead_code()
+    _merge_repeats(gm.graph)
+    gm.recompile()
     primal, tangent, n_primal = _split(gm, len(keys) + 1)
-    return TangentProgram(primal, tangent, n_primal)
+    return TangentProgram(primal, tangent, n_primal, [(values[n].dtype, tuple(values[n].shape)) for n in names])
+
+
+def _merge_repeats(graph: fx.Graph) -> None:
+    """Merge calls of the same pure op on the same arguments (forward-mode formulas repeat means and differences)."""
+    seen: dict = {}
+    for n in list(graph.nodes):
+        op = n.target
+        if n.op != "call_function" or not isinstance(op, torch._ops.OpOverload):
+            continue
+        if op._schema.is_mutable or torch.Tag.nondeterministic_seeded in op.tags:
+            continue
+        try:
+            key = (op, _freeze(n.args), _freeze(n.kwargs))
+            hash(key)
+        except TypeError:
+            continue
+        if key in seen:
+            n.replace_all_uses_with(seen[key])
+            graph.erase_node(n)
+        else:
+            seen[key] = n
+    graph.eliminate_dead_code()
+
+
+def _freeze(a):
+    """Return a hashable form of fx node arguments (nodes by identity)."""
+    if isinstance(a, (list, tuple)):
+        return (type(a).__name__, tuple(_freeze(x) for x in a))
+    if isinstance(a, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in a.items()))
+    if isinstance(a, fx.Node):
+        return ("node", id(a))
+    return a
 
 
 def _split(gm: fx.GraphModule, n_inputs: int) -> tuple[fx.GraphModule, fx.GraphModule, int]:
