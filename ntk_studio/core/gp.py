@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 
@@ -18,6 +19,7 @@ from .gpytorch_bridge import GGNOperator, JacobianKernelOperator, MatvecCounter
 from .linearized import DEFAULT_CHUNK_SIZE, DEFAULT_MEMORY_BUDGET
 from .options import Outputs, choice, count, positive
 from .params import ParamSpec
+from .plan import PLAN_TEST_POINTS
 from .predictor import LinearizedPredictor
 from .progress import CancelToken, Reporter
 from .solvers import (
@@ -27,6 +29,9 @@ from .solvers import (
 
 OUTPUT_MODES = tuple(Outputs)  # kept for callers that list the choices
 REFINE_MARGIN = 0.1  # weight CG's correction solve aims this far below cg_tol (0.5 left 0.96·cg_tol once)
+# Where the expected number of CG-route variances comes from (said in the route's note): at the fit the
+# planner's PLAN_TEST_POINTS per output, at a prediction every variance this fit was asked, that call included.
+PLANNED, ASKED = "the planner's assumption", "asked of this fit so far"
 
 
 class LinearizedGP(LinearizedPredictor):
@@ -106,6 +111,9 @@ class LinearizedGP(LinearizedPredictor):
         if self.outputs == Outputs.INDEPENDENT and self.plan.space == "weight":
             raise ShapeError("Independent outputs are solved in function space: pass space='function'.")
         self._state = {"X": X, "Y": Y, "f_X": f_X, "r": (Y - f_X).reshape(-1), "vector": vector}
+        if self.plan.space == "function" and self.plan.solver == "cg":  # say how the variances will be answered
+            route = self._variance_route(PLAN_TEST_POINTS * K, PLANNED)
+            self.plan = dataclasses.replace(self.plan, reason=f"{self.plan.reason}; {route.note}")
         rep.emit("plan", 0.0, force=True, message=self.plan.describe())
         self._solve(rep)
         self._save_delta_theta()
@@ -147,14 +155,26 @@ class LinearizedGP(LinearizedPredictor):
         counter = MatvecCounter(max_calls=self.cg_max_iter, stage="solve")
         op = self._train_operator(counter)
         st.pop("var_precond", None)  # built for the old prior and noise
-        precond = None
+        precond, factor, note = None, None, ""
         if "Kxx" in st and self.precond_rank > 0:
-            # A stored kernel makes a sketch one matrix product: the fit and the variance solves share
-            # a Nyström preconditioner whose rank is chosen for the variance solves' many columns.
-            rep.emit("precondition", 0.0, force=True, message="Nyström sketch of the stored kernel")
-            precond = self._variance_preconditioner(op._matmul, cg_variance.STORED_PRECOND_COLUMNS)
+            # The variances' route, planned for the planner's test points, decides the fit's preconditioner:
+            # the factor the variances will use (CG then converges at once), or a Nyström sketch of the stored
+            # kernel (one matrix product) whose rank is chosen for the variance solves' many columns.
+            route = self._variance_route(PLAN_TEST_POINTS * st["Y"].shape[1], PLANNED)
+            if route.factored:
+                rep.emit("precondition", 0.0, force=True, message="Cholesky factor of the stored kernel's system")
+                factor = self._variance_factor(route.note)
+            if factor is not None:
+                precond = functools.partial(cho_solve, factor)
+                note = "CG preconditioned by the stored kernel's Cholesky factor (kept for the variances)"
+            else:
+                if route.factored:
+                    note = f"Nyström-preconditioned CG (the stored kernel's {st['var_factor_failed'][1]})"
+                rep.emit("precondition", 0.0, force=True, message="Nyström sketch of the stored kernel")
+                precond = self._variance_preconditioner(op._matmul, cg_variance.STORED_PRECOND_COLUMNS)
         rep.emit("solve", 0.0, force=True, message="preconditioned CG")
         alpha = self._cg(op, st["r"], counter, self.precond_rank, precond=precond)
+        self.solve_info = dataclasses.replace(self.solve_info, note=note)
         st.update(alpha=alpha, op=op)
         self._finish_function_space(alpha)
 
@@ -350,6 +370,10 @@ class LinearizedGP(LinearizedPredictor):
         Xs = self.lm.prepare(Xs)
         self._variance_infos: list[SolveInfo] = []
         self._variance_bounds: list[torch.Tensor] = []
+        if self.plan.space == "function" and self.plan.solver == "cg":
+            # The expected number of variances is what this fit has been asked so far, this call included.
+            st["variance_columns"] = st.get("variance_columns", 0) + Xs.shape[0] * st["Y"].shape[1]
+            self._variance_route_now = self._variance_route(st["variance_columns"], ASKED)
         with self._reporting(self._reporter(cancel)):
             mean = self.predict_mean(Xs)
             parts = [self._variance_chunk(Xs[s]) for s in self.lm.chunks(Xs.shape[0])]
@@ -393,17 +417,28 @@ class LinearizedGP(LinearizedPredictor):
         return self.noise * quad.reshape(m, K), prior
 
     def _bounded_variances(self, Kx: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-        """Return the variances of the columns of Kx = K(X, x*) by one block solve; record bounds and the solve."""
+        """Return the variances of the columns of Kx = K(X, x*) by the factored route or one block solve; record bounds and the solve."""
         st = self._state
         op = st["op"]
         itemsize = torch.finfo(self.lm.dtype).bits // 8
         matmul = op._matmul if "Kxx" in st else cg_variance.column_blocked(op._matmul, self.lm.num_params, itemsize)
-        if "var_precond" not in st:  # built once per fit, for every chunk of test points
-            self._variance_preconditioner(matmul, Kx.shape[1])
+        route = self._variance_route_now
+        factor = self._variance_factor(route.note) if route.factored else None
+        if factor is not None:
+            # W = A⁻¹K from the factor; its true residual (one product) gives the same bound as CG's, and CG
+            # preconditioned by the factor continues any column the factor's rounding leaves short.
+            precond, start = functools.partial(cho_solve, factor), cho_solve(factor, Kx)
+        else:
+            if route.factored:  # the factorization failed just now: say so, and solve by block CG
+                route = self._variance_route_now = self._variance_route(st["variance_columns"], ASKED)
+            if "var_precond" not in st:  # built once per fit, for every chunk of test points
+                self._variance_preconditioner(matmul, Kx.shape[1])
+            precond, start = st["var_precond"], None
         var, err, info = cg_variance.bounded_variances(
             matmul, Kx, prior.reshape(-1), self.prior_var, self.noise, self.variance_rtol, self.cg_max_iter,
-            st["var_precond"], self.lm.check_cancel, tol=self.cg_tol,
+            precond, self.lm.check_cancel, tol=self.cg_tol, start=start,
         )
+        info = dataclasses.replace(info, solver="cholesky" if factor is not None else "cg", note=route.note)
         self._variance_infos.append(info)
         self._variance_bounds.append(err.reshape(prior.shape))
         require_converged(info, "A predictive-variance solve", self._cg_advice() + " Or raise variance_rtol "
@@ -419,6 +454,57 @@ class LinearizedGP(LinearizedPredictor):
             start=max(self.precond_rank, cg_variance.VARIANCE_PRECOND_START),
         )
         return st["var_precond"]
+
+    def _variance_route(self, columns: int, basis: str) -> cg_variance.VarianceRoute:
+        """Return how the function-space CG route answers `columns` variances (:func:`.cg_variance.variance_route`).
+
+        A factor already made for the current kernel, s² and σ² is used whatever the count (its cost is
+        paid); a sketch already built is not counted again. `basis` says where `columns` came from.
+        """
+        st = self._state
+        n, K = st["Y"].shape
+        key = self._factor_key()
+        held = st.get("var_factor")
+        if held is not None and _same_key(held[0], key):
+            return cg_variance.VarianceRoute(True, held[2])
+        failed = st.get("var_factor_failed")
+        itemsize = torch.finfo(self.lm.dtype).bits // 8
+        self.kernels._decide(st["X"])
+        stored = cg_variance.stored_kernel_bytes(n, K, self.lm.num_params, itemsize, self.kernels.use_structured)
+        return cg_variance.variance_route(
+            n * K, columns, itemsize, self.memory_budget, stored, self.lm.shard.world_size, self.cg_tol,
+            max(self.precond_rank, cg_variance.VARIANCE_PRECOND_START),
+            sketched_rank=st.get("var_precond_rank") if "var_precond" in st else None,
+            failed=failed[1] if failed is not None and _same_key(failed[0], key) else "", basis=basis,
+        )
+
+    def _factor_key(self) -> tuple:
+        """Return what the variance factor depends on: the stored kernel (object and version), s², σ²."""
+        Kxx = self._state.get("Kxx")
+        return (Kxx, -1 if Kxx is None else Kxx._version, float(self.prior_var), float(self.noise))
+
+    def _variance_factor(self, note: str) -> torch.Tensor | None:
+        """Return the Cholesky factor of s²K + σ²I from the stored kernel, made once per key; None if it failed.
+
+        Keyed on :meth:`_factor_key`: a new fit (new kernel), an in-place change of the kernel, or new s²
+        or σ² (a hyperparameter search refits in place) makes a new one; the stale one is dropped first.
+        `note` (the route's reason) is kept with it for the solve infos.
+        """
+        st = self._state
+        key = self._factor_key()
+        held = st.get("var_factor")
+        if held is not None and _same_key(held[0], key):
+            return held[1]
+        failed = st.get("var_factor_failed")
+        if key[0] is None or (failed is not None and _same_key(failed[0], key)):
+            return None
+        st.pop("var_factor", None)  # its memory goes before the new factor is made
+        L, why = cg_variance.factor_system(st["Kxx"], self.prior_var, self.noise)
+        if L is None:
+            st["var_factor_failed"] = (key, why)
+            return None
+        st["var_factor"] = (key, L, note)
+        return L
 
     def _cross_kernel(self, Xc: torch.Tensor) -> torch.Tensor:
         """Return K(X_train, Xc) of size (N, m·K) by the cheapest exact path the model and budget allow.
@@ -572,3 +658,7 @@ class LinearizedGP(LinearizedPredictor):
         return record | {"cov_scale": tau, "heldout_nll": nll, "blocks": int(folds.max()) + 1,
                          "blocked_by": "the given groups" if by_groups else "feature-space clusters"}
 
+
+def _same_key(a: tuple, b: tuple) -> bool:
+    """Return whether two :meth:`LinearizedGP._factor_key` keys are equal (the kernel compared by identity)."""
+    return a[0] is b[0] and a[1:] == b[1:]

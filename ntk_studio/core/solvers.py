@@ -45,6 +45,7 @@ class SolveInfo:
     iterations: int = 0
     # Variance solves: the largest relative error any returned variance can have (from the true residual).
     max_relative_error_bound: float | None = None
+    note: str = ""  # which route ran and why, one line (e.g. the function-space CG variances' route choice)
 
 
 def cholesky(A: torch.Tensor, what: str = "the system matrix") -> tuple[torch.Tensor, float]:
@@ -97,10 +98,11 @@ def relative_residual(matmul, x: torch.Tensor, b: torch.Tensor) -> float:
 def merge_infos(infos: list[SolveInfo]) -> SolveInfo:
     """Return one SolveInfo for several solves: summed products, worst residual, iterations and error bound."""
     bounds = [i.max_relative_error_bound for i in infos if i.max_relative_error_bound is not None]
+    solvers = list(dict.fromkeys(i.solver for i in infos))
     return SolveInfo(
-        infos[0].solver, sum(i.products for i in infos), max(i.residual for i in infos),
+        "+".join(solvers), sum(i.products for i in infos), max(i.residual for i in infos),
         max(i.jitter for i in infos), all(i.converged for i in infos), max(i.iterations for i in infos),
-        max(bounds) if bounds else None,
+        max(bounds) if bounds else None, "; ".join(dict.fromkeys(i.note for i in infos if i.note)),
     )
 
 
@@ -130,7 +132,8 @@ def cg(
 ) -> tuple[torch.Tensor, int, bool]:
     """Return (A⁻¹ B, iterations, converged) by preconditioned CG on every column of B (N, c) at once.
 
-    A column stops at ‖r‖ ≤ tol·‖b‖, or when ``done(x, r)`` (a (c,) bool tensor, optional) says so;
+    A column stops at ‖r‖ ≤ tol·‖b‖, or when ``done(x, r)`` (a (c,) bool tensor, optional) says so, or when
+    its residual is no longer finite (then `converged` is False);
     a stopped column is no longer multiplied (products and the preconditioner see the active
     columns only). `check` runs before every product (cancel); `state` (keys CG_STATE_KEYS)
     continues an earlier run instead of starting at x = 0, and `on_iteration(state)` receives the
@@ -175,7 +178,8 @@ def cg(
         if on_iteration is not None:
             on_iteration(dict(zip(CG_STATE_KEYS, (x, r, z, p, rz, it))))
         act = active()
-    return x, it, not bool(act.any())
+    # A NaN/inf residual compares False against the target, so its column stops as if converged: it is not.
+    return x, it, not bool(act.any()) and bool(torch.isfinite(r).all())
 
 
 def solve_cg(matmul: Callable[[torch.Tensor], torch.Tensor], B: torch.Tensor, tol: float, max_iter: int,
@@ -201,6 +205,7 @@ def quadratic_forms(
     precond: Callable[[torch.Tensor], torch.Tensor] | None = None,
     check: Callable[[], None] | None = None,
     restarts: int = 2,
+    start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, SolveInfo]:
     """Return (q, bound, SolveInfo) with 0 ≤ b_jᵀA⁻¹b_j − q_j ≤ bound_j for every column b_j of B (N, c).
 
@@ -210,6 +215,8 @@ def quadratic_forms(
     columns; a column stops when ``enough(q, bound)`` holds on CG's recurrence residual, and is
     checked again on the true residual (one more product): a column that fails there is continued
     from its W (at most `restarts` times). SolveInfo.converged says whether every column met `enough`.
+    `start` (N, c) is a first W (e.g. from a factorization of A): its true residual is one product, and
+    CG runs only for the columns it leaves short of `enough`.
     """
     columns = [0]
 
@@ -220,8 +227,8 @@ def quadratic_forms(
     def forms(Bs, W, R):
         return (Bs * W).sum(0) + (W * R).sum(0), (R * R).sum(0) / floor
 
-    W = torch.zeros_like(B)
-    R = B.clone()
+    W = torch.zeros_like(B) if start is None else start
+    R = B.clone() if start is None else B - counted(W)
     q, bound = forms(B, W, R)
     todo = ~enough(q, bound)
     iterations = 0
