@@ -111,6 +111,7 @@ def trace(fn: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor], v
         raise TraceError(f"{kind}: {' '.join(str(exc).split())[:120]}") from None
     gm.graph.eliminate_dead_code()
     _merge_repeats(gm.graph)
+    _drop_zero_terms(gm.graph)
     gm.recompile()
     primal, tangent, n_primal = _split(gm, len(keys) + 1)
     return TangentProgram(primal, tangent, n_primal, [(values[n].dtype, tuple(values[n].shape)) for n in names])
@@ -135,6 +136,49 @@ def _merge_repeats(graph: fx.Graph) -> None:
             graph.erase_node(n)
         else:
             seen[key] = n
+    graph.eliminate_dead_code()
+
+
+_aten = torch.ops.aten
+_ZERO_SOURCES = {_aten.zeros.default, _aten.zeros_like.default, _aten.new_zeros.default, _aten._efficientzerotensor.default}
+_ZERO_KEEPING = {  # zero in the first argument gives zero out
+    _aten.expand.default, _aten.view.default, _aten.reshape.default, _aten._unsafe_view.default, _aten.t.default,
+    _aten.transpose.int, _aten.permute.default, _aten.clone.default, _aten.alias.default, _aten.neg.default,
+    _aten.unsqueeze.default, _aten.squeeze.dim, _aten.slice.Tensor, _aten.select.int, _aten._to_copy.default,
+}
+_ZERO_IF_ANY = {_aten.mm.default, _aten.bmm.default, _aten.mul.Tensor, _aten.convolution.default}  # bilinear
+
+
+def _drop_zero_terms(graph: fx.Graph) -> None:
+    """Remove additions of exact zeros (the tangent of an input, which has none: conv(0, W), 0·Wᵀ).
+
+    Such a term would otherwise be kept per chunk (a full-size tensor of zeros) and added per product.
+    An addition x + 0 becomes x, broadcast to the sum's shape when needed (a view, no copy).
+    """
+    zero: set[fx.Node] = set()
+    for n in graph.nodes:
+        if n.op != "call_function":
+            continue
+        args = [a for a in n.args if isinstance(a, fx.Node)]
+        if n.target in _ZERO_SOURCES or (n.target in _ZERO_KEEPING and args and n.args[0] in zero) or (
+            n.target in _ZERO_IF_ANY and any(a in zero for a in n.args[:2] if isinstance(a, fx.Node))
+        ):
+            zero.add(n)
+        elif n.target == _aten.add.Tensor and len(n.args) == 2 and not n.kwargs:
+            a, b = n.args
+            other = a if b in zero else b if a in zero else None
+            val, other_val = n.meta.get("val"), getattr(other, "meta", {}).get("val")
+            if other is None or not isinstance(other, fx.Node) or val is None or other_val is None:
+                continue
+            if other_val.dtype != val.dtype:
+                continue
+            if tuple(other_val.shape) == tuple(val.shape):
+                n.replace_all_uses_with(other)
+            else:
+                with graph.inserting_before(n):
+                    wide = graph.call_function(_aten.expand.default, (other, list(val.shape)))
+                wide.meta["val"] = val
+                n.replace_all_uses_with(wide)
     graph.eliminate_dead_code()
 
 
