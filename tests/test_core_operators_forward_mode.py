@@ -248,6 +248,8 @@ def test_the_programs_kept_values_count_against_the_budget():
     kept = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for _, ch in cache.chunks for t in ch.state}
     inputs_and_weights = {t.untyped_storage().data_ptr() for t in (*lm.theta.values(), *lm.frozen.values(), X)}
     assert cache.state_bytes == sum(b for p, b in kept.items() if p not in inputs_and_weights)
+    # The conv's input has no tangent: its zero term (conv(0, W), output-sized) is dropped, not kept.
+    assert not any(t.is_floating_point() and t.numel() > 1 and not t.any() for _, ch in cache.chunks for t in ch.state)
 
     tight = LinearizedModel(model, "all")
     tight.operator_cache_bytes = cache.graph_bytes + cache.state_bytes // 2
