@@ -118,7 +118,7 @@ class HyperChoice:
             why=h.get("why") or search.get("why"),
             prior_var=_float(h.get("prior_var", p.get("prior_var"))),
             noise=None if task == "classification" else _float(h.get("noise", p.get("noise"))),
-            cov_scale=_float(h.get("cov_scale")) if task == "classification" else None,
+            cov_scale=_float(h.get("cov_scale")),  # regression: only 'shift' / 'blocked' report one
             temperature=_float(h.get("temperature")) if task == "classification" else None,
             initial_prior_var=_float(h.get("initial_prior_var")), initial_noise=_float(h.get("initial_noise")),
             log_evidence=_float(h.get("log_evidence")),

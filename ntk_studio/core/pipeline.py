@@ -48,7 +48,7 @@ FLOOR_ACTIVE_RTOL = 1e-6  # σ² within this of the floor: the floor, not the ev
 __all__ = [
     "METHODS", "PRIOR_VAR_GRID", "SCORING_RULE", "PreparedData", "RunResult", "RunSettings", "drain", "fine_tune_iter",
     "fit_linearized_iter", "load_data_for", "plan_run", "prepare", "resolve_task", "run", "run_split", "score_linearized",
-    "score_point", "settings_for", "split",
+    "score_point", "settings_for", "split", "unlabelled_inputs",
 ]
 
 
@@ -166,9 +166,13 @@ def plan_run(model: nn.Module, data: PreparedData, settings: RunSettings,
 
 def fit_linearized_iter(
     model: nn.Module, task: str, adapt: Dataset, settings: RunSettings, cancel: CancelToken | None = None,
-    device=None, shard=None, checkpoint=None,
+    device=None, shard=None, checkpoint=None, unlabelled: torch.Tensor | None = None,
 ) -> Generator[ProgressEvent, None, LinearizedGP | LinearizedClassifier]:
-    """Yield progress while fitting the GP (regression) or classifier, hyperparameters included; return it."""
+    """Yield progress while fitting the GP (regression) or classifier, hyperparameters included; return it.
+
+    `unlabelled`: inputs of rows without usable targets (see :func:`unlabelled_inputs`); a regression GP's
+    hyperparameter search then scales its covariance for them (selection 'shift').
+    """
     if task == "classification":
         fitted = LinearizedClassifier(model, params=settings.params, prior_var=settings.prior_var,
                                       space=settings.space, solver=settings.solver, device=device, shard=shard)
@@ -180,8 +184,19 @@ def fit_linearized_iter(
     if settings.fit_hyper:
         what = "choosing s², then T and τ" if task == "classification" else "marginal likelihood over s², σ²"
         yield ProgressEvent("hyperparameters", 0.0, message=what)
-        fitted.fit_hyperparameters(cancel=cancel)
+        if task == "classification":
+            fitted.fit_hyperparameters(cancel=cancel)
+        else:
+            fitted.fit_hyperparameters(cancel=cancel, unlabelled=unlabelled)
     return fitted
+
+
+def unlabelled_inputs(ds: Dataset) -> torch.Tensor | None:
+    """Return the inputs of `ds`'s rows grouped UNLABELLED_GROUP (never adapted on), or None when it has none."""
+    if ds.groups is None:
+        return None
+    rows = np.flatnonzero(np.asarray(ds.groups) == UNLABELLED_GROUP)
+    return ds.X[torch.as_tensor(rows)] if len(rows) else None
 
 
 def drain(gen: Generator, on_event: Callable | None = None):
@@ -217,7 +232,7 @@ def hyper_info(fitted, adapt: Dataset, settings: RunSettings, task: str) -> dict
            "why": info.get("why"),
            "prior_var": fitted.prior_var,
            "noise": None if task == "classification" else fitted.noise,
-           "cov_scale": getattr(fitted, "cov_scale", None),
+           "cov_scale": getattr(fitted, "cov_scale", None) if task == "classification" else info.get("cov_scale"),
            "temperature": getattr(fitted, "logit_temperature", None),
            "initial_prior_var": settings.prior_var,
            "initial_noise": None if task == "classification" else initial_noise(adapt, settings),
@@ -225,10 +240,11 @@ def hyper_info(fitted, adapt: Dataset, settings: RunSettings, task: str) -> dict
            "search": _plain(info) if info else None}
     if info.get("chosen_heldout_nll") is not None:
         out.update(heldout_nll=info["chosen_heldout_nll"], folds=info.get("folds"))
-    if task == "regression" and selection == "floor":
+    if task == "regression" and selection in ("floor", "shift"):  # 'shift' scales the floor's values by τ
         floor = info.get("noise_floor")
         floor = regression_hyper.noise_floor(adapt.y) if floor is None else float(floor)
-        out.update(noise_floor=floor, floor_active=bool(fitted.noise <= floor * (1 + FLOOR_ACTIVE_RTOL)))
+        noise = float(info.get("base_noise", fitted.noise))  # 'shift': σ² before its covariance scale τ
+        out.update(noise_floor=floor, floor_active=bool(noise <= floor * (1 + FLOOR_ACTIVE_RTOL)))
     return out
 
 
@@ -353,7 +369,7 @@ def run_split(
     fitted, hyper, finetuned, plan = None, {}, None, None
     if "linearized" in methods:
         fitted, t_fit = _timed(lambda: drain(fit_linearized_iter(model, task, adapt, settings, cancel, device,
-                                                                  shard, checkpoint), on_event))
+                                                                  shard, checkpoint, unlabelled_inputs(test)), on_event))
         start = time.perf_counter()
         rec, preds["linearized"] = score_linearized(fitted, task, test, 0.0)
         rec = ComparisonRecord(rec.method, rec.task, rec.metrics, t_fit + time.perf_counter() - start, rec.curves, rec.extra)

@@ -21,7 +21,7 @@ from ntk_studio.core.metrics_regression import calibration_curve, interval_cover
 from ntk_studio.core.metrics_classification import reliability_diagram
 from ntk_studio.core.pipeline import (
     SCORING_RULE, RunSettings, fine_tune_iter, fit_linearized_iter, hyper_info, point_predictions, score_finetuned,
-    score_linearized, score_point,
+    score_linearized, score_point, unlabelled_inputs,
 )
 from ntk_studio.core.progress import MAX_EVENTS_PER_SECOND, CancelToken
 
@@ -94,7 +94,7 @@ def fit_gp_job(state: WorkerState, args: dict, cancel: CancelToken) -> JobGen:
     start = time.perf_counter()
     convergence: list = []
     fitted = yield from _fit_events(fit_linearized_iter(model, state.task, adapt, settings, cancel, device,
-                                                        state.shard), convergence)
+                                                        state.shard, unlabelled=unlabelled_inputs(test)), convergence)
     cancel.raise_if_cancelled()
     fit_time = time.perf_counter() - start
     record, preds = score_linearized(fitted, state.task, test, fit_time)

@@ -228,7 +228,9 @@ def _coverage_tip(level: float, value: float | None) -> str:
 # How each selection chose, in a few words (the Hyperparameters tab has the search and the reason in full).
 SHORT_HOW = {"heldout": "by {folds}held-out NLL", "evidence_tau": "s² by the evidence, τ by {folds}held-out NLL",
              "heldout_1se": "by held-out NLL against the evidence (1-SE rule)", "evidence": "by the Laplace evidence",
-             "floor": "by the evidence, σ² ≥ its floor", "map2": "by the evidence with a weak prior",
+             "floor": "by the evidence, σ² ≥ its floor",
+             "shift": "by the evidence, σ² ≥ its floor, τ for the unlabelled rows",
+             "blocked": "by the evidence, σ² ≥ its floor, τ by blocked held-out NLL", "map2": "by the evidence with a weak prior",
              "loo": "by leave-one-out likelihood"}
 
 
@@ -242,6 +244,8 @@ def hyper_note(h: HyperChoice) -> str:
             values.append(f"T = {fmt(h.temperature)}")
     else:
         values.append(f"σ² = {fmt(h.noise)}" + (" (floor)" if h.floor_active else ""))
+        if h.cov_scale is not None and h.cov_scale != 1.0:
+            values.append(f"τ = {fmt(h.cov_scale)}")
     if h.fitted is False or h.selection == "as given":
         how = "as given (hyperparameter fit off)"
     elif h.selection in SHORT_HOW:

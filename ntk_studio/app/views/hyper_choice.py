@@ -36,6 +36,11 @@ SELECTION_WHY = {
     "evidence": "The s² with the largest Laplace evidence (marginal likelihood of the labels) on the grid.",
     "floor": ("The (s², σ²) with the largest marginal likelihood, with σ² kept ≥ 1 % of the targets' variance: "
               "on a few points the unconstrained evidence drives σ² towards 0 and the intervals become too narrow."),
+    "shift": ("The 'floor' values, then s² and σ² both multiplied by a covariance scale τ ≥ 1 (same mean, every "
+              "interval √τ wider), τ by the held-out NLL of the labelled half that looks most like the unlabelled "
+              "rows, predicted from the other half: the intervals are sized for where the model will be used."),
+    "blocked": ("The 'floor' values, then s² and σ² both multiplied by a covariance scale τ ≥ 1, τ by the held-out "
+                "NLL of blocks of rows that lie away from the rest (groups, or clusters in feature space)."),
     "map2": "The marginal likelihood plus a weak log-normal prior (one decade) around the starting (s², σ²).",
     "loo": "The (s², σ²) with the best leave-one-out predictive likelihood (closed form).",
     "evidence_tau": ("s² by the Laplace evidence, then the covariance scale τ by the K-fold held-out NLL of the "
@@ -53,8 +58,10 @@ ROW_TIPS = {
     "noise": "Observation noise variance σ² of the Gaussian likelihood (in the targets' units, squared).",
     "floor": ("Lower bound on σ² of the 'floor' selection: 1 % of the variance of the adaptation targets. Active: "
               "the evidence wanted less noise and the floor set σ²."),
-    "cov_scale": ("Covariance scale τ: the logits' posterior covariance is multiplied by τ before the probit. τ < 1 "
-                  "sharpens the probabilities towards the MAP's; τ = 1 is the plain Laplace posterior."),
+    "cov_scale": ("Covariance scale τ. Classifier: the logits' posterior covariance is multiplied by τ before the "
+                  "probit; τ < 1 sharpens the probabilities towards the MAP's, τ = 1 is the plain Laplace posterior. "
+                  "Regression ('shift', 'blocked'): s² and σ² are both multiplied by τ ≥ 1, so the mean stays and "
+                  "every interval is √τ wider."),
     "temperature": ("Logit temperature T: the predictive is that of the logits divided by T (mean μ/T, covariance "
                     "τΣ/T²). T > 1 softens the probabilities, T < 1 sharpens them; T = 1 leaves them."),
     "evidence": ("Log marginal likelihood (evidence) of the adaptation labels at the chosen values; for the "
@@ -94,6 +101,8 @@ def _rows(h: HyperChoice) -> dict[str, str]:
         if h.noise_floor is not None:
             state = {True: "active: σ² is on the floor", False: "not active", None: ""}[h.floor_active]
             rows["floor"] = fmt(h.noise_floor, digits=DIGITS) + (f" — {state}" if state else "")
+        if h.cov_scale is not None:
+            rows["cov_scale"] = fmt(h.cov_scale, digits=DIGITS)
     else:
         if h.cov_scale is not None:
             rows["cov_scale"] = fmt(h.cov_scale, digits=DIGITS)

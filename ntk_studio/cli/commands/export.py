@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from ntk_studio.core.data import Standardizer
     from ntk_studio.core.errors import DataLoadError
     from ntk_studio.core.export import export_predictor
-    from ntk_studio.core.pipeline import check_exportable, drain, fit_linearized_iter, plan_run, split
+    from ntk_studio.core.pipeline import check_exportable, drain, fit_linearized_iter, plan_run, split, unlabelled_inputs
 
     if args.onnx is None and args.native is None:
         raise DataLoadError("Nothing to write: give --onnx FILE and/or --native FILE.")
@@ -46,13 +46,15 @@ def run(args: argparse.Namespace) -> int:
     train, test = split(data.dataset, settings)
     # An example's data are stored standardized; users feed raw units, and the file standardizes them.
     X_check = stats.inverse_x(test.X) if stats is not None else test.X
+    unlabelled = unlabelled_inputs(test)  # rows without targets: the GP's covariance is scaled for them
     if stats is None and args.standardize_x:
         stats = Standardizer.fit(train).inputs_only()
         train = stats.transform(train)
+        unlabelled = unlabelled_inputs(stats.transform(test))
     if not args.quiet:
         print_header(data, plan_run(model, data, settings), len(train), len(test))
     with progress_bar(not args.quiet) as on_event:
-        predictor = drain(fit_linearized_iter(model, data.task, train, settings), on_event)
+        predictor = drain(fit_linearized_iter(model, data.task, train, settings, unlabelled=unlabelled), on_event)
     if not args.quiet:
         print_hyper_of(predictor, data.task, settings)
     if not args.quiet:
