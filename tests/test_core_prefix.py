@@ -451,3 +451,20 @@ def test_a_prefix_too_imprecise_in_the_models_dtype_falls_back_to_the_engines():
     assert "run in float64 (the model's float32 prefix changed the outputs by" in lm.prefix_note
     assert rel(out, LinearizedModel(model, "head", prefix=False).forward(X)) < TOL
     assert rel(lm.jacobian(X), LinearizedModel(model, "head", prefix=False).jacobian(X)) < TOL
+
+
+def test_a_second_model_served_from_the_cache_inherits_the_probe():
+    # Two GPs on one model fit the same rows: the second gets its features from the shared cache, so its
+    # own probe never ran. Its first new input set used to run the probe (the whole model) inside the
+    # structured kernel's layer hooks: "… is called more than once per forward" (cross kernel raised).
+    model = cnn32()
+    g = torch.Generator().manual_seed(5)
+    X, Xs = torch.randn(9, 2, 8, 8, generator=g), torch.randn(4, 2, 8, 8, generator=g)
+    y = torch.randn(9, 3, generator=g, dtype=torch.float64)
+    a = LinearizedGP(model, params="head", prior_var=0.5, noise=0.1).fit(X, y)
+    b = LinearizedGP(model, params="head", prior_var=0.5, noise=0.1).fit(X, y)
+    assert b.lm.prefix is not None and prefix_mod.CACHE.hits >= 1
+    assert b.lm.prefix_probe_error == a.lm.prefix_probe_error is not None
+    cross_b = b.kernels.matrix(b._state["X"], b.lm.prepare(Xs))
+    cross_a = a.kernels.matrix(a._state["X"], a.lm.prepare(Xs))
+    assert rel(cross_b, cross_a) < TOL

@@ -178,8 +178,12 @@ class LinearizedModel:
         if split is None:
             return X
         key = (split.route, split.boundary, self.dtype, self._prefix_dtype, self.device)
-        Z = _prefix.CACHE.lookup(self.model, key, self._prefix_state, X)
-        if Z is not None:
+        hit = _prefix.CACHE.lookup(self.model, key, self._prefix_state, X)
+        if hit is not None:
+            Z, (checked, error) = hit
+            if checked and not self._prefix_checked:  # the storer probed this model, weights and key
+                self._prefix_checked, self._prefix_probe_error = True, error
+                self._prefix_features = int(Z[0].numel()) if Z.shape[0] else self._prefix_features
             return Z
         try:
             Z = self._run_prefix(X)
@@ -194,7 +198,7 @@ class LinearizedModel:
             return X if self.prefix is None else self._inputs(X, store)
         self._prefix_features = int(Z[0].numel()) if Z.shape[0] else self._prefix_features
         if store:
-            _prefix.CACHE.store(self.model, key, self._prefix_state, X, Z)
+            _prefix.CACHE.store(self.model, key, self._prefix_state, X, Z, (self._prefix_checked, self._prefix_probe_error))
         return Z
 
     def _probe(self, X: torch.Tensor, Z: torch.Tensor) -> bool:

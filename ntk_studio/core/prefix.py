@@ -347,6 +347,7 @@ class _Entry:
     inputs: torch.Tensor  # a private copy of it (equality lookups, verification of views)
     features: torch.Tensor
     features_version: int  # an in-place change of the features (by a suffix) retires the entry
+    probe: tuple[bool, float | None] = (False, None)  # whether the storer's probe passed, and its error
 
     @property
     def nbytes(self) -> int:
@@ -373,8 +374,12 @@ class FeatureCache:
             return False
         return all(r() is t and v == w for (r, v), (t, w) in zip(e.state, state))
 
-    def lookup(self, model: nn.Module, key: tuple, state, X: torch.Tensor) -> torch.Tensor | None:
-        """Return the cached features of X (or of the rows X is a slice of), else None."""
+    def lookup(self, model: nn.Module, key: tuple, state, X: torch.Tensor) -> tuple[torch.Tensor, tuple] | None:
+        """Return the cached features of X (or of the rows X is a slice of) and the storer's probe, else None.
+
+        The probe is (passed, error) of the LinearizedModel that stored them: same model, same weights
+        and same key, so a second model served from the cache need not probe (it may be inside a
+        product's layer hooks when it first sees new inputs)."""
         for e in reversed(self._entries):
             if not self._valid(e, model, key, state):
                 continue
@@ -383,7 +388,7 @@ class FeatureCache:
                 self._entries.remove(e)
                 self._entries.append(e)
                 self.hits += 1
-                return Z
+                return Z, e.probe
         self.misses += 1
         return None
 
@@ -409,14 +414,15 @@ class FeatureCache:
             return e.features
         return None
 
-    def store(self, model: nn.Module, key: tuple, state, X: torch.Tensor, Z: torch.Tensor) -> None:
+    def store(self, model: nn.Module, key: tuple, state, X: torch.Tensor, Z: torch.Tensor,
+              probe: tuple[bool, float | None] = (False, None)) -> None:
         """Remember Z as the features of X (skipped when the pair alone exceeds the byte budget)."""
         inputs = X.detach().clone()
         if inputs.nbytes + Z.nbytes > self.max_bytes:
             return
         entry = _Entry(
             weakref.ref(model), key, [(weakref.ref(t), v) for t, v in state], [(weakref.ref(X), X._version)], inputs, Z,
-            Z._version,
+            Z._version, probe,
         )
         self._entries.append(entry)
         while len(self._entries) > self.max_entries or sum(e.nbytes for e in self._entries) > self.max_bytes:
