@@ -184,6 +184,25 @@ def test_forward_mode_products_match_the_plain_autograd_jacobian(name, spec):
     assert lm._tangent_programs == programs
 
 
+def _fwd_grad_off():
+    return torch.autograd.forward_ad._set_fwd_grad_enabled(False)  # as inside an autograd.Function's forward
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, _fwd_grad_off, torch.enable_grad])
+def test_products_built_under_any_grad_mode_are_right(context):
+    """A GP fit builds the kept state inside linear_operator's autograd Functions: J must not come out zero there."""
+    lm = LinearizedModel(MODELS["bn_cnn"](), "all", chunk_size=CHUNK)
+    X = _inputs("bn_cnn", N)
+    JJ, K = _reference("bn_cnn", lm, X)
+    C = torch.randn(N * K, 2, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    with context():
+        out = lm.kernel_matmul(X, X, C)
+    assert rel_err(out, JJ @ (JJ.T @ C)) < RTOL
+    assert lm._product_cache(X, build=False).how == FORWARD_MODE
+    v = torch.randn(JJ.shape[1], generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    assert rel_err(lm.jvp(X, v), (JJ @ v).reshape(N, K)) < RTOL
+
+
 def test_a_float32_model_in_either_engine_dtype():
     model = _seeded(lambda: LayerNormMLP(outputs=2))().float()
     X = _inputs("layernorm", N)

@@ -101,7 +101,9 @@ def trace(fn: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor], v
 
     example = [*values.values(), Z, *(torch.zeros_like(values[n]) for n in names)]
     try:
-        with warnings.catch_warnings():
+        # Inside an autograd.Function's forward (linear_operator's solves call our products there) forward
+        # AD is off, and under no_grad make_fx records no tangent: J would silently be zero. Both on here.
+        with warnings.catch_warnings(), torch.enable_grad(), fwAD._set_fwd_grad_enabled(True):
             warnings.simplefilter("ignore")  # tracing-internal notices, not the user's concern
             gm = make_fx(tangent_map, tracing_mode="fake", _allow_non_fake_inputs=True)(*example)
     except Exception as exc:  # noqa: BLE001 — any failure to trace means "use the fallback", with the reason
@@ -114,6 +116,10 @@ def trace(fn: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor], v
     _drop_zero_terms(gm.graph)
     gm.recompile()
     primal, tangent, n_primal = _split(gm, len(keys) + 1)
+    if not any(n.op == "placeholder" and n.users for n in tangent.graph.nodes if n.name not in _kept_names(n_primal)):
+        # J v read no tangent: forward AD recorded nothing. Never serve a silent zero: the fallback
+        # (double backward) computes J, zero or not.
+        raise TraceError("the traced tangent map reads no tangent")
     return TangentProgram(primal, tangent, n_primal, [(values[n].dtype, tuple(values[n].shape)) for n in names])
 
 
@@ -191,6 +197,10 @@ def _freeze(a):
     if isinstance(a, fx.Node):
         return ("node", id(a))
     return a
+
+
+def _kept_names(k: int) -> set[str]:
+    return {f"kept_{i}" for i in range(k)}
 
 
 def _split(gm: fx.GraphModule, n_inputs: int) -> tuple[fx.GraphModule, fx.GraphModule, int]:
