@@ -639,9 +639,6 @@ class LinearizedGP(LinearizedPredictor):
             if len(Xu) > regression_hyper.SHIFT_MAX_UNLABELLED:
                 Xu = Xu[np.linspace(0, len(Xu) - 1, regression_hyper.SHIFT_MAX_UNLABELLED).round().astype(int)]
             m = len(Xu)
-            # A forward pass first, as predict does: the kernel builder's structured hooks fail when the frozen
-            # prefix's first-use probe runs inside them (it calls the model again; reported on the board).
-            self.lm.forward(Xu)
             K_lu = regression_hyper.row_kernel(self.kernels.matrix(st["X"], Xu).double().cpu().numpy(), K, n, m)
             K_uu = regression_hyper.row_kernel(self.kernels.matrix(Xu).double().cpu().numpy(), K, m, m)
             held = regression_hyper.shift_folds(regression_hyper.row_kernel(K1, K, n, n), K_lu, K_uu)
