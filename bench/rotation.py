@@ -12,7 +12,8 @@ seed (fresh objects), so no timed call is answered by a cache.
 
 `--selections` adds a GP row per named regression selection (core/regression_hyper.py) on the same split,
 built as the pipeline builds its GP (same parameters, start values and route), e.g. "GP (blocked)";
-'shift' is given the inputs of the example's unlabelled rows.
+'shift' is given the inputs of the example's unlabelled rows. The pipeline's own GP row ("linearized GP")
+runs the default selection, which is 'shift' here since the pipeline passes those rows too.
 """
 
 from __future__ import annotations
@@ -250,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--params", default=None, help="linearized/fine-tuned subset (default: the example's)")
     p.add_argument("--out", type=Path, default=RESULTS / "rotation.json")
     p.add_argument("--png", action="store_true", help="write docs/images/rotation-*.png")
-    p.add_argument("--selections", nargs="*", default=["shift", "blocked", "blocked:5"],
+    p.add_argument("--selections", nargs="*", default=["floor", "shift", "blocked", "blocked:5"],
                    help="extra GP rows, one per regression selection (core/regression_hyper.py); 'blocked:5' = 5 blocks")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
