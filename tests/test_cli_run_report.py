@@ -24,3 +24,9 @@ def test_neutral_scale_and_temperature_and_no_reason_print_nothing_extra(capsys)
     out = capsys.readouterr().out.splitlines()
     assert out == ["hyperparameters fitted (held-out NLL): s² = 0.25 (started at 1), σ² = 0.1 (started at 0.3); "
                    "log evidence -12.5"]
+
+
+def test_regression_variance_scale_is_not_called_a_logit_scale(capsys):
+    print_hyper(hyper(method="shift", noise=0.2, initial_noise=0.3, cov_scale=1.46, temperature=None))
+    out = capsys.readouterr().out.splitlines()
+    assert "variance scale (s², σ² both ×τ) τ = 1.46" in out[0] and "logit" not in out[0]

@@ -367,3 +367,36 @@ def test_a_factor_short_of_the_bound_is_corrected_by_cg_preconditioned_by_it():
     ref, prior = dense_variances(MODELS["mlp"](), X, Xs, 1.0, 1e-3)
     err = _check_within_bound(gp, var, ref, prior)
     assert float((err / ref).max()) <= 1e-6
+
+
+def test_the_stored_kernel_of_several_outputs_is_sized_n_k_squared():
+    # Two outputs, n rows: the stored kernel is 2n × 2n. A budget of 2·n² entries holds an n × n matrix
+    # but not it: the route must be matrix-free (it used to size the kernel n × n and store 4n² entries).
+    assert cg_variance.stored_kernel_bytes(10, 3, 100, 8, True) == 30 * 30 * 8
+    assert cg_variance.stored_kernel_bytes(10, 3, 100, 8, False) == 30 * 30 * 8 + 30 * 100 * 8
+    X, y, Xs = _data("two_output", 40, 5, 2)
+    model = MODELS["two_output"]()
+    gp = LinearizedGP(model, space="function", solver="cg", noise=1e-3, memory_budget=2 * 40 * 40 * 8).fit(X, y)
+    assert gp.kernels.use_structured and "Kxx" not in gp._state
+    _, var = gp.predict(Xs)
+    assert gp.variance_solve_info.note.startswith("variances: block CG, matrix-free")
+    ref, prior = dense_variances(model, X, Xs, 1.0, 1e-3)
+    _check_within_bound(gp, var, ref, prior)
+
+
+def test_the_plan_costs_the_cg_route_as_it_runs_on_a_stored_kernel():
+    from ntk_studio.core import plan as plan_mod
+
+    n, P = 2000, 17_793
+    free = plan_mod.estimate_flops("function", "cg", n, 1, P, False, 50, 1000)  # matrix-free (no budget given)
+    flops, nbytes = plan_mod.stored_cg_flops(n, 1, P, False, 1000, 2 * 1024**3, 8)
+    # The kernel and a factor fit 2 GiB: fill + cross kernel + factored variances, not 1,000 matrix-free CG solves.
+    assert nbytes == 2 * n * n * 8 and flops == pytest.approx(
+        plan_mod._kernel_flops(n, P, False) * 1.5 + cg_variance.factored_flops(n, 1000) + 4.0 * n * n)
+    assert flops < free / 100
+    p = plan_mod.make_plan(n, 1, P, "function", "cg", dense_jacobian=False)
+    assert p.est_bytes >= nbytes and p.est_seconds == pytest.approx(flops / plan_mod.flops_per_second())
+    # A kernel over the budget is matrix-free, costed as before.
+    assert plan_mod.stored_cg_flops(n, 1, P, False, 1000, n * n * 8 - 1, 8) is None
+    small = plan_mod.make_plan(n, 1, P, "function", "cg", budget_bytes=n * n * 8 - 1, dense_jacobian=False)
+    assert small.est_seconds == pytest.approx(free / plan_mod.flops_per_second())

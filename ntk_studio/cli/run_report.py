@@ -19,7 +19,8 @@ def print_hyper(result) -> None:
     how = f"fitted ({h['method']})" if h["fitted"] else "as given"
     noise = "" if h["noise"] is None else f", σ² = {h['noise']:.4g} (started at {h['initial_noise']:.4g})"
     if h.get("cov_scale") not in (None, 1.0):
-        noise += f", logit-covariance scale τ = {h['cov_scale']:.4g}"
+        what = "logit-covariance scale" if h["noise"] is None else "variance scale (s², σ² both ×τ)"
+        noise += f", {what} τ = {h['cov_scale']:.4g}"
     if h.get("temperature") not in (None, 1.0):
         noise += f", logit temperature T = {h['temperature']:.4g}"
     lml = "" if h["log_evidence"] is None else f"; log evidence {h['log_evidence']:.4g}"

@@ -58,9 +58,11 @@ class StoredKernel(DenseLinearOperator):
         return super()._matmul(rhs)
 
 
-def stored_kernel_bytes(N: int, K: int, P: int, itemsize: int, structured: bool) -> int:
-    """Return the bytes the stored kernel needs: the matrix, plus the training Jacobian on the generic path."""
-    return N * N * itemsize + (0 if structured else N * K * P * itemsize)
+def stored_kernel_bytes(n: int, K: int, P: int, itemsize: int, structured: bool) -> int:
+    """Return the bytes the stored kernel of n rows and K outputs needs: the n·K × n·K matrix, plus the training
+    Jacobian (n·K × P) on the generic path."""
+    N = n * K
+    return N * N * itemsize + (0 if structured else N * P * itemsize)
 
 
 def fill_kernel(kernels: KernelBuilder, X: torch.Tensor, K: int) -> torch.Tensor:

@@ -41,6 +41,7 @@ PRODUCT_FLOPS = 70.0  # per parameter and row of one GGN/kernel product column (
 # Typical preconditioned CG iterations per solve: weight measured 233 (P = 4,941) and 369 (P = 19,993) at
 # n = 2,000 with Nyström rank 64, refinement included; function space ~50 (49–97 in benchmark 2).
 CG_ITERATIONS = {"function": 50, "weight": 250}
+STORED_CG_TOL = 1e-8  # the GP's default cg_tol, for the planned block-CG iterations of the variances
 STRUCTURED_KERNEL_FLOPS = 8.0  # a structured kernel entry ≈ this · √P flops (MLP-shaped guess; display only)
 CALIBRATION_SIZE = 512
 
@@ -103,20 +104,56 @@ def flops_per_second() -> float:
 
 
 def estimate_flops(space: str, solver: str, n: int, K: int, P: int, dense_jacobian: bool, rank: int,
-                   test_points: int) -> float:
-    """Return the flop-equivalents of a fit plus `test_points` predictive variances on one route (module doc)."""
+                   test_points: int, budget_bytes: int | None = None, itemsize: int = 8) -> float:
+    """Return the flop-equivalents of a fit plus `test_points` predictive variances on one route (module doc).
+
+    With `budget_bytes`, the function-space CG route is costed as it will run: on the stored kernel when
+    it fits the budget (see :func:`stored_cg_flops`), matrix-free otherwise.
+    """
     N, m = n * K, test_points * K
     product = PRODUCT_FLOPS * N * P  # one GGN / kernel product column over the training rows
     if space == "function" and solver == "cholesky":
-        kernel = (JACOBIAN_FLOPS * N * P + 2.0 * N * N * P if dense_jacobian
-                  else STRUCTURED_KERNEL_FLOPS * N * N * P**0.5)
+        kernel = _kernel_flops(N, P, dense_jacobian)
         cross = kernel * m / max(N, 1)  # the test rows' kernel against the training rows
         return kernel + N**3 / 3 + cross + m * N * N
+    if space == "function" and budget_bytes is not None:
+        stored = stored_cg_flops(n, K, P, dense_jacobian, test_points, budget_bytes, itemsize)
+        if stored is not None:
+            return stored[0]
     if space == "weight" and solver == "cholesky":
         jac = JACOBIAN_FLOPS * (N + m) * P
         return jac + 2.0 * N * P * P + P**3 / 3 + m * P * P
     iterations = CG_ITERATIONS[space]
     return (rank + iterations * (1 + m)) * product + JACOBIAN_FLOPS * m * P
+
+
+def _kernel_flops(N: int, P: int, dense_jacobian: bool) -> float:
+    """Return the flops of filling an N × N training kernel (per-sample Jacobians, or the structured features)."""
+    return JACOBIAN_FLOPS * N * P + 2.0 * N * N * P if dense_jacobian else STRUCTURED_KERNEL_FLOPS * N * N * P**0.5
+
+
+def stored_cg_flops(n: int, K: int, P: int, dense_jacobian: bool, test_points: int, budget_bytes: int,
+                    itemsize: int) -> tuple[float, int] | None:
+    """Return (flops, bytes) of the function-space CG route on its stored kernel, or None when it is not stored.
+
+    The same rules as the GP (:mod:`.cg_variance`): the kernel is stored when it fits the budget; with a
+    Cholesky factor beside it the fit and the variances use the factor (its flops, two products for the
+    fit's CG), else the fit iterates on the stored kernel and the variances are block CG.
+    """
+    from . import cg_variance  # lazy: cg_variance imports this module's formatting
+
+    stored = cg_variance.stored_kernel_bytes(n, K, P, itemsize, not dense_jacobian)
+    if stored > budget_bytes:
+        return None
+    N, m = n * K, test_points * K
+    fill = _kernel_flops(N, P, dense_jacobian)
+    cross = fill * m / max(N, 1)
+    factor = N * N * itemsize
+    if stored + factor <= budget_bytes:
+        return fill + cross + cg_variance.factored_flops(N, m) + 4.0 * N * N, stored + factor
+    fit = CG_ITERATIONS["function"] * 2.0 * N * N
+    variances = cg_variance.block_cg_flops(N, m, STORED_CG_TOL, cg_variance.VARIANCE_PRECOND_START)
+    return fill + cross + fit + variances, stored
 
 
 def estimate_seconds(*args, **kwargs) -> float:
@@ -177,7 +214,7 @@ def make_plan(
         reasons.append(f"n·K = {N:,} {'≤' if space == 'function' else '>'} P = {P:,}")
 
     def seconds(sp: str, so: str) -> float:
-        return estimate_seconds(sp, so, n, K, P, dense_jacobian, rank, test_points)
+        return estimate_seconds(sp, so, n, K, P, dense_jacobian, rank, test_points, budget_bytes, itemsize)
 
     if space == "weight" and solver == "auto":
         space, solver, why = _fastest_weight_route(n, K, P, budget_bytes, itemsize, dense_jacobian,
@@ -198,7 +235,8 @@ def make_plan(
     if solver == "cholesky":
         est_bytes, products = chol, size
     else:
-        est_bytes = cg_bytes(space, n, K, P, itemsize, rank, chunk)
+        stored = stored_cg_flops(n, K, P, dense_jacobian, test_points, budget_bytes, itemsize) if space == "function" else None
+        est_bytes = cg_bytes(space, n, K, P, itemsize, rank, chunk) + (stored[1] if stored else 0)
         products = min(size, TYPICAL_CG_ITERATIONS) + rank
     return Plan(space, solver, n, K, P, int(est_bytes), int(products), int(budget_bytes),
                 "; ".join(reasons) or "as requested", est_seconds=seconds(space, solver))
