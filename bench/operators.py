@@ -353,6 +353,46 @@ def solve_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# ===================================================================== part 1c: what the generic path keeps
+MEMORY_CASES = (("ln_mlp", 512), ("bn_cnn", 64))
+
+
+def kept_memory(cases=MEMORY_CASES) -> list[dict]:
+    """Return, per generic model and dtype, the MiB kept for products on one chunk, by route.
+
+    The forward-mode route keeps the forward graph's saved activations (Jᵀ·u) and the tangent
+    program's primal values (J·v); the double-backward route keeps its two graphs; for comparison,
+    ``torch.func.linearize``'s folded constants for the same chunk (parameters of its graph module).
+    """
+    import warnings
+
+    from torch.func import linearize
+
+    rows = []
+    for name, n in cases:
+        for dtype in OPERATOR_DTYPES:
+            lm, old = LinearizedModel(MODELS[name](), dtype=dtype), LinearizedModel(MODELS[name](), dtype=dtype)
+            old.product_route = "double_backward"
+            X = lm.prepare(model_inputs(name, n))
+            K = lm.forward(X).shape[1]
+            for m in (lm, old):
+                m.kernel_matmul(X, X, torch.ones(n * K, 1, dtype=dtype))
+            new, dbl = lm._product_cache(X, build=False), old._product_cache(X, build=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _, push = linearize(lambda th: lm._g(th, X), dict(lm.theta))
+                push({k: torch.zeros_like(t) for k, t in lm.theta.items()})  # folds the constants
+            gm = next(c.cell_contents for c in push.__closure__ if isinstance(c.cell_contents, torch.fx.GraphModule))
+            mib = 2.0**-20
+            rows.append({"model": name, "dtype": str(dtype).removeprefix("torch."), "n": n,
+                         "forward_mode_graph_mib": round(new.graph_bytes * mib, 2),
+                         "forward_mode_program_mib": round(new.state_bytes * mib, 2),
+                         "double_backward_mib": round(dbl.nbytes * mib, 2),
+                         "linearize_constants_mib": round(sum(p.numel() * p.element_size() for p in gm.parameters()) * mib, 2)})
+            _log(f"memory {rows[-1]}")
+    return rows
+
+
 # ===================================================================== part 2: children
 def _measure_call(fn, setup=None) -> float:
     """Return the time of fn(); calls faster than REPEAT_BELOW_S are repeated and the median kept.
@@ -644,7 +684,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the benchmarks, write the JSON results and print markdown tables."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: n up to 1000, fewer repeats")
-    ap.add_argument("--part", choices=("all", "operators", "solve", "routes", "cache", "ggn-repeats"), default="all",
+    ap.add_argument("--part", choices=("all", "operators", "solve", "routes", "cache", "ggn-repeats", "memory"), default="all",
                     help="'cache' times uncached vs cached kernel builds in one process (not part of 'all')")
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated models for --part operators/solve")
     ap.add_argument("--out", type=Path, default=RESULTS_PATH, help="JSON results path")
@@ -669,6 +709,8 @@ def main(argv: list[str] | None = None) -> None:
         report["solve"] = solve_costs(tuple(c for c in SOLVE_CASES if c[0] in models))
     if args.part == "ggn-repeats":
         report["ggn_repeats"] = ggn_repeats()
+    if args.part == "memory":
+        report["kept_memory"] = kept_memory()
     report["total_seconds"] = round(time.perf_counter() - start, 1)
     report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -682,6 +724,9 @@ def main(argv: list[str] | None = None) -> None:
     if report.get("solve"):
         print(f"\n### Per product inside one CG solve ({SOLVE_ITERATIONS} steps, cold caches, 1 thread)\n")
         print(solve_table(report["solve"]))
+    if report.get("kept_memory"):
+        print("\n### Kept for products on one chunk (MiB)\n")
+        print(json.dumps(report["kept_memory"], indent=1))
     if report.get("ggn_repeats"):
         vals = [r["ggn_matvec"] for r in report["ggn_repeats"]]
         print(f"\n### MLP float64 GGN product (structured), {len(vals)} separate runs: median "
