@@ -279,6 +279,19 @@ def test_the_programs_kept_values_count_against_the_budget():
     assert tight.operator_note.startswith("products recompute the network: the kept graphs would need")
 
 
+def test_the_programs_kept_per_model_are_bounded(monkeypatch):
+    import ntk_studio.core.primal_cache as primal_cache
+
+    monkeypatch.setattr(primal_cache, "PROGRAMS_KEPT", 2)
+    lm = LinearizedModel(MODELS["layernorm"](), "all")
+    for n in (3, 4, 5, 6):
+        X = _inputs("layernorm", n, seed=n)
+        JJ, _ = _reference("layernorm", lm, X)
+        V = torch.ones(n, dtype=torch.float64)
+        assert rel_err(lm.kernel_matmul(X, X, V), JJ @ (JJ.T @ V)) < RTOL
+    assert [k[0][0] for k in lm._tangent_programs] == [5, 6]
+
+
 def test_clearing_the_operator_cache_forgets_the_programs():
     lm = LinearizedModel(MODELS["layernorm"](), "all")
     X = _inputs("layernorm", 5)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .linearized import LinearizedModel
 
 FORWARD_MODE = "forward mode (traced tangent program)"
+PROGRAMS_KEPT = 16  # traced programs per model (one per chunk shape; remainder chunks add shapes): oldest out
 
 
 class _Chunk:
@@ -105,6 +106,8 @@ class PrimalCache:
         """Return the traced program for Zc's shape (tracing it once), or None with the reason in self.how."""
         key = (tuple(Zc.shape), tuple(Zc.stride()), Zc.dtype, Zc.device)
         if key not in programs:
+            while len(programs) >= PROGRAMS_KEPT:
+                programs.pop(next(iter(programs)))
             try:
                 programs[key] = trace(self.lm._g, values, list(self.lm.theta), Zc)
             except TraceError as exc:
