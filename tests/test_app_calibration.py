@@ -145,6 +145,29 @@ def test_noise_floor_that_set_sigma2_is_shown_as_active(qtbot):
     assert f"σ² = {fmt(hyper['noise'])} (floor)" in view.calibration_page.note.text()
 
 
+def test_shift_selection_shows_its_variance_scale_and_the_floor_before_it(qtbot):
+    # Rows grouped 'unlabelled' lie away from the labelled ones: the job's search is 'shift' (floor × τ).
+    from ntk_studio.core.data.dataset import UNLABELLED_GROUP
+    from test_core_hyperparameters import _extrapolation_task  # labelled x in [-3, 0], the rest up to 0.5
+
+    model, X, y, n = _extrapolation_task(seed=2)
+    groups = np.array(["labelled"] * n + [UNLABELLED_GROUP] * (len(X) - n))
+    state = WorkerState(model=model, task="regression", data=Dataset(X, y, ("x",), "y", groups=groups))
+    _, fit = run(state, "fit_gp", n_adapt=n, seed=1, prior_var=1.0, fit_hyper=True)
+    hyper = fit["hyper"]
+    assert hyper["selection"] == "shift" and hyper["cov_scale"] > 1.0, hyper
+    view = _view(qtbot, "regression")
+    view.show_gp(fit)
+    shown = view.hyper_view.values
+    assert shown["selection"] == "shift" and "covariance scale τ ≥ 1" in shown["rule"]
+    assert shown["cov_scale"] == fmt(hyper["cov_scale"], digits=4)
+    note = view.calibration_page.note.text()
+    assert f"τ = {fmt(hyper['cov_scale'])}" in note
+    floor_state = "active: σ² / τ is on the floor" if hyper["floor_active"] else "not active"
+    assert floor_state in shown["floor"]
+    assert ("(floor × τ)" in note) == hyper["floor_active"] and "(floor)" not in note
+
+
 def test_classification_view_shows_each_methods_ece_and_the_chosen_s2_tau_with_its_curve(qtbot, classification_runs):
     fit, ft = classification_runs
     view = _view(qtbot, "classification")

@@ -613,6 +613,7 @@ class LinearizedGP(LinearizedPredictor):
             "log_marginal_likelihood": self.log_marginal_likelihood() if exact else None,
         }
         if blocked is not None:
+            self.hyper_info["method"] += ", σ² ≥ floor; then s², σ² ×τ by a held-out NLL"
             self.hyper_info.update(blocked, why=(
                 f"floor evidence s² = {found[0] / blocked['cov_scale']:.3g}, σ² = {found[1] / blocked['cov_scale']:.3g}, "
                 f"then both ×τ = {blocked['cov_scale']:.3g} by the held-out NLL of blocks ({blocked['blocked_by']})"

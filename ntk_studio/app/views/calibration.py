@@ -243,8 +243,9 @@ def hyper_note(h: HyperChoice) -> str:
         if h.temperature is not None and h.temperature != 1.0:
             values.append(f"T = {fmt(h.temperature)}")
     else:
-        values.append(f"σ² = {fmt(h.noise)}" + (" (floor)" if h.floor_active else ""))
-        if h.cov_scale is not None and h.cov_scale != 1.0:
+        scaled = h.cov_scale is not None and h.cov_scale != 1.0
+        values.append(f"σ² = {fmt(h.noise)}" + ((" (floor × τ)" if scaled else " (floor)") if h.floor_active else ""))
+        if scaled:
             values.append(f"τ = {fmt(h.cov_scale)}")
     if h.fitted is False or h.selection == "as given":
         how = "as given (hyperparameter fit off)"

@@ -99,7 +99,8 @@ def _rows(h: HyperChoice) -> dict[str, str]:
     if h.task != "classification":
         rows["noise"] = _from(h.noise, h.initial_noise, given)
         if h.noise_floor is not None:
-            state = {True: "active: σ² is on the floor", False: "not active", None: ""}[h.floor_active]
+            on = "active: σ² / τ is on the floor" if h.cov_scale not in (None, 1.0) else "active: σ² is on the floor"
+            state = {True: on, False: "not active", None: ""}[h.floor_active]
             rows["floor"] = fmt(h.noise_floor, digits=DIGITS) + (f" — {state}" if state else "")
         if h.cov_scale is not None:
             rows["cov_scale"] = fmt(h.cov_scale, digits=DIGITS)
