@@ -46,10 +46,17 @@ def timed(fn: Callable[[], object], device: torch.device) -> tuple[object, float
 
 
 def release(device: torch.device) -> None:
-    """Free what Python and the CUDA caching allocator hold (between probes)."""
-    gc.collect()
+    """Free what Python and the CUDA caching allocator hold (between probes).
+
+    A full collection only on CUDA, where cycles can pin device memory the next probe's peak would
+    count. On CPU tensors are freed by reference counting; a full collection walks every object of the
+    process (seconds each in a long test session on this VM), so only the youngest generation.
+    """
     if device.type == "cuda":
+        gc.collect()
         torch.cuda.empty_cache()
+    else:
+        gc.collect(0)
 
 
 class Meter:
