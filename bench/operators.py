@@ -178,8 +178,9 @@ def operator_costs(name: str, dtype: torch.dtype, mode: str, routes: tuple[str, 
     """Return, per product route, per-call medians of the products and their ratios to one forward pass.
 
     Routes (``LinearizedModel.product_route``): "auto" (structured features where the model has
-    them, else the generic kept primal), "primal" (the generic kept primal: J·v by forward mode from
-    a traced tangent program, Jᵀ·u from a kept graph), "double_backward" (kept graphs, J·v as a
+    them, else the generic kept graphs), "forward_mode" (the generic kept primal: J·v by forward mode
+    from a traced tangent program, Jᵀ·u from a kept graph; opt-in since session 5, the results below
+    were measured when it was "auto"'s generic route), "primal"/"double_backward" (kept graphs, J·v as a
     double backward: the generic path before this change and its fallback) and "recompute" (the
     network runs for every product, as before issue #17). The product columns of the kept routes
     are what one CG iteration pays *inside one solve*: the same X, its state kept from the solve's
@@ -303,7 +304,7 @@ def solve_costs(cases=SOLVE_CASES) -> list[dict]:
         samples: dict[str, list[float]] = {"forward": []}
         products: dict[str, int] = {}
         labels = list(routes_for(name))
-        labels.insert(1, ("auto" if name in GENERIC_MODELS else "primal") + PROGRAMS_KEPT)
+        labels.insert(1, "forward_mode" + PROGRAMS_KEPT)
         for rep in range(-1, SOLVE_REPEATS):  # rep -1: an untimed warm-up on WARMUP_SAMPLES (first torch.func calls)
             Xr = X0[:WARMUP_SAMPLES] if rep < 0 else X0
             start = time.perf_counter()

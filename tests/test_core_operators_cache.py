@@ -144,7 +144,7 @@ def test_recompute_route_and_bad_route():
     assert rel_err(lm.ggn_matvec(X, v), JJ.T @ (JJ @ v)) < RTOL
     assert lm._product_cache(X, build=True) is None
     lm.product_route = "fast"
-    with pytest.raises(SettingsError, match="product_route must be one of auto, primal, double_backward, recompute"):
+    with pytest.raises(SettingsError, match="product_route must be one of auto, forward_mode, primal, double_backward, recompute"):
         lm.ggn_matvec(X, v)
 
 

@@ -161,6 +161,7 @@ def _check_products(lm, X, JJ, K, seed=2):
 @pytest.mark.parametrize("name, spec", CASES, ids=[f"{m}-{s}" for m, s in CASES])
 def test_forward_mode_products_match_the_plain_autograd_jacobian(name, spec):
     lm = LinearizedModel(MODELS[name](), spec, chunk_size=CHUNK, prefix_dtype="engine")  # prefix exact in float64
+    lm.product_route = "forward_mode"
     X = _inputs(name, N)
     JJ, K = _reference(name, lm, X)
     _check_products(lm, X, JJ, K)
@@ -192,6 +193,7 @@ def _fwd_grad_off():
 def test_products_built_under_any_grad_mode_are_right(context):
     """A GP fit builds the kept state inside linear_operator's autograd Functions: J must not come out zero there."""
     lm = LinearizedModel(MODELS["bn_cnn"](), "all", chunk_size=CHUNK)
+    lm.product_route = "forward_mode"
     X = _inputs("bn_cnn", N)
     JJ, K = _reference("bn_cnn", lm, X)
     C = torch.randn(N * K, 2, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
@@ -209,9 +211,11 @@ def test_a_float32_model_in_either_engine_dtype():
     J = autograd_jacobian(_seeded(lambda: LayerNormMLP(outputs=2))(), X, [n for n, _ in model.named_parameters()])
     JJ = J.reshape(-1, J.shape[-1])
     lm = LinearizedModel(model, "all", chunk_size=CHUNK)  # float64 engine: the float32 weights are cast
+    lm.product_route = "forward_mode"
     _check_products(lm, X, JJ, 2)
     assert lm._product_cache(X, build=False).how == FORWARD_MODE
     lm32 = LinearizedModel(model, "all", chunk_size=CHUNK, dtype=torch.float32)
+    lm32.product_route = "forward_mode"
     X32 = lm32.prepare(X)
     v = torch.randn(JJ.shape[1], generator=torch.Generator().manual_seed(4), dtype=torch.float32)
     C = torch.randn(N * 2, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float32)
@@ -230,6 +234,7 @@ def test_a_float32_model_in_either_engine_dtype():
 def test_an_untraceable_tangent_map_falls_back_to_the_double_backward_and_says_why(factory, reason):
     build = _seeded(factory)
     lm = LinearizedModel(build(), "all", chunk_size=CHUNK)
+    lm.product_route = "forward_mode"
     X = _inputs("mlp", N)
     J = autograd_jacobian(build(), X, lm.subset.names)
     _check_products(lm, X, J.reshape(-1, J.shape[-1]), 1)
@@ -245,6 +250,7 @@ def test_an_untraceable_tangent_map_falls_back_to_the_double_backward_and_says_w
 
 def test_the_double_backward_route_gives_the_same_numbers():
     lm = LinearizedModel(MODELS["layernorm_3out"](), "all", chunk_size=CHUNK)
+    lm.product_route = "forward_mode"
     lm.product_route = "double_backward"
     X = _inputs("layernorm", N)
     JJ, K = _reference("layernorm_3out", lm, X)
@@ -259,6 +265,7 @@ def test_the_programs_kept_values_count_against_the_budget():
     model = MODELS["bn_cnn"]()
     X = _inputs("bn_cnn", 6)
     lm = LinearizedModel(model, "all")
+    lm.product_route = "forward_mode"
     lm.kernel_matmul(X, X, torch.ones(12, dtype=torch.float64))
     cache = lm._product_cache(X, build=False)
     assert cache.how == FORWARD_MODE and cache.graph_bytes > 0 and cache.state_bytes > 0
@@ -271,6 +278,7 @@ def test_the_programs_kept_values_count_against_the_budget():
     assert not any(t.is_floating_point() and t.numel() > 1 and not t.any() for _, ch in cache.chunks for t in ch.state)
 
     tight = LinearizedModel(model, "all")
+    tight.product_route = "forward_mode"
     tight.operator_cache_bytes = cache.graph_bytes + cache.state_bytes // 2
     JJ, _ = _reference("bn_cnn", tight, X)
     V = torch.ones(12, dtype=torch.float64)
@@ -284,6 +292,7 @@ def test_the_programs_kept_per_model_are_bounded(monkeypatch):
 
     monkeypatch.setattr(primal_cache, "PROGRAMS_KEPT", 2)
     lm = LinearizedModel(MODELS["layernorm"](), "all")
+    lm.product_route = "forward_mode"
     for n in (3, 4, 5, 6):
         X = _inputs("layernorm", n, seed=n)
         JJ, _ = _reference("layernorm", lm, X)
@@ -294,6 +303,7 @@ def test_the_programs_kept_per_model_are_bounded(monkeypatch):
 
 def test_clearing_the_operator_cache_forgets_the_programs():
     lm = LinearizedModel(MODELS["layernorm"](), "all")
+    lm.product_route = "forward_mode"
     X = _inputs("layernorm", 5)
     lm.kernel_matmul(X, X, torch.ones(5, dtype=torch.float64))
     assert len(lm._tangent_programs) == 1

@@ -31,7 +31,7 @@ DEFAULT_MEMORY_BUDGET = 2 * 1024**3  # bytes for any dense object the engine mat
 JACOBIAN_CHUNK_BYTES = 256 * 1024**2  # one chunk of the dense Jacobian (chunk · K · P floats)
 FD_DEFAULT_EPS = {torch.float64: 1e-5, torch.float32: 1e-3}
 OPERATOR_CACHE_BYTES = 1024**3  # features / graphs kept for repeated products on the same inputs
-PRODUCT_ROUTES = ("auto", "primal", "double_backward", "recompute")
+PRODUCT_ROUTES = ("auto", "forward_mode", "primal", "double_backward", "recompute")
 
 
 class LinearizedModel:
@@ -235,9 +235,10 @@ class LinearizedModel:
     # ------------------------------------------------------------ kept features for products
     def _init_operators(self) -> None:
         # "auto": structured per-layer features where the model has them (.structured), else the
-        # generic kept primal (.primal_cache: J·v by forward mode, Jᵀ·u from a kept graph); "primal":
-        # the generic kept primal only; "double_backward": kept graphs with J·v as a double backward
-        # (the fallback when the tangent map cannot be traced, kept for comparison); "recompute": run
+        # generic kept graphs (.primal_cache: Jᵀ·u one backward, J·v a double backward); "primal" and
+        # "double_backward": the generic kept graphs only; "forward_mode": the generic path with J·v by
+        # forward mode from a traced tangent program (.tangent_program; cheaper per product, tracing
+        # costs 0.3–0.8 s per chunk shape, so for long solves); "recompute": run
         # the network for every product (the pre-#17 behaviour, kept for comparison and as the fallback).
         self.product_route = "auto"
         self.operator_cache_bytes = OPERATOR_CACHE_BYTES
@@ -287,7 +288,9 @@ class LinearizedModel:
             cache, kind = StructuredProducts(self, sk.features(Xp, rows)), "structured features (Linear/Conv2d)"
         else:
             why = sk.reason if self.product_route == "auto" else f"product_route={self.product_route!r}"
-            forward_mode = self.product_route != "double_backward"
+            # Forward mode traces a tangent program per chunk shape (0.3–0.8 s each), which pays only over
+            # many products (long CG solves): opt-in; "auto" and "primal" take J·v as a double backward.
+            forward_mode = self.product_route == "forward_mode"
             cache = PrimalCache(self, self._inputs(Xp), rows, budget, self._tangent_programs, forward_mode)
             kind = f"kept autograd graphs ({why}), J·v by {cache.how}"
             if cache.refusal:
