@@ -65,6 +65,11 @@ def stored_kernel_bytes(n: int, K: int, P: int, itemsize: int, structured: bool)
     return N * N * itemsize + (0 if structured else N * P * itemsize)
 
 
+def factor_bytes(N: int, itemsize: int) -> int:
+    """Return the bytes of the N × N Cholesky factor kept beside the stored kernel (the factored variance route)."""
+    return N * N * itemsize
+
+
 def fill_kernel(kernels: KernelBuilder, X: torch.Tensor, K: int) -> torch.Tensor:
     """Return the (N·K) × (N·K) kernel of X, filled block of rows by block of rows (one matrix at the peak)."""
     lm = kernels.lm
@@ -193,7 +198,7 @@ def variance_route(
     :func:`factored_flops` and :func:`block_cg_flops` (a sketch already built is not counted again),
     shown in seconds at this process's matmul rate. `basis` says where `columns` came from.
     """
-    factor = N * N * itemsize
+    factor = factor_bytes(N, itemsize)
     if world_size > 1:
         return VarianceRoute(False, f"variances: block CG, matrix-free (the kernel is split across {world_size} ranks)")
     if stored_bytes > budget:

@@ -464,10 +464,10 @@ class LinearizedGP(LinearizedPredictor):
         st = self._state
         n, K = st["Y"].shape
         key = self._factor_key()
-        held = st.get("var_factor")
-        if held is not None and _same_key(held[0], key):
+        held = self._keyed("var_factor", key)
+        if held is not None:
             return cg_variance.VarianceRoute(True, held[2])
-        failed = st.get("var_factor_failed")
+        failed = self._keyed("var_factor_failed", key)
         itemsize = torch.finfo(self.lm.dtype).bits // 8
         self.kernels._decide(st["X"])
         stored = cg_variance.stored_kernel_bytes(n, K, self.lm.num_params, itemsize, self.kernels.use_structured)
@@ -475,8 +475,13 @@ class LinearizedGP(LinearizedPredictor):
             n * K, columns, itemsize, self.memory_budget, stored, self.lm.shard.world_size, self.cg_tol,
             max(self.precond_rank, cg_variance.VARIANCE_PRECOND_START),
             sketched_rank=st.get("var_precond_rank") if "var_precond" in st else None,
-            failed=failed[1] if failed is not None and _same_key(failed[0], key) else "", basis=basis,
+            failed=failed[1] if failed is not None else "", basis=basis,
         )
+
+    def _keyed(self, name: str, key: tuple):
+        """Return the state entry `name` ((key, …) tuple) when it was made for `key`, else None."""
+        entry = self._state.get(name)
+        return entry if entry is not None and _same_key(entry[0], key) else None
 
     def _factor_key(self) -> tuple:
         """Return what the variance factor depends on: the stored kernel (object and version), s², σ²."""
@@ -492,11 +497,10 @@ class LinearizedGP(LinearizedPredictor):
         """
         st = self._state
         key = self._factor_key()
-        held = st.get("var_factor")
-        if held is not None and _same_key(held[0], key):
+        held = self._keyed("var_factor", key)
+        if held is not None:
             return held[1]
-        failed = st.get("var_factor_failed")
-        if key[0] is None or (failed is not None and _same_key(failed[0], key)):
+        if key[0] is None or self._keyed("var_factor_failed", key) is not None:
             return None
         st.pop("var_factor", None)  # its memory goes before the new factor is made
         L, why = cg_variance.factor_system(st["Kxx"], self.prior_var, self.noise)

@@ -148,7 +148,7 @@ def stored_cg_flops(n: int, K: int, P: int, dense_jacobian: bool, test_points: i
     N, m = n * K, test_points * K
     fill = _kernel_flops(N, P, dense_jacobian)
     cross = fill * m / max(N, 1)
-    factor = N * N * itemsize
+    factor = cg_variance.factor_bytes(N, itemsize)  # the same rule as cg_variance.variance_route
     if stored + factor <= budget_bytes:
         return fill + cross + cg_variance.factored_flops(N, m) + 4.0 * N * N, stored + factor
     fit = CG_ITERATIONS["function"] * 2.0 * N * N
